@@ -1,0 +1,146 @@
+//! Messages between handlers, the Router and Sessions. Tokens never pass
+//! through the Router: it hands out leases, and text flows from the session
+//! straight to the handler's mailbox.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use tokio::sync::{mpsc, oneshot};
+
+use super::router::Router;
+use super::session::Session;
+use crate::canonical::{ChatEvent, ChatRequest};
+
+/// Identifies a session for the life of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u32);
+
+/// Where a session is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionState {
+    /// Establishing (or waiting out a restart backoff).
+    Starting,
+    /// Can take requests.
+    Ready,
+    /// Gave up after too many restarts; `reason` is the last failure.
+    Failed { reason: String },
+}
+
+impl SessionState {
+    /// Lower-case name shown by admin endpoints.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SessionState::Starting => "starting",
+            SessionState::Ready => "ready",
+            SessionState::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// A pool announces a new session to the Router.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Register {
+    pub id: SessionId,
+    pub pool: Arc<str>,
+    pub name: Arc<str>,
+    pub addr: Addr<Session>,
+    /// Requests the session may run at once.
+    pub max_concurrency: u32,
+    /// Lower is preferred when several pools serve a model.
+    pub priority: i32,
+    /// Public model name and the name sent upstream.
+    pub models: Vec<(Arc<str>, Arc<str>)>,
+}
+
+/// A session reports a change of state.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StateChanged {
+    pub id: SessionId,
+    pub state: SessionState,
+}
+
+/// A handler asks for a session serving `model`. The answer comes on
+/// `reply`, at once or when a slot frees up; the handler bounds the wait.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Acquire {
+    pub model: Arc<str>,
+    /// The session that just failed this request, never picked again.
+    pub exclude: Option<SessionId>,
+    pub reply: oneshot::Sender<Result<Lease, AcquireError>>,
+}
+
+/// Why no lease was given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AcquireError {
+    #[error("no pool serves model `{0}`")]
+    UnknownModel(String),
+    #[error("every session serving model `{0}` has failed")]
+    NoSessions(String),
+    #[error("no other session serves model `{0}`")]
+    NoOtherSession(String),
+    #[error("too many requests are waiting")]
+    QueueFull,
+}
+
+/// A permit to run one request on one session. Dropping it frees the slot.
+#[derive(Debug)]
+pub struct Lease {
+    pub session: Addr<Session>,
+    pub id: SessionId,
+    pub pool: Arc<str>,
+    pub session_name: Arc<str>,
+    /// The model name to send upstream.
+    pub upstream_model: Arc<str>,
+    /// Held for its `Drop`, which returns the slot.
+    pub(crate) _permit: Permit,
+}
+
+/// Returns a session slot to the Router when dropped.
+#[derive(Debug)]
+pub struct Permit {
+    pub(crate) router: Addr<Router>,
+    pub(crate) id: SessionId,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.router.do_send(Release { id: self.id });
+    }
+}
+
+/// A lease ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Release {
+    pub id: SessionId,
+}
+
+/// Run one request on a session; events go to `reply`, the request's
+/// bounded mailbox. Closing the mailbox cancels the upstream call.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Chat {
+    pub request: Arc<ChatRequest>,
+    pub model: Arc<str>,
+    pub reply: mpsc::Sender<ChatEvent>,
+}
+
+/// A snapshot of every session, for readiness and admin views.
+#[derive(Message)]
+#[rtype(result = "Vec<SessionInfo>")]
+pub struct Snapshot;
+
+/// One session as the Router sees it.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub id: SessionId,
+    pub pool: Arc<str>,
+    pub name: Arc<str>,
+    pub state: SessionState,
+    pub in_flight: u32,
+    pub max_concurrency: u32,
+    pub models: Vec<Arc<str>>,
+}

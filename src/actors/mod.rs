@@ -1,0 +1,10 @@
+//! The actor topology: one [`router::Router`] that leases sessions, one
+//! [`session::Session`] per upstream account or connection, started under an
+//! actix `Supervisor` by its pool's [`pool::PoolSupervisor`].
+
+pub mod messages;
+pub mod pool;
+pub mod router;
+pub mod session;
+
+pub use messages::{AcquireError, Lease, SessionId, SessionInfo, SessionState};

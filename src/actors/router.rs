@@ -1,0 +1,247 @@
+//! The Router: knows every session's state and load, hands out leases, and
+//! parks requests in a bounded queue when every session is busy.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use super::messages::{
+    Acquire, AcquireError, Lease, Permit, Register, Release, SessionId, SessionInfo, SessionState,
+    Snapshot, StateChanged,
+};
+use super::session::Session;
+
+struct Slot {
+    id: SessionId,
+    pool: Arc<str>,
+    name: Arc<str>,
+    addr: Addr<Session>,
+    state: SessionState,
+    in_flight: u32,
+    max: u32,
+    models: Vec<Arc<str>>,
+}
+
+/// A model's route to a session, with the name to send upstream.
+struct Route {
+    slot: usize,
+    priority: i32,
+    upstream_model: Arc<str>,
+}
+
+struct Waiter {
+    model: Arc<str>,
+    exclude: Option<SessionId>,
+    reply: oneshot::Sender<Result<Lease, AcquireError>>,
+}
+
+/// The one Router actor.
+pub struct Router {
+    slots: Vec<Slot>,
+    index: HashMap<SessionId, usize>,
+    routes: HashMap<Arc<str>, Vec<Route>>,
+    queue: VecDeque<Waiter>,
+    max_queue: usize,
+}
+
+impl Router {
+    /// A router whose queue holds at most `max_queue` waiting requests.
+    pub fn new(max_queue: usize) -> Self {
+        Router {
+            slots: Vec::new(),
+            index: HashMap::new(),
+            routes: HashMap::new(),
+            queue: VecDeque::new(),
+            max_queue,
+        }
+    }
+
+    /// The ready session with a free slot: lowest priority value first, then
+    /// least loaded.
+    fn pick(&self, model: &str, exclude: Option<SessionId>) -> Option<(usize, Arc<str>)> {
+        let routes = self.routes.get(model)?;
+        routes
+            .iter()
+            .filter(|r| {
+                let s = &self.slots[r.slot];
+                s.state == SessionState::Ready && s.in_flight < s.max && Some(s.id) != exclude
+            })
+            .min_by_key(|r| (r.priority, self.slots[r.slot].in_flight))
+            .map(|r| (r.slot, r.upstream_model.clone()))
+    }
+
+    fn lease(&mut self, slot: usize, upstream_model: Arc<str>, router: Addr<Router>) -> Lease {
+        let s = &mut self.slots[slot];
+        s.in_flight += 1;
+        Lease {
+            session: s.addr.clone(),
+            id: s.id,
+            pool: s.pool.clone(),
+            session_name: s.name.clone(),
+            upstream_model,
+            _permit: Permit { router, id: s.id },
+        }
+    }
+
+    /// Why a request for `model` cannot even wait, if so.
+    fn hopeless(&self, model: &str, exclude: Option<SessionId>) -> Option<AcquireError> {
+        let Some(routes) = self.routes.get(model) else {
+            return Some(AcquireError::UnknownModel(model.to_owned()));
+        };
+        let alive = |r: &&Route| !matches!(self.slots[r.slot].state, SessionState::Failed { .. });
+        if !routes.iter().any(|r| alive(&r)) {
+            return Some(AcquireError::NoSessions(model.to_owned()));
+        }
+        if exclude.is_some()
+            && !routes
+                .iter()
+                .filter(alive)
+                .any(|r| Some(self.slots[r.slot].id) != exclude)
+        {
+            return Some(AcquireError::NoOtherSession(model.to_owned()));
+        }
+        None
+    }
+
+    /// Hands freed slots to waiting requests, oldest first.
+    fn drain_queue(&mut self, ctx: &mut Context<Self>) {
+        let mut i = 0;
+        while i < self.queue.len() {
+            if self.queue[i].reply.is_closed() {
+                self.queue.remove(i);
+                continue;
+            }
+            let (model, exclude) = (self.queue[i].model.clone(), self.queue[i].exclude);
+            if let Some(err) = self.hopeless(&model, exclude) {
+                if let Some(w) = self.queue.remove(i) {
+                    let _ = w.reply.send(Err(err));
+                }
+                continue;
+            }
+            match self.pick(&model, exclude) {
+                Some((slot, upstream)) => {
+                    if let Some(w) = self.queue.remove(i) {
+                        let lease = self.lease(slot, upstream, ctx.address());
+                        // A waiter that gave up drops the lease, which frees the slot again.
+                        let _ = w.reply.send(Ok(lease));
+                    }
+                }
+                None => i += 1,
+            }
+        }
+    }
+}
+
+impl Actor for Router {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Waiters whose handler gave up still count against max_queue until
+        // swept.
+        ctx.run_interval(Duration::from_millis(500), |act, _| {
+            act.queue.retain(|w| !w.reply.is_closed());
+        });
+    }
+}
+
+impl Handler<Register> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: Register, ctx: &mut Self::Context) {
+        let slot = self.slots.len();
+        self.index.insert(msg.id, slot);
+        for (public, upstream) in &msg.models {
+            let routes = self.routes.entry(public.clone()).or_default();
+            routes.push(Route {
+                slot,
+                priority: msg.priority,
+                upstream_model: upstream.clone(),
+            });
+        }
+        self.slots.push(Slot {
+            id: msg.id,
+            pool: msg.pool,
+            name: msg.name,
+            addr: msg.addr,
+            state: SessionState::Starting,
+            in_flight: 0,
+            max: msg.max_concurrency,
+            models: msg.models.into_iter().map(|(p, _)| p).collect(),
+        });
+        self.drain_queue(ctx);
+    }
+}
+
+impl Handler<StateChanged> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: StateChanged, ctx: &mut Self::Context) {
+        if let Some(&slot) = self.index.get(&msg.id) {
+            self.slots[slot].state = msg.state;
+            self.drain_queue(ctx);
+        }
+    }
+}
+
+impl Handler<Acquire> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: Acquire, ctx: &mut Self::Context) {
+        if let Some(err) = self.hopeless(&msg.model, msg.exclude) {
+            let _ = msg.reply.send(Err(err));
+            return;
+        }
+        if let Some((slot, upstream)) = self.pick(&msg.model, msg.exclude) {
+            let lease = self.lease(slot, upstream, ctx.address());
+            let _ = msg.reply.send(Ok(lease));
+            return;
+        }
+        if self.queue.len() >= self.max_queue {
+            let _ = msg.reply.send(Err(AcquireError::QueueFull));
+            return;
+        }
+        self.queue.push_back(Waiter {
+            model: msg.model,
+            exclude: msg.exclude,
+            reply: msg.reply,
+        });
+    }
+}
+
+impl Handler<Release> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: Release, ctx: &mut Self::Context) {
+        if let Some(&slot) = self.index.get(&msg.id) {
+            let s = &mut self.slots[slot];
+            s.in_flight = s.in_flight.saturating_sub(1);
+            if !self.queue.is_empty() {
+                self.drain_queue(ctx);
+            }
+        }
+    }
+}
+
+impl Handler<Snapshot> for Router {
+    type Result = MessageResult<Snapshot>;
+
+    fn handle(&mut self, _: Snapshot, _: &mut Self::Context) -> Self::Result {
+        MessageResult(
+            self.slots
+                .iter()
+                .map(|s| SessionInfo {
+                    id: s.id,
+                    pool: s.pool.clone(),
+                    name: s.name.clone(),
+                    state: s.state.clone(),
+                    in_flight: s.in_flight,
+                    max_concurrency: s.max,
+                    models: s.models.clone(),
+                })
+                .collect(),
+        )
+    }
+}

@@ -1,0 +1,215 @@
+//! Folding an event stream into one answer (non-streaming responses) and
+//! settling usage when the upstream reported none.
+
+use super::tokens;
+use super::{ChatEvent, ChatRequest, StopReason, UpstreamError, Usage};
+
+/// A tool call assembled from its start and argument fragments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCallAcc {
+    pub index: u32,
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
+}
+
+/// A whole answer, folded from events.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Answer {
+    pub text: String,
+    pub thinking: String,
+    pub signature: Option<String>,
+    pub redacted_thinking: Vec<String>,
+    pub tool_calls: Vec<ToolCallAcc>,
+    pub stop: Option<StopReason>,
+    /// Usage as the upstream reported it, if it did.
+    pub reported_usage: Option<Usage>,
+}
+
+impl Answer {
+    /// Adds one event; an `Error` event is returned as the error.
+    pub fn push(&mut self, ev: ChatEvent) -> Result<(), UpstreamError> {
+        match ev {
+            ChatEvent::Start { .. } => {}
+            ChatEvent::TextDelta(t) => self.text.push_str(&t),
+            ChatEvent::ThinkingDelta(t) => self.thinking.push_str(&t),
+            ChatEvent::ThinkingSignature(s) => self.signature = Some(s),
+            ChatEvent::RedactedThinking(d) => self.redacted_thinking.push(d),
+            ChatEvent::ToolCallStart { index, id, name } => self.tool_calls.push(ToolCallAcc {
+                index,
+                id,
+                name,
+                arguments: String::new(),
+            }),
+            ChatEvent::ToolCallArgsDelta { index, json } => {
+                if let Some(call) = self.tool_calls.iter_mut().rev().find(|c| c.index == index) {
+                    call.arguments.push_str(&json);
+                }
+            }
+            ChatEvent::Usage(u) => self
+                .reported_usage
+                .get_or_insert_with(Usage::default)
+                .merge(&u),
+            ChatEvent::Stop(r) => self.stop = Some(r),
+            ChatEvent::Error(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// The usage to report: the upstream's, else counted locally.
+    pub fn usage(&self, req: &ChatRequest) -> Usage {
+        let mut tally = UsageTally::new(true);
+        tally.reported = self.reported_usage;
+        if !tally.has_output() {
+            tally.generated.push_str(&self.text);
+            tally.generated.push_str(&self.thinking);
+            for c in &self.tool_calls {
+                tally.generated.push_str(&c.name);
+                tally.generated.push_str(&c.arguments);
+            }
+        }
+        tally.finish(req)
+    }
+}
+
+/// Tracks usage over a stream: keeps the upstream's report, or counts the
+/// generated text when there is none. Nothing is kept when the client did
+/// not ask for usage.
+#[derive(Debug, Default)]
+pub struct UsageTally {
+    enabled: bool,
+    reported: Option<Usage>,
+    /// Generated text, counted at the end: BPE counts of separate deltas
+    /// add up to more than the count of the whole text.
+    generated: String,
+}
+
+impl UsageTally {
+    /// A tally; `enabled == false` makes every call a no-op.
+    pub fn new(enabled: bool) -> Self {
+        UsageTally {
+            enabled,
+            ..Default::default()
+        }
+    }
+
+    /// Looks at one event on its way to the client.
+    pub fn observe(&mut self, ev: &ChatEvent) {
+        if !self.enabled {
+            return;
+        }
+        let text = match ev {
+            ChatEvent::Usage(u) => {
+                self.reported.get_or_insert_with(Usage::default).merge(u);
+                return;
+            }
+            ChatEvent::TextDelta(t) | ChatEvent::ThinkingDelta(t) => t,
+            ChatEvent::ToolCallStart { name, .. } => name,
+            ChatEvent::ToolCallArgsDelta { json, .. } => json,
+            _ => return,
+        };
+        self.generated.push_str(text);
+    }
+
+    fn has_output(&self) -> bool {
+        self.reported.is_some_and(|r| r.output > 0)
+    }
+
+    /// Input tokens: reported, else counted from the request.
+    pub fn input(&self, req: &ChatRequest) -> Usage {
+        match self.reported {
+            Some(u) if u.prompt_total() > 0 => u,
+            _ => Usage {
+                input: tokens::count_request(req),
+                ..Usage::default()
+            },
+        }
+    }
+
+    /// The final usage.
+    pub fn finish(&self, req: &ChatRequest) -> Usage {
+        let mut u = self.input(req);
+        u.output = match self.reported {
+            Some(r) if r.output > 0 => r.output,
+            _ => tokens::count_text(&self.generated),
+        };
+        u
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::canonical::{ErrorKind, Message, Role};
+
+    #[test]
+    fn folds_text_tools_and_usage() {
+        let mut a = Answer::default();
+        for ev in [
+            ChatEvent::Start { model: "m".into() },
+            ChatEvent::TextDelta("Hel".into()),
+            ChatEvent::TextDelta("lo".into()),
+            ChatEvent::ToolCallStart {
+                index: 0,
+                id: "a".into(),
+                name: "f".into(),
+            },
+            ChatEvent::ToolCallStart {
+                index: 1,
+                id: "b".into(),
+                name: "g".into(),
+            },
+            ChatEvent::ToolCallArgsDelta {
+                index: 0,
+                json: "{}".into(),
+            },
+            ChatEvent::ToolCallArgsDelta {
+                index: 1,
+                json: "[1]".into(),
+            },
+            ChatEvent::Stop(StopReason::ToolUse),
+        ] {
+            a.push(ev).unwrap();
+        }
+        assert_eq!(a.text, "Hello");
+        assert_eq!(a.tool_calls[0].arguments, "{}");
+        assert_eq!(a.tool_calls[1].arguments, "[1]");
+        let req = ChatRequest {
+            messages: vec![Message::text(Role::User, "hello world")],
+            ..Default::default()
+        };
+        let u = a.usage(&req);
+        assert!(u.input > 0 && u.output > 0);
+        a.push(ChatEvent::Usage(Usage {
+            input: 9,
+            output: 4,
+            ..Default::default()
+        }))
+        .unwrap();
+        assert_eq!(
+            a.usage(&req),
+            Usage {
+                input: 9,
+                output: 4,
+                ..Default::default()
+            }
+        );
+        let err = a.push(ChatEvent::Error(UpstreamError::new(
+            ErrorKind::Protocol,
+            "x",
+        )));
+        assert!(err.is_err());
+    }
+
+    #[test]
+    fn disabled_tally_counts_nothing() {
+        let mut t = UsageTally::new(false);
+        t.observe(&ChatEvent::TextDelta("hello".into()));
+        assert!(t.generated.is_empty());
+        let mut t = UsageTally::new(true);
+        t.observe(&ChatEvent::TextDelta("hello ".into()));
+        t.observe(&ChatEvent::TextDelta("world".into()));
+        let req = ChatRequest::default();
+        assert_eq!(t.finish(&req).output, 2);
+    }
+}

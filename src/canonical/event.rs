@@ -1,0 +1,169 @@
+use std::time::Duration;
+
+/// One step of an answer, as an upstream produces it and a frontend encodes it.
+///
+/// A normal answer is `Start`, content events, `Stop`, optionally `Usage`,
+/// then the end of the mailbox. An answer that fails ends with `Error`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatEvent {
+    /// The upstream accepted the request and is about to answer.
+    Start {
+        model: String,
+    },
+    TextDelta(String),
+    ThinkingDelta(String),
+    /// The signature that closes a thinking block.
+    ThinkingSignature(String),
+    /// Encrypted thinking to hand back verbatim next turn.
+    RedactedThinking(String),
+    /// A tool call begins; `index` orders calls within one answer.
+    ToolCallStart {
+        index: u32,
+        id: String,
+        name: String,
+    },
+    /// More JSON text of a tool call's arguments.
+    ToolCallArgsDelta {
+        index: u32,
+        json: String,
+    },
+    Usage(Usage),
+    Stop(StopReason),
+    Error(UpstreamError),
+}
+
+impl ChatEvent {
+    /// Events that may be held back before the first byte is committed to
+    /// the client, so a failure right after them can still be retried.
+    pub fn is_preamble(&self) -> bool {
+        matches!(self, ChatEvent::Start { .. } | ChatEvent::Usage(_))
+    }
+}
+
+/// Token counts. `input` excludes cached tokens, which are counted apart so
+/// each token is counted once whatever the protocol.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input: u32,
+    pub output: u32,
+    pub cache_read: u32,
+    pub cache_write: u32,
+}
+
+impl Usage {
+    /// All prompt tokens, cached or not (OpenAI's `prompt_tokens`).
+    pub fn prompt_total(&self) -> u32 {
+        self.input
+            .saturating_add(self.cache_read)
+            .saturating_add(self.cache_write)
+    }
+
+    /// Merges a later report into this one: fields the later one sets win.
+    pub fn merge(&mut self, other: &Usage) {
+        if other.input != 0 {
+            self.input = other.input;
+        }
+        if other.output != 0 {
+            self.output = other.output;
+        }
+        if other.cache_read != 0 {
+            self.cache_read = other.cache_read;
+        }
+        if other.cache_write != 0 {
+            self.cache_write = other.cache_write;
+        }
+    }
+}
+
+/// Why the model stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    End,
+    Length,
+    ToolUse,
+    StopSequence,
+    ContentFilter,
+}
+
+/// What went wrong upstream, classified once so every layer agrees on
+/// whether to retry, cool down or pass the error through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// 429 or the upstream's own overload signal.
+    RateLimited,
+    /// 5xx or an upstream-side failure that may pass.
+    Unavailable,
+    /// Could not connect or the connection broke before an answer began.
+    Connect,
+    /// No first token or no end within the deadline.
+    Timeout,
+    /// The upstream refused the credentials.
+    Auth,
+    /// The upstream rejected the request itself (4xx): the client's fault.
+    InvalidRequest,
+    /// The upstream broke the protocol or dropped an answer midway.
+    Protocol,
+    /// The session serving the request went away.
+    SessionLost,
+    /// The client went away; nobody is waiting for the answer.
+    Cancelled,
+}
+
+/// An upstream failure carried to the handler in the request's mailbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamError {
+    pub kind: ErrorKind,
+    /// The upstream's HTTP status, when it gave one.
+    pub status: Option<u16>,
+    pub message: String,
+    /// Upstream error `type`, `param` and `code`, passed through on 4xx.
+    pub error_type: Option<String>,
+    pub param: Option<String>,
+    pub code: Option<String>,
+    /// How long the upstream asked us to wait (429 `Retry-After`).
+    pub retry_after: Option<Duration>,
+}
+
+impl UpstreamError {
+    /// An error of `kind` with a message and nothing else.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        UpstreamError {
+            kind,
+            status: None,
+            message: message.into(),
+            error_type: None,
+            param: None,
+            code: None,
+            retry_after: None,
+        }
+    }
+
+    /// Whether another session might succeed where this one failed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::RateLimited
+                | ErrorKind::Unavailable
+                | ErrorKind::Connect
+                | ErrorKind::Timeout
+                | ErrorKind::Auth
+                | ErrorKind::SessionLost
+        )
+    }
+
+    /// Whether the session that produced this error can no longer serve.
+    pub fn is_fatal_to_session(&self) -> bool {
+        matches!(self.kind, ErrorKind::Auth | ErrorKind::SessionLost)
+    }
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.status {
+            Some(s) => write!(f, "{:?} (status {s}): {}", self.kind, self.message),
+            None => write!(f, "{:?}: {}", self.kind, self.message),
+        }
+    }
+}
+
+impl std::error::Error for UpstreamError {}

@@ -1,0 +1,14 @@
+//! The provider-neutral model: every frontend decodes into a [`ChatRequest`]
+//! and encodes from a stream of [`ChatEvent`]s; every upstream consumes the
+//! first and produces the second. Nothing here knows a wire format.
+
+pub mod answer;
+mod event;
+mod request;
+pub mod tokens;
+
+pub use answer::{Answer, ToolCallAcc, UsageTally};
+pub use event::{ChatEvent, ErrorKind, StopReason, UpstreamError, Usage};
+pub use request::{
+    ChatRequest, ContentPart, ImageSource, Message, Role, Sampling, Tool, ToolChoice,
+};

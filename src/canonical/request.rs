@@ -1,0 +1,219 @@
+use serde_json::Value;
+
+/// One chat turn as the gateway understands it, whichever protocol it came in.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChatRequest {
+    /// The public model name the client asked for.
+    pub model: String,
+    /// The leading system prompt (OpenAI's leading system/developer messages,
+    /// Anthropic's `system`).
+    pub system: Option<String>,
+    /// The conversation, oldest first. System messages that appear later in
+    /// the conversation stay here with [`Role::System`].
+    pub messages: Vec<Message>,
+    /// Tools the model may call.
+    pub tools: Vec<Tool>,
+    /// How the model must use `tools`; `None` means the upstream default.
+    pub tool_choice: Option<ToolChoice>,
+    /// Whether the model may call several tools at once (`None`: upstream default).
+    pub parallel_tool_calls: Option<bool>,
+    /// Sampling parameters, each optional.
+    pub sampling: Sampling,
+    /// Whether the client wants a stream.
+    pub stream: bool,
+    /// Whether an OpenAI streaming client asked for a usage chunk.
+    pub include_usage: bool,
+    /// End-user id given by the client (OpenAI `user`, Anthropic `metadata.user_id`).
+    pub user: Option<String>,
+    /// Key that ties this turn to earlier ones (thread id, user, conversation hash).
+    pub affinity: Option<String>,
+    /// OpenAI `response_format`, passed through to upstreams that understand it.
+    pub response_format: Option<Value>,
+    /// OpenAI `reasoning_effort`, passed through to upstreams that understand it.
+    pub reasoning_effort: Option<String>,
+}
+
+/// Sampling parameters. `None` leaves the upstream's default in place.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sampling {
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<u32>,
+    pub max_tokens: Option<u32>,
+    pub stop: Vec<String>,
+    pub seed: Option<i64>,
+    pub frequency_penalty: Option<f64>,
+    pub presence_penalty: Option<f64>,
+}
+
+/// Who said a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+    /// A tool result; its content is one [`ContentPart::ToolResult`].
+    Tool,
+}
+
+/// One message of the conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub role: Role,
+    pub content: Vec<ContentPart>,
+    /// Optional participant name (OpenAI `name`).
+    pub name: Option<String>,
+}
+
+impl Message {
+    /// A message holding one text part.
+    pub fn text(role: Role, text: impl Into<String>) -> Self {
+        Message {
+            role,
+            content: vec![ContentPart::Text(text.into())],
+            name: None,
+        }
+    }
+
+    /// The message's text parts joined, the way a text-only upstream sees it.
+    pub fn joined_text(&self) -> String {
+        let mut out = String::new();
+        for part in &self.content {
+            match part {
+                ContentPart::Text(t) => push_para(&mut out, t),
+                ContentPart::ToolResult { content, .. } => {
+                    for inner in content {
+                        if let ContentPart::Text(t) = inner {
+                            push_para(&mut out, t);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+fn push_para(out: &mut String, text: &str) {
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out.push_str(text);
+}
+
+/// A piece of message content.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ContentPart {
+    Text(String),
+    Image(ImageSource),
+    /// A call the assistant made; `arguments` is the JSON text of the input.
+    ToolCall {
+        id: String,
+        name: String,
+        arguments: String,
+    },
+    /// The result of a tool call, answered by the client.
+    ToolResult {
+        call_id: String,
+        content: Vec<ContentPart>,
+        is_error: bool,
+    },
+    /// Model reasoning; the signature must travel with it back to Anthropic.
+    Thinking {
+        text: String,
+        signature: Option<String>,
+    },
+    /// Encrypted reasoning an Anthropic upstream gave and wants back verbatim.
+    RedactedThinking {
+        data: String,
+    },
+}
+
+/// Where an image comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImageSource {
+    /// An http(s) URL the upstream fetches itself.
+    Url(String),
+    /// Inline bytes, base64-encoded.
+    Base64 { media_type: String, data: String },
+}
+
+impl ImageSource {
+    /// Parses `data:<mime>;base64,<data>` URLs into inline images; any other
+    /// URL stays a URL.
+    pub fn from_url(url: &str) -> Self {
+        if let Some(rest) = url.strip_prefix("data:") {
+            if let Some((meta, data)) = rest.split_once(',') {
+                if let Some(media_type) = meta.strip_suffix(";base64") {
+                    return ImageSource::Base64 {
+                        media_type: media_type.to_owned(),
+                        data: data.to_owned(),
+                    };
+                }
+            }
+        }
+        ImageSource::Url(url.to_owned())
+    }
+
+    /// The image as a URL (inline images become `data:` URLs).
+    pub fn to_url(&self) -> String {
+        match self {
+            ImageSource::Url(u) => u.clone(),
+            ImageSource::Base64 { media_type, data } => format!("data:{media_type};base64,{data}"),
+        }
+    }
+}
+
+/// A function the model may call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tool {
+    pub name: String,
+    pub description: Option<String>,
+    /// JSON Schema of the arguments.
+    pub parameters: Value,
+}
+
+/// How the model must use the offered tools.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolChoice {
+    Auto,
+    None,
+    /// Must call some tool (OpenAI `required`, Anthropic `any`).
+    Required,
+    /// Must call this tool.
+    Tool(String),
+}
+
+impl ChatRequest {
+    /// The text of the newest user message, if the conversation ends with one.
+    pub fn last_user_text(&self) -> Option<String> {
+        self.messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .map(Message::joined_text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_urls_become_inline_images_and_back() {
+        let img = ImageSource::from_url("data:image/png;base64,AAAA");
+        assert_eq!(
+            img,
+            ImageSource::Base64 {
+                media_type: "image/png".into(),
+                data: "AAAA".into()
+            }
+        );
+        assert_eq!(img.to_url(), "data:image/png;base64,AAAA");
+        assert_eq!(
+            ImageSource::from_url("https://x/y.png"),
+            ImageSource::Url("https://x/y.png".into())
+        );
+    }
+}

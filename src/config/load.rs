@@ -1,0 +1,337 @@
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::schema::{Config, Kind, Secret};
+
+/// A configuration that cannot be used, with the dotted key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// Loads `path`, applies `TROUPE__SECTION__KEY` overrides from the
+/// environment, resolves secrets and validates.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let read_err = |message: String| ConfigError::Read {
+        path: path.display().to_string(),
+        message,
+    };
+    if !path.is_file() {
+        return Err(read_err("no such file".into()));
+    }
+    let built = config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix("TROUPE")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("server.api_keys"),
+        )
+        .build()
+        .map_err(|e| read_err(e.to_string()))?;
+    let mut raw: Value = built
+        .try_deserialize()
+        .map_err(|e| read_err(e.to_string()))?;
+    expand_env(&mut raw, &mut String::new())?;
+    from_value(raw)
+}
+
+/// Parses an already-merged value (also used by tests).
+pub fn from_value(raw: Value) -> Result<Config, ConfigError> {
+    let mut cfg: Config = serde_path_to_error::deserialize(raw).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // At the top level the path is `.`: name the unknown key instead.
+        let key = match unknown_field(&inner) {
+            Some(field) if path == "." => field.to_owned(),
+            _ => path,
+        };
+        invalid(key, inner)
+    })?;
+    resolve_files(&mut cfg)?;
+    validate(&cfg)?;
+    Ok(cfg)
+}
+
+fn unknown_field(msg: &str) -> Option<&str> {
+    let rest = msg.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+/// Replaces every string of the form `${NAME}` by that environment variable.
+fn expand_env(v: &mut Value, path: &mut String) -> Result<(), ConfigError> {
+    match v {
+        Value::String(s) => {
+            if let Some(name) = s.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
+                match std::env::var(name) {
+                    Ok(val) => *s = val,
+                    Err(_) => {
+                        return Err(invalid(
+                            path.clone(),
+                            format!("environment variable {name} is not set"),
+                        ))
+                    }
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                expand_env(item, path)?;
+                path.truncate(len);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map.iter_mut() {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k);
+                expand_env(item, path)?;
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn read_secret(file: &Path, key: &str) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| invalid(key, format!("cannot read {}: {e}", file.display())))?;
+    let value = text.trim();
+    if value.is_empty() {
+        return Err(invalid(key, format!("{} is empty", file.display())));
+    }
+    Ok(Secret::new(value))
+}
+
+fn resolve_files(cfg: &mut Config) -> Result<(), ConfigError> {
+    if let Some(file) = cfg.server.admin_key_file.clone() {
+        if cfg.server.admin_key.is_some() {
+            return Err(invalid(
+                "server.admin_key_file",
+                "give admin_key or admin_key_file, not both",
+            ));
+        }
+        cfg.server.admin_key = Some(read_secret(&file, "server.admin_key_file")?);
+    }
+    for (p, pool) in cfg.pools.iter_mut().enumerate() {
+        for (a, acct) in pool.accounts.iter_mut().enumerate() {
+            if let Some(file) = acct.api_key_file.clone() {
+                let key = format!("pools[{p}].accounts[{a}].api_key_file");
+                if acct.api_key.is_some() {
+                    return Err(invalid(key, "give api_key or api_key_file, not both"));
+                }
+                acct.api_key = Some(read_secret(&file, &key)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate(cfg: &Config) -> Result<(), ConfigError> {
+    if cfg.server.listen.parse::<SocketAddr>().is_err() {
+        return Err(invalid(
+            "server.listen",
+            format!(
+                "`{}` is not an address like 127.0.0.1:8317",
+                cfg.server.listen
+            ),
+        ));
+    }
+    if cfg.server.body_limit.0 == 0 {
+        return Err(invalid("server.body_limit", "must be more than 0"));
+    }
+    if cfg.server.api_keys.iter().any(|k| k.expose().is_empty()) {
+        return Err(invalid("server.api_keys", "keys must not be empty"));
+    }
+    let sup = &cfg.supervisor;
+    if sup.backoff_multiplier < 1.0 || !sup.backoff_multiplier.is_finite() {
+        return Err(invalid(
+            "supervisor.backoff_multiplier",
+            "must be at least 1.0",
+        ));
+    }
+    if sup.max_restarts == 0 {
+        return Err(invalid("supervisor.max_restarts", "must be at least 1"));
+    }
+    if cfg.pools.is_empty() {
+        return Err(invalid("pools", "at least one pool is required"));
+    }
+    let mut names = HashSet::new();
+    for (p, pool) in cfg.pools.iter().enumerate() {
+        let at = |k: &str| format!("pools[{p}].{k}");
+        if pool.name.trim().is_empty() {
+            return Err(invalid(at("name"), "must not be empty"));
+        }
+        if !names.insert(pool.name.as_str()) {
+            return Err(invalid(
+                at("name"),
+                format!("pool `{}` is defined twice", pool.name),
+            ));
+        }
+        if pool.models.is_empty() {
+            return Err(invalid(
+                at("models"),
+                "a pool must serve at least one model",
+            ));
+        }
+        let mut public = HashSet::new();
+        for m in &pool.models {
+            if !public.insert(m.public.as_str()) {
+                return Err(invalid(
+                    at("models"),
+                    format!("model `{}` is listed twice", m.public),
+                ));
+            }
+        }
+        if pool.max_concurrency == 0 {
+            return Err(invalid(at("max_concurrency"), "must be at least 1"));
+        }
+        let eff = pool.supervisor.apply(sup);
+        if eff.backoff_multiplier < 1.0 || !eff.backoff_multiplier.is_finite() {
+            return Err(invalid(
+                at("supervisor.backoff_multiplier"),
+                "must be at least 1.0",
+            ));
+        }
+        let mut accounts = HashSet::new();
+        for (a, acct) in pool.accounts.iter().enumerate() {
+            if acct.name.trim().is_empty() {
+                return Err(invalid(
+                    at(&format!("accounts[{a}].name")),
+                    "must not be empty",
+                ));
+            }
+            if !accounts.insert(acct.name.as_str()) {
+                return Err(invalid(
+                    at(&format!("accounts[{a}].name")),
+                    format!("account `{}` is defined twice", acct.name),
+                ));
+            }
+        }
+        if pool.chunk_delay.is_some() && pool.kind != Kind::Demo {
+            return Err(invalid(
+                at("chunk_delay"),
+                "only the demo kind uses chunk_delay",
+            ));
+        }
+        match pool.kind {
+            Kind::Demo => {
+                if pool.sessions == Some(0) {
+                    return Err(invalid(at("sessions"), "must be at least 1"));
+                }
+            }
+            Kind::Openai => {
+                match &pool.base_url {
+                    None => return Err(invalid(at("base_url"), "the openai kind needs base_url")),
+                    Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+                        return Err(invalid(
+                            at("base_url"),
+                            format!("`{u}` is not an http(s) URL"),
+                        ))
+                    }
+                    Some(_) => {}
+                }
+                if pool.sessions.is_some() {
+                    return Err(invalid(
+                        at("sessions"),
+                        "the openai kind has one session per account",
+                    ));
+                }
+                if pool.accounts.is_empty() {
+                    return Err(invalid(
+                        at("accounts"),
+                        "the openai kind needs at least one account",
+                    ));
+                }
+                for (a, acct) in pool.accounts.iter().enumerate() {
+                    if acct.api_key.is_none() {
+                        return Err(invalid(
+                            at(&format!("accounts[{a}].api_key")),
+                            "an openai account needs api_key or api_key_file",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn demo_pool() -> Value {
+        json!({"name": "demo", "kind": "demo", "models": ["demo", "fast=demo"]})
+    }
+
+    #[test]
+    fn minimal_config_loads_with_defaults() {
+        let cfg = from_value(json!({"pools": [demo_pool()]})).unwrap();
+        assert_eq!(cfg.server.listen, "127.0.0.1:8317");
+        assert_eq!(cfg.pools[0].models[1].public, "fast");
+        assert_eq!(cfg.pools[0].models[1].upstream, "demo");
+        assert_eq!(cfg.pools[0].max_concurrency, 8);
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_path() {
+        let e = from_value(json!({"server": {"lisen": "x"}, "pools": [demo_pool()]})).unwrap_err();
+        assert!(e.to_string().starts_with("server.lisen:"), "{e}");
+        let mut pool = demo_pool();
+        pool["acounts"] = json!([]);
+        let e = from_value(json!({"pools": [pool]})).unwrap_err();
+        assert!(e.to_string().starts_with("pools[0].acounts:"), "{e}");
+        let e = from_value(json!({"pool": []})).unwrap_err();
+        assert!(e.to_string().starts_with("pool:"), "{e}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let e = from_value(json!({"pools": [{"name": "o", "kind": "openai", "models": ["m"]}]}))
+            .unwrap_err();
+        assert!(e.to_string().starts_with("pools[0].base_url:"), "{e}");
+        let e = from_value(json!({"server": {"request_timeout": "soon"}, "pools": [demo_pool()]}))
+            .unwrap_err();
+        assert!(e.to_string().starts_with("server.request_timeout:"), "{e}");
+        let e = from_value(json!({"pools": [demo_pool(), demo_pool()]})).unwrap_err();
+        assert!(e.to_string().starts_with("pools[1].name:"), "{e}");
+    }
+
+    #[test]
+    fn env_placeholders_expand_and_missing_ones_are_named() {
+        std::env::set_var("TROUPE_TEST_KEY_1", "sk-from-env");
+        let mut v = json!({"pools": [{"name": "o", "kind": "openai", "base_url": "http://127.0.0.1:1/v1",
+            "models": ["m"], "accounts": [{"name": "a", "api_key": "${TROUPE_TEST_KEY_1}"}]}]});
+        expand_env(&mut v, &mut String::new()).unwrap();
+        let cfg = from_value(v).unwrap();
+        assert_eq!(
+            cfg.pools[0].accounts[0].api_key.as_ref().unwrap().expose(),
+            "sk-from-env"
+        );
+        let mut v = json!({"server": {"admin_key": "${TROUPE_TEST_SURELY_UNSET}"}});
+        let e = expand_env(&mut v, &mut String::new()).unwrap_err();
+        assert!(e.to_string().starts_with("server.admin_key:"), "{e}");
+    }
+}

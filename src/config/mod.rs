@@ -1,0 +1,13 @@
+//! Configuration: the TOML schema (its key names are a public contract),
+//! loading with `TROUPE__SECTION__KEY` environment overrides, secrets
+//! written as `"${ENV}"` or `*_file`, and validation that names the dotted
+//! key at fault.
+
+mod load;
+mod schema;
+
+pub use load::{load, ConfigError};
+pub use schema::{
+    AccountConfig, ByteSize, Config, Kind, LogFormat, ModelMapping, PoolConfig, Secret,
+    ServerConfig, SupervisorConfig, SupervisorOverrides,
+};

@@ -1,0 +1,314 @@
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub supervisor: SupervisorConfig,
+    #[serde(default)]
+    pub pools: Vec<PoolConfig>,
+}
+
+/// `[server]`: the listener and request limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    /// Keys clients must present; empty means no auth.
+    pub api_keys: Vec<Secret>,
+    pub admin_key: Option<Secret>,
+    pub admin_key_file: Option<PathBuf>,
+    pub data_dir: PathBuf,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub first_token_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub keepalive: Duration,
+    #[serde(with = "humantime_serde")]
+    pub queue_timeout: Duration,
+    pub max_queue: usize,
+    pub body_limit: ByteSize,
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// HTTP worker threads; 0 means one per core.
+    pub workers: usize,
+    /// `pretty` or `json` log lines.
+    pub log_format: LogFormat,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8317".into(),
+            api_keys: Vec::new(),
+            admin_key: None,
+            admin_key_file: None,
+            data_dir: PathBuf::from("data"),
+            request_timeout: Duration::from_secs(300),
+            first_token_timeout: Duration::from_secs(60),
+            keepalive: Duration::from_secs(15),
+            queue_timeout: Duration::from_secs(30),
+            max_queue: 1024,
+            body_limit: ByteSize(32 * 1024 * 1024),
+            drain_timeout: Duration::from_secs(30),
+            workers: 0,
+            log_format: LogFormat::Pretty,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// `[supervisor]`: restart and retry policy, defaults for every pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorConfig {
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    pub backoff_multiplier: f64,
+    pub max_restarts: u32,
+    #[serde(with = "humantime_serde")]
+    pub restart_window: Duration,
+    pub retry_budget: u32,
+    #[serde(with = "humantime_serde")]
+    pub cooldown_max: Duration,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        SupervisorConfig {
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(60),
+            backoff_multiplier: 2.0,
+            max_restarts: 5,
+            restart_window: Duration::from_secs(60),
+            retry_budget: 2,
+            cooldown_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Per-pool overrides of `[supervisor]`; unset fields inherit.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisorOverrides {
+    #[serde(default, with = "humantime_serde")]
+    pub backoff_initial: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub backoff_max: Option<Duration>,
+    pub backoff_multiplier: Option<f64>,
+    pub max_restarts: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub restart_window: Option<Duration>,
+    pub retry_budget: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub cooldown_max: Option<Duration>,
+}
+
+impl SupervisorOverrides {
+    /// The effective policy of a pool.
+    pub fn apply(&self, base: &SupervisorConfig) -> SupervisorConfig {
+        SupervisorConfig {
+            backoff_initial: self.backoff_initial.unwrap_or(base.backoff_initial),
+            backoff_max: self.backoff_max.unwrap_or(base.backoff_max),
+            backoff_multiplier: self.backoff_multiplier.unwrap_or(base.backoff_multiplier),
+            max_restarts: self.max_restarts.unwrap_or(base.max_restarts),
+            restart_window: self.restart_window.unwrap_or(base.restart_window),
+            retry_budget: self.retry_budget.unwrap_or(base.retry_budget),
+            cooldown_max: self.cooldown_max.unwrap_or(base.cooldown_max),
+        }
+    }
+}
+
+/// Upstream kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Demo,
+    Openai,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Demo => "demo",
+            Kind::Openai => "openai",
+        }
+    }
+}
+
+/// `[[pools]]`: accounts of one upstream kind serving a set of models.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    pub kind: Kind,
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// `"name"` or `"public=upstream"`.
+    pub models: Vec<ModelMapping>,
+    #[serde(default = "default_concurrency")]
+    pub max_concurrency: u32,
+    /// Lower is tried first when several pools serve a model.
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default)]
+    pub accounts: Vec<AccountConfig>,
+    /// Sessions of a pool without accounts (`demo`).
+    #[serde(default)]
+    pub sessions: Option<u32>,
+    /// `demo`: pause between streamed chunks.
+    #[serde(default, with = "humantime_serde")]
+    pub chunk_delay: Option<Duration>,
+    /// Extra HTTP headers sent upstream on every request.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Connect timeout of HTTP upstreams.
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default)]
+    pub supervisor: SupervisorOverrides,
+}
+
+fn default_concurrency() -> u32 {
+    8
+}
+
+/// One upstream account.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    pub name: String,
+    #[serde(default)]
+    pub api_key: Option<Secret>,
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+}
+
+/// A model a pool serves: the public name clients use and the name sent
+/// upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelMapping {
+    pub public: String,
+    pub upstream: String,
+}
+
+impl<'de> Deserialize<'de> for ModelMapping {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let (public, upstream) = match s.split_once('=') {
+            Some((p, u)) => (p.trim(), u.trim()),
+            None => (s.trim(), s.trim()),
+        };
+        if public.is_empty() || upstream.is_empty() {
+            return Err(serde::de::Error::custom(format!(
+                "model `{s}` must be `name` or `public=upstream`"
+            )));
+        }
+        Ok(ModelMapping {
+            public: public.to_owned(),
+            upstream: upstream.to_owned(),
+        })
+    }
+}
+
+/// A secret value: never printed, never logged.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The value, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A size in bytes written `32MiB`, `512KiB`, `1MB` or a plain number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub usize);
+
+impl ByteSize {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: usize = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size like 32MiB"))?;
+        let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1000,
+            "kib" => 1024,
+            "m" | "mb" => 1000 * 1000,
+            "mib" => 1024 * 1024,
+            "g" | "gb" => 1000 * 1000 * 1000,
+            "gib" => 1024 * 1024 * 1024,
+            other => return Err(format!("unknown size unit `{other}` in `{s}`")),
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size `{s}` is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => usize::try_from(n)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
+            Raw::S(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(ByteSize::parse("32MiB").unwrap().0, 32 * 1024 * 1024);
+        assert_eq!(ByteSize::parse("1KiB").unwrap().0, 1024);
+        assert_eq!(ByteSize::parse("2000").unwrap().0, 2000);
+        assert!(ByteSize::parse("12 parsecs").is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        assert_eq!(format!("{:?}", Secret::new("sk-123")), "Secret(***)");
+    }
+}

@@ -1,0 +1,233 @@
+//! Running a request on the pools: lease a session, hand it the request and
+//! a bounded mailbox, and peek at the answer before anything reaches the
+//! client, so a failure before the first byte is retried on another session.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::Addr;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::timeout_at;
+
+use super::error::ApiError;
+use crate::actors::messages::{Acquire, Chat};
+use crate::actors::router::Router;
+use crate::actors::{Lease, SessionId};
+use crate::canonical::{Answer, ChatEvent, ChatRequest, ErrorKind, UpstreamError};
+use crate::config::ServerConfig;
+
+/// Events buffered in a request's mailbox before the upstream waits.
+pub const MAILBOX: usize = 64;
+
+/// What dispatching needs from the gateway.
+#[derive(Clone)]
+pub struct Dispatcher {
+    pub router: Addr<Router>,
+    pub server: Arc<ServerConfig>,
+    /// Other sessions tried before the first byte.
+    pub retry_budget: u32,
+}
+
+/// An answer that has begun: the lease keeps the session slot, `head` holds
+/// the events peeked so far, the rest arrive on `rx`.
+pub struct Opened {
+    pub lease: Lease,
+    pub rx: mpsc::Receiver<ChatEvent>,
+    pub head: Vec<ChatEvent>,
+    /// When the whole request must be over.
+    pub deadline: tokio::time::Instant,
+}
+
+/// Retry bookkeeping across the attempts of one request.
+struct Attempts {
+    left: u32,
+    exclude: Option<SessionId>,
+    last: Option<UpstreamError>,
+}
+
+impl Attempts {
+    /// Records a retryable failure; false when the budget is spent.
+    fn retry(&mut self, session: SessionId, err: UpstreamError) -> bool {
+        tracing::debug!(session = session.0, error = %err, "attempt failed before the first byte");
+        self.exclude = Some(session);
+        self.last = Some(err);
+        if self.left == 0 {
+            return false;
+        }
+        self.left -= 1;
+        true
+    }
+}
+
+impl Dispatcher {
+    async fn acquire(
+        &self,
+        model: &Arc<str>,
+        exclude: Option<SessionId>,
+    ) -> Result<Lease, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.router.do_send(Acquire {
+            model: model.clone(),
+            exclude,
+            reply: tx,
+        });
+        let wait = self.server.queue_timeout;
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(Ok(lease))) => Ok(lease),
+            Ok(Ok(Err(e))) => Err(e.into()),
+            Ok(Err(_)) => Err(ApiError::Unavailable("the router is shutting down".into())),
+            Err(_) => Err(ApiError::QueueTimeout {
+                waited_secs: wait.as_secs(),
+            }),
+        }
+    }
+
+    /// One attempt: lease, send, and wait for the first event that commits
+    /// the answer (anything but preamble).
+    async fn attempt(
+        &self,
+        req: &Arc<ChatRequest>,
+        model: &Arc<str>,
+        attempts: &mut Attempts,
+        deadline: tokio::time::Instant,
+    ) -> Result<Result<Opened, (SessionId, UpstreamError)>, ApiError> {
+        let lease = match self.acquire(model, attempts.exclude).await {
+            Ok(l) => l,
+            // Nobody else can take it: the last upstream error says more.
+            Err(e @ ApiError::Unavailable(_)) => {
+                return Err(attempts.last.take().map_or(e, ApiError::Upstream));
+            }
+            Err(e) => return Err(e),
+        };
+        let (tx, mut rx) = mpsc::channel(MAILBOX);
+        lease.session.do_send(Chat {
+            request: req.clone(),
+            model: lease.upstream_model.clone(),
+            reply: tx,
+        });
+        let first_deadline =
+            (tokio::time::Instant::now() + self.server.first_token_timeout).min(deadline);
+        let mut head = Vec::new();
+        loop {
+            match timeout_at(first_deadline, rx.recv()).await {
+                Ok(Some(ChatEvent::Error(e))) => return Ok(Err((lease.id, e))),
+                Ok(Some(ev)) if ev.is_preamble() => head.push(ev),
+                Ok(Some(ev)) => {
+                    head.push(ev);
+                    return Ok(Ok(Opened {
+                        lease,
+                        rx,
+                        head,
+                        deadline,
+                    }));
+                }
+                Ok(None) => {
+                    return Ok(Err((
+                        lease.id,
+                        UpstreamError::new(
+                            ErrorKind::SessionLost,
+                            "the session ended before answering",
+                        ),
+                    )))
+                }
+                Err(_) => {
+                    let secs = self.server.first_token_timeout.as_secs();
+                    return Ok(Err((
+                        lease.id,
+                        UpstreamError::new(
+                            ErrorKind::Timeout,
+                            format!("no first token within {secs}s"),
+                        ),
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Starts an answer, retrying on other sessions while nothing has been
+    /// committed to the client.
+    pub async fn open(&self, req: &Arc<ChatRequest>) -> Result<Opened, ApiError> {
+        let mut attempts = Attempts {
+            left: self.retry_budget,
+            exclude: None,
+            last: None,
+        };
+        let deadline = tokio::time::Instant::now() + self.server.request_timeout;
+        self.open_with(req, &mut attempts, deadline).await
+    }
+
+    async fn open_with(
+        &self,
+        req: &Arc<ChatRequest>,
+        attempts: &mut Attempts,
+        deadline: tokio::time::Instant,
+    ) -> Result<Opened, ApiError> {
+        let model: Arc<str> = Arc::from(req.model.as_str());
+        loop {
+            match self.attempt(req, &model, attempts, deadline).await? {
+                Ok(opened) => return Ok(opened),
+                Err((session, err)) => {
+                    if !err.is_retryable() || !attempts.retry(session, err.clone()) {
+                        return Err(ApiError::Upstream(err));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs a non-streaming request to its end. Nothing reaches the client
+    /// before the end, so a retryable failure anywhere is retried.
+    pub async fn complete(&self, req: &Arc<ChatRequest>) -> Result<Answer, ApiError> {
+        let started = Instant::now();
+        let mut attempts = Attempts {
+            left: self.retry_budget,
+            exclude: None,
+            last: None,
+        };
+        let deadline = tokio::time::Instant::now() + self.server.request_timeout;
+        loop {
+            let mut opened = self.open_with(req, &mut attempts, deadline).await?;
+            let mut answer = Answer::default();
+            let mut failure = None;
+            for ev in opened.head.drain(..) {
+                if let Err(e) = answer.push(ev) {
+                    failure = Some(e);
+                }
+            }
+            while failure.is_none() {
+                match timeout_at(deadline, opened.rx.recv()).await {
+                    Ok(Some(ev)) => {
+                        if let Err(e) = answer.push(ev) {
+                            failure = Some(e);
+                        }
+                    }
+                    Ok(None) if answer.stop.is_some() => {
+                        tracing::debug!(
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "answer complete"
+                        );
+                        return Ok(answer);
+                    }
+                    Ok(None) => {
+                        failure = Some(UpstreamError::new(
+                            ErrorKind::SessionLost,
+                            "the session ended before the answer did",
+                        ))
+                    }
+                    Err(_) => {
+                        return Err(ApiError::RequestTimeout(
+                            self.server.request_timeout.as_secs(),
+                        ))
+                    }
+                }
+            }
+            if let Some(err) = failure {
+                let session = opened.lease.id;
+                drop(opened);
+                if !err.is_retryable() || !attempts.retry(session, err.clone()) {
+                    return Err(ApiError::Upstream(err));
+                }
+            }
+        }
+    }
+}

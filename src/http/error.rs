@@ -1,0 +1,223 @@
+//! The one error type handlers return, rendered in the caller's protocol.
+//! `status_code` is an exhaustive match: every failure has a deliberate
+//! status, and a 500 would be a bug.
+
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
+use serde_json::json;
+
+use crate::actors::AcquireError;
+use crate::canonical::{ErrorKind, UpstreamError};
+use crate::protocol::openai::DecodeError;
+
+/// Which protocol's error envelope to answer in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    OpenAi,
+    Anthropic,
+}
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid API key: pass it as `Authorization: Bearer <key>` or `x-api-key`")]
+    Unauthorized,
+    #[error("{message}")]
+    BadRequest {
+        param: Option<String>,
+        message: String,
+    },
+    #[error("the model `{0}` does not exist or is not served here")]
+    ModelNotFound(String),
+    #[error("no route for {0}")]
+    RouteNotFound(String),
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("no session became free within {waited_secs}s; retry later")]
+    QueueTimeout { waited_secs: u64 },
+    #[error("too many requests are waiting for a session; retry later")]
+    QueueFull,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("no first token within {0}s")]
+    FirstTokenTimeout(u64),
+    #[error("the request took longer than {0}s")]
+    RequestTimeout(u64),
+    #[error("{0}")]
+    Upstream(UpstreamError),
+}
+
+impl From<DecodeError> for ApiError {
+    fn from(e: DecodeError) -> Self {
+        ApiError::BadRequest {
+            param: (!e.param.is_empty()).then_some(e.param),
+            message: e.message,
+        }
+    }
+}
+
+impl From<AcquireError> for ApiError {
+    fn from(e: AcquireError) -> Self {
+        match e {
+            AcquireError::UnknownModel(m) => ApiError::ModelNotFound(m),
+            AcquireError::QueueFull => ApiError::QueueFull,
+            AcquireError::NoSessions(_) | AcquireError::NoOtherSession(_) => {
+                ApiError::Unavailable(e.to_string())
+            }
+        }
+    }
+}
+
+impl ApiError {
+    /// The HTTP status. Upstream client errors keep the upstream's status.
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::ModelNotFound(_) | ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::QueueTimeout { .. } | ApiError::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::FirstTokenTimeout(_) | ApiError::RequestTimeout(_) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ApiError::Upstream(e) => upstream_status(e),
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::QueueTimeout { .. } | ApiError::QueueFull => Some(1),
+            ApiError::Upstream(e) => e.retry_after.map(|d| d.as_secs().max(1)),
+            _ => None,
+        }
+    }
+
+    /// The response in `protocol`'s error envelope.
+    pub fn render(&self, protocol: Protocol) -> HttpResponse {
+        let status = self.status_code();
+        let mut resp = HttpResponse::build(status);
+        if let Some(secs) = self.retry_after() {
+            resp.insert_header(("Retry-After", secs.to_string()));
+        }
+        let message = self.to_string();
+        let body = match protocol {
+            Protocol::OpenAi => {
+                let (kind, code, param) = self.openai_parts();
+                json!({"error": {"message": message, "type": kind, "param": param, "code": code}})
+            }
+            Protocol::Anthropic => json!({
+                "type": "error",
+                "error": {"type": anthropic_type(status), "message": message}
+            }),
+        };
+        resp.content_type("application/json").body(body.to_string())
+    }
+
+    fn openai_parts(&self) -> (String, Option<String>, Option<String>) {
+        let s = |v: &str| Some(v.to_owned());
+        match self {
+            ApiError::Unauthorized => ("invalid_request_error".into(), s("invalid_api_key"), None),
+            ApiError::BadRequest { param, .. } => {
+                ("invalid_request_error".into(), None, param.clone())
+            }
+            ApiError::ModelNotFound(_) => (
+                "invalid_request_error".into(),
+                s("model_not_found"),
+                s("model"),
+            ),
+            ApiError::RouteNotFound(_) => ("invalid_request_error".into(), s("not_found"), None),
+            ApiError::PayloadTooLarge { .. } => {
+                ("invalid_request_error".into(), s("request_too_large"), None)
+            }
+            ApiError::QueueTimeout { .. } | ApiError::QueueFull => {
+                ("rate_limit_error".into(), s("rate_limit_exceeded"), None)
+            }
+            ApiError::Unavailable(_) => ("server_error".into(), s("service_unavailable"), None),
+            ApiError::FirstTokenTimeout(_) | ApiError::RequestTimeout(_) => {
+                ("server_error".into(), s("timeout"), None)
+            }
+            ApiError::Upstream(e) => {
+                let (kind, code) = openai_type_and_code(e);
+                let param = if e.kind == ErrorKind::InvalidRequest {
+                    e.param.clone()
+                } else {
+                    None
+                };
+                (kind, code, param)
+            }
+        }
+    }
+}
+
+fn upstream_status(e: &UpstreamError) -> StatusCode {
+    match e.kind {
+        ErrorKind::InvalidRequest => e
+            .status
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .filter(StatusCode::is_client_error)
+            .unwrap_or(StatusCode::BAD_REQUEST),
+        ErrorKind::RateLimited | ErrorKind::SessionLost => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::Unavailable
+        | ErrorKind::Connect
+        | ErrorKind::Auth
+        | ErrorKind::Protocol
+        | ErrorKind::Cancelled => StatusCode::BAD_GATEWAY,
+    }
+}
+
+/// OpenAI's error `type` and `code` for an upstream failure; a client
+/// error keeps the upstream's own.
+pub fn openai_type_and_code(e: &UpstreamError) -> (String, Option<String>) {
+    match e.kind {
+        ErrorKind::InvalidRequest => (
+            e.error_type
+                .clone()
+                .unwrap_or_else(|| "invalid_request_error".into()),
+            e.code.clone(),
+        ),
+        ErrorKind::RateLimited => (
+            "rate_limit_error".into(),
+            Some("rate_limit_exceeded".into()),
+        ),
+        ErrorKind::Timeout => ("server_error".into(), Some("timeout".into())),
+        _ => ("server_error".into(), Some("upstream_error".into())),
+    }
+}
+
+/// Anthropic's error `type` for a status.
+pub fn anthropic_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        _ => "api_error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_client_errors_keep_status_and_details() {
+        let mut e = UpstreamError::new(ErrorKind::InvalidRequest, "bad");
+        e.status = Some(422);
+        e.param = Some("messages".into());
+        e.code = Some("x".into());
+        let api = ApiError::Upstream(e);
+        assert_eq!(api.status_code().as_u16(), 422);
+        let (kind, code, param) = api.openai_parts();
+        assert_eq!(
+            (kind.as_str(), code.as_deref(), param.as_deref()),
+            ("invalid_request_error", Some("x"), Some("messages"))
+        );
+        let e = UpstreamError::new(ErrorKind::Timeout, "slow");
+        assert_eq!(ApiError::Upstream(e).status_code().as_u16(), 504);
+    }
+}

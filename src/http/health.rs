@@ -1,0 +1,52 @@
+//! Liveness and readiness probes.
+
+use std::collections::BTreeMap;
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use super::AppState;
+use crate::actors::messages::Snapshot;
+use crate::actors::SessionState;
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: every configured model has at least one ready session.
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let sessions = match state.dispatcher.router.send(Snapshot).await {
+        Ok(s) => s,
+        Err(_) => {
+            return HttpResponse::ServiceUnavailable()
+                .json(json!({"status": "not_ready", "reason": "router unavailable"}))
+        }
+    };
+    let mut ready: BTreeMap<&str, usize> =
+        state.models.iter().map(|m| (m.id.as_str(), 0)).collect();
+    for s in &sessions {
+        if s.state == SessionState::Ready {
+            for m in &s.models {
+                if let Some(n) = ready.get_mut(&**m) {
+                    *n += 1;
+                }
+            }
+        }
+    }
+    let missing: Vec<&str> = ready
+        .iter()
+        .filter(|(_, n)| **n == 0)
+        .map(|(m, _)| *m)
+        .collect();
+    let body = json!({
+        "status": if missing.is_empty() { "ready" } else { "not_ready" },
+        "ready_sessions": ready,
+        "models_without_sessions": missing,
+    });
+    if missing.is_empty() {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}

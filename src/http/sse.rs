@@ -1,0 +1,162 @@
+//! The SSE writer: turns an opened answer into a response body, with
+//! keep-alive comments during silence, a total deadline, and the protocol's
+//! error event when the answer breaks after the first byte.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::HttpResponse;
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+
+use super::dispatch::Opened;
+use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, UpstreamError};
+
+/// A protocol's way of writing events into an SSE body.
+pub trait EventEncoder: 'static {
+    /// Appends whatever `ev` becomes on the wire (an `Error` event becomes
+    /// the protocol's error event).
+    fn event(&mut self, ev: &ChatEvent, out: &mut BytesMut);
+    /// Whether the answer reached its stop (so a normal end may follow).
+    fn stopped(&self) -> bool;
+    /// Appends the protocol's normal end.
+    fn finish(&mut self, req: &ChatRequest, out: &mut BytesMut);
+    /// The keep-alive written after a silence.
+    fn keepalive(&self) -> &'static [u8] {
+        b": ping\n\n"
+    }
+}
+
+impl EventEncoder for crate::protocol::openai::StreamEncoder {
+    fn event(&mut self, ev: &ChatEvent, out: &mut BytesMut) {
+        crate::protocol::openai::StreamEncoder::event(self, ev, out)
+    }
+    fn stopped(&self) -> bool {
+        crate::protocol::openai::StreamEncoder::stopped(self)
+    }
+    fn finish(&mut self, req: &ChatRequest, out: &mut BytesMut) {
+        crate::protocol::openai::StreamEncoder::finish(self, req, out)
+    }
+}
+
+/// Most events written in one body chunk when several are waiting.
+const BATCH: usize = 32;
+
+struct State<E> {
+    opened: Option<Opened>,
+    head: Vec<ChatEvent>,
+    rx_done: bool,
+    enc: E,
+    req: Arc<ChatRequest>,
+    keepalive: Duration,
+    buf: BytesMut,
+}
+
+impl<E: EventEncoder> State<E> {
+    fn write(&mut self, ev: &ChatEvent) {
+        self.enc.event(ev, &mut self.buf);
+        if matches!(ev, ChatEvent::Error(_)) {
+            self.end();
+        }
+    }
+
+    /// Ends the answer: frees the session slot and closes the mailbox,
+    /// which stops the upstream call if it is still running.
+    fn end(&mut self) {
+        self.rx_done = true;
+        self.opened = None;
+    }
+
+    fn fail(&mut self, e: UpstreamError) {
+        self.enc.event(&ChatEvent::Error(e), &mut self.buf);
+        self.end();
+    }
+}
+
+/// The streaming body of an answer.
+pub fn body<E: EventEncoder>(
+    mut opened: Opened,
+    enc: E,
+    req: Arc<ChatRequest>,
+    keepalive: Duration,
+) -> impl Stream<Item = Result<Bytes, actix_web::Error>> {
+    let head = std::mem::take(&mut opened.head);
+    let state = State {
+        opened: Some(opened),
+        head,
+        rx_done: false,
+        enc,
+        req,
+        keepalive,
+        buf: BytesMut::with_capacity(1024),
+    };
+    futures_util::stream::unfold(state, |mut st| async move {
+        if !st.head.is_empty() {
+            for ev in std::mem::take(&mut st.head) {
+                st.write(&ev);
+            }
+            return Some((Ok(st.buf.split().freeze()), st));
+        }
+        if st.rx_done {
+            return None;
+        }
+        let opened = st.opened.as_mut()?;
+        let deadline = opened.deadline;
+        let next = tokio::select! {
+            ev = opened.rx.recv() => Some(ev),
+            _ = tokio::time::sleep(st.keepalive) => None,
+            _ = tokio::time::sleep_until(deadline) => {
+                st.fail(UpstreamError::new(ErrorKind::Timeout, "the answer took longer than the request timeout"));
+                return Some((Ok(st.buf.split().freeze()), st));
+            }
+        };
+        match next {
+            None => {
+                let ping = st.enc.keepalive();
+                st.buf.extend_from_slice(ping);
+            }
+            Some(Some(ev)) => {
+                st.write(&ev);
+                // Write whatever else is already waiting in one chunk.
+                let mut n = 1;
+                while n < BATCH && !st.rx_done {
+                    let Some(opened) = st.opened.as_mut() else {
+                        break;
+                    };
+                    match opened.rx.try_recv() {
+                        Ok(ev) => {
+                            st.write(&ev);
+                            n += 1;
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            Some(None) => {
+                if st.enc.stopped() {
+                    let req = st.req.clone();
+                    st.enc.finish(&req, &mut st.buf);
+                    st.end();
+                } else {
+                    st.fail(UpstreamError::new(
+                        ErrorKind::SessionLost,
+                        "the upstream session ended before the answer did",
+                    ));
+                }
+            }
+        }
+        Some((Ok(st.buf.split().freeze()), st))
+    })
+}
+
+/// A `200 text/event-stream` response that proxies will not buffer.
+pub fn response<S>(stream: S) -> HttpResponse
+where
+    S: Stream<Item = Result<Bytes, actix_web::Error>> + 'static,
+{
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(stream)
+}

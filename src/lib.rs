@@ -1,0 +1,30 @@
+//! troupe: one OpenAI-compatible API in front of pools of upstream chat
+//! sessions.
+//!
+//! The request flow:
+//!
+//! 1. [`http`] decodes the caller's wire JSON ([`protocol`]) into a
+//!    [`canonical::ChatRequest`].
+//! 2. The handler asks the [`actors::router::Router`] for a lease on a ready
+//!    session serving the model; it queues (bounded, with a deadline) when
+//!    every session is busy.
+//! 3. The handler sends the [`actors::session::Session`] a `Chat` message
+//!    with the request and a bounded mailbox. The session runs the request
+//!    on its [`upstream`] and sends back [`canonical::ChatEvent`]s.
+//! 4. The handler peeks until the first real event, so failures before the
+//!    first byte are retried on another session, then encodes the events as
+//!    SSE or folds them into one body.
+//!
+//! Each pool's [`actors::pool::PoolSupervisor`] starts its sessions under an
+//! actix `Supervisor`, which restarts a session that stops after a fault.
+//! [`config`] is the TOML schema, a public contract.
+
+#![forbid(unsafe_code)]
+
+pub mod actors;
+pub mod canonical;
+pub mod config;
+pub mod http;
+pub mod protocol;
+pub mod server;
+pub mod upstream;

@@ -1,0 +1,106 @@
+//! The `troupe` command: `serve` (the default) and `check`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use troupe::config::{self, Config};
+
+/// One OpenAI-compatible API in front of pools of upstream chat sessions.
+#[derive(Parser)]
+#[command(name = "troupe", version)]
+struct Cli {
+    /// Configuration file.
+    #[arg(
+        long,
+        global = true,
+        env = "TROUPE_CONFIG",
+        default_value = "config/troupe.toml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Validate the configuration and print the pools and models it serves.
+    Check,
+}
+
+fn init_logging(cfg: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.server.log_format {
+        config::LogFormat::Json => builder.json().init(),
+        config::LogFormat::Pretty => builder.init(),
+    }
+}
+
+fn check(cfg: &Config) {
+    println!("configuration ok");
+    println!("listen: {}", cfg.server.listen);
+    println!(
+        "auth: {}",
+        if cfg.server.api_keys.is_empty() {
+            "none".to_string()
+        } else {
+            format!("{} key(s)", cfg.server.api_keys.len())
+        }
+    );
+    for pool in &cfg.pools {
+        let sessions = if pool.accounts.is_empty() {
+            pool.sessions.unwrap_or(2) as usize
+        } else {
+            pool.accounts.len()
+        };
+        println!(
+            "pool {} (kind {}, {} session(s), max_concurrency {}, priority {})",
+            pool.name,
+            pool.kind.as_str(),
+            sessions,
+            pool.max_concurrency,
+            pool.priority
+        );
+        for m in &pool.models {
+            if m.public == m.upstream {
+                println!("  model {}", m.public);
+            } else {
+                println!("  model {} -> {}", m.public, m.upstream);
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("troupe: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Check => {
+            check(&cfg);
+            ExitCode::SUCCESS
+        }
+        Command::Serve => {
+            init_logging(&cfg);
+            let result = actix_web::rt::System::new().block_on(troupe::server::serve(cfg));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("troupe: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

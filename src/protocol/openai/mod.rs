@@ -1,0 +1,9 @@
+//! OpenAI Chat Completions: wire types, the decoder and encoder the frontend
+//! uses, and the ones the `openai` upstream uses in the other direction.
+
+pub mod decode;
+pub mod encode;
+pub mod wire;
+
+pub use decode::{decode_request, ChunkDecoder, DecodeError};
+pub use encode::{completion_body, encode_request, StreamEncoder};

@@ -1,0 +1,83 @@
+//! Starting the gateway: the Router, one supervisor per pool, session
+//! arbiters, and the HTTP server with graceful drain on SIGTERM.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use actix_cors::Cors;
+use actix_web::{web, App, HttpServer};
+
+use crate::actors::pool::PoolSupervisor;
+use crate::actors::router::Router;
+use crate::canonical::tokens;
+use crate::config::Config;
+use crate::http::{self, AppState};
+
+/// Runs the gateway until it is told to stop.
+pub async fn serve(cfg: Config) -> std::io::Result<()> {
+    tokens::init();
+    let listen: SocketAddr = cfg
+        .server
+        .listen
+        .parse()
+        .map_err(|e| std::io::Error::other(format!("server.listen: {e}")))?;
+    if cfg.server.api_keys.is_empty() {
+        if listen.ip().is_loopback() {
+            tracing::info!("server.api_keys is empty: no auth (listening on loopback only)");
+        } else {
+            tracing::warn!(
+                %listen,
+                "server.api_keys is empty and the gateway listens beyond loopback: ANYONE WHO CAN REACH IT CAN USE YOUR UPSTREAM ACCOUNTS"
+            );
+        }
+    }
+    let workers = match cfg.server.workers {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    let router = Router::new(cfg.server.max_queue).start();
+    // Sessions run on their own threads, so upstream I/O never waits on the
+    // HTTP workers or the Router.
+    let arbiters: Vec<Arbiter> = (0..workers).map(|_| Arbiter::new()).collect();
+    let handles = Arc::new(arbiters.iter().map(Arbiter::handle).collect::<Vec<_>>());
+    for pool in &cfg.pools {
+        PoolSupervisor::new(
+            pool.clone(),
+            &cfg.supervisor,
+            router.clone(),
+            handles.clone(),
+        )
+        .start();
+    }
+    let state = web::Data::new(AppState::new(&cfg, router));
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(
+                Cors::default()
+                    .allow_any_origin()
+                    .allow_any_method()
+                    .allow_any_header()
+                    .expose_any_header()
+                    .max_age(3600),
+            )
+            .configure(http::routes)
+    })
+    .workers(workers)
+    .shutdown_timeout(cfg.server.drain_timeout.as_secs())
+    .bind(listen)?;
+    for addr in server.addrs() {
+        tracing::info!(%addr, "listening");
+        // Scripts and tests read the bound address (port 0 picks one) here.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on http://{addr}");
+        let _ = out.flush();
+    }
+    let result = server.run().await;
+    for a in &arbiters {
+        a.stop();
+    }
+    result
+}

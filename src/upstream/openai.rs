@@ -1,0 +1,214 @@
+//! The `openai` upstream: any OpenAI-compatible Chat Completions server, one
+//! session per API key. Requests are always streamed upstream (with usage
+//! requested) and folded back for non-streaming clients.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt as _;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE, RETRY_AFTER};
+
+use super::{EventSink, Upstream, UpstreamContext};
+use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, StopReason, UpstreamError};
+use crate::config::Secret;
+use crate::protocol::openai::wire::ErrorEnvelope;
+use crate::protocol::openai::{encode_request, ChunkDecoder};
+use crate::protocol::sse::SseParser;
+
+/// One API key on one OpenAI-compatible server.
+pub struct OpenAi {
+    http: reqwest::Client,
+    url: String,
+    key: Secret,
+    headers: HeaderMap,
+}
+
+impl OpenAi {
+    pub fn new(ctx: &UpstreamContext<'_>) -> Result<Self, String> {
+        let base = ctx
+            .pool
+            .base_url
+            .as_deref()
+            .ok_or("the openai kind needs base_url")?;
+        let key = ctx
+            .account
+            .and_then(|a| a.api_key.clone())
+            .ok_or("the openai kind needs an api_key per account")?;
+        Ok(OpenAi {
+            http: ctx.http.clone(),
+            url: format!("{}/chat/completions", base.trim_end_matches('/')),
+            key,
+            headers: extra_headers(&ctx.pool.headers)?,
+        })
+    }
+}
+
+/// Parses configured extra headers once, at session start.
+pub fn extra_headers(
+    headers: &std::collections::BTreeMap<String, String>,
+) -> Result<HeaderMap, String> {
+    let mut map = HeaderMap::new();
+    for (k, v) in headers {
+        let name =
+            HeaderName::from_bytes(k.as_bytes()).map_err(|e| format!("header `{k}`: {e}"))?;
+        let value = HeaderValue::from_str(v).map_err(|e| format!("header `{k}`: {e}"))?;
+        map.insert(name, value);
+    }
+    Ok(map)
+}
+
+/// Classifies a transport error from reqwest.
+pub fn transport_error(e: &reqwest::Error) -> UpstreamError {
+    let kind = if e.is_timeout() {
+        ErrorKind::Timeout
+    } else {
+        ErrorKind::Connect
+    };
+    UpstreamError::new(kind, format!("upstream connection failed: {e}"))
+}
+
+/// Classifies a non-2xx upstream response, keeping its error details.
+pub async fn status_error(resp: reqwest::Response) -> UpstreamError {
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64);
+    let body = resp.bytes().await.unwrap_or_default();
+    let kind = match status {
+        401 | 403 => ErrorKind::Auth,
+        408 => ErrorKind::Timeout,
+        429 => ErrorKind::RateLimited,
+        500..=599 => ErrorKind::Unavailable,
+        _ => ErrorKind::InvalidRequest,
+    };
+    let mut err = match serde_json::from_slice::<ErrorEnvelope>(&body) {
+        Ok(env) => {
+            let mut e = UpstreamError::new(kind, env.error.message);
+            e.error_type = env.error.kind;
+            e.param = env.error.param;
+            e.code = env.error.code.map(|c| match c {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            });
+            e
+        }
+        Err(_) => {
+            let text = String::from_utf8_lossy(&body);
+            let text = text.trim();
+            let shown: String = text.chars().take(300).collect();
+            UpstreamError::new(
+                kind,
+                if shown.is_empty() {
+                    format!("upstream answered {status}")
+                } else {
+                    format!("upstream answered {status}: {shown}")
+                },
+            )
+        }
+    };
+    err.status = Some(status);
+    err.retry_after = retry_after;
+    err
+}
+
+#[async_trait]
+impl Upstream for OpenAi {
+    async fn chat(
+        &self,
+        req: &ChatRequest,
+        model: &str,
+        sink: &EventSink,
+    ) -> Result<(), UpstreamError> {
+        let body = serde_json::to_vec(&encode_request(req, model)).map_err(|e| {
+            UpstreamError::new(
+                ErrorKind::InvalidRequest,
+                format!("cannot encode request: {e}"),
+            )
+        })?;
+        let resp = self
+            .http
+            .post(&self.url)
+            .headers(self.headers.clone())
+            .bearer_auth(self.key.expose())
+            .header(CONTENT_TYPE, "application/json")
+            .header(ACCEPT, "text/event-stream")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| transport_error(&e))?;
+        if !resp.status().is_success() {
+            return Err(status_error(resp).await);
+        }
+        sink.send(ChatEvent::Start {
+            model: model.to_owned(),
+        })
+        .await?;
+        let is_sse = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let mut decoder = ChunkDecoder::default();
+        let mut events = Vec::new();
+        if !is_sse {
+            // A server that ignored `stream: true` answered with one body.
+            let body = resp.bytes().await.map_err(|e| transport_error(&e))?;
+            decoder.decode_completion(&body, &mut events)?;
+            for ev in events {
+                sink.send(ev).await?;
+            }
+            if !decoder.stopped() {
+                sink.send(ChatEvent::Stop(StopReason::End)).await?;
+            }
+            return Ok(());
+        }
+        let mut parser = SseParser::default();
+        let mut stream = resp.bytes_stream();
+        let mut done = false;
+        'read: while let Some(next) = stream.next().await {
+            let bytes = next.map_err(|e| {
+                UpstreamError::new(ErrorKind::Connect, format!("upstream stream broke: {e}"))
+            })?;
+            parser.push(&bytes);
+            while let Some(ev) = parser
+                .next_event()
+                .map_err(|e| UpstreamError::new(ErrorKind::Protocol, e.to_string()))?
+            {
+                if ev.data.trim() == "[DONE]" {
+                    done = true;
+                    break 'read;
+                }
+                decoder.decode(&ev.data, &mut events)?;
+                for e in events.drain(..) {
+                    sink.send(e).await?;
+                }
+            }
+        }
+        if !done {
+            if let Some(ev) = parser.finish() {
+                if ev.data.trim() == "[DONE]" {
+                    done = true;
+                } else {
+                    decoder.decode(&ev.data, &mut events)?;
+                    for e in events.drain(..) {
+                        sink.send(e).await?;
+                    }
+                }
+            }
+        }
+        if !done && !decoder.stopped() {
+            return Err(UpstreamError::new(
+                ErrorKind::Connect,
+                "upstream closed the stream before the answer ended",
+            ));
+        }
+        if !decoder.stopped() {
+            sink.send(ChatEvent::Stop(StopReason::End)).await?;
+        }
+        Ok(())
+    }
+}
