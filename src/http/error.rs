@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::actors::AcquireError;
 use crate::canonical::{ErrorKind, UpstreamError};
-use crate::protocol::openai::DecodeError;
+use crate::protocol::DecodeError;
 
 /// Which protocol's error envelope to answer in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,5 +5,5 @@ pub mod decode;
 pub mod encode;
 pub mod wire;
 
-pub use decode::{decode_request, ChunkDecoder, DecodeError};
+pub use decode::{decode_request, ChunkDecoder};
 pub use encode::{completion_body, encode_request, StreamEncoder};
