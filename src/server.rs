@@ -66,6 +66,9 @@ pub async fn serve(cfg: Config) -> std::io::Result<()> {
             .configure(http::routes)
     })
     .workers(workers)
+    // A client that closes its side is gone: drop its response at once, which
+    // closes the request's mailbox and cancels the upstream call.
+    .h1_allow_half_closed(false)
     .shutdown_timeout(cfg.server.drain_timeout.as_secs())
     .bind(listen)?;
     for addr in server.addrs() {
