@@ -28,6 +28,41 @@ enum Command {
     Serve,
     /// Validate the configuration and print the pools and models it serves.
     Check,
+    /// Exit 0 when `url` answers 2xx: a container health check that needs
+    /// no curl in the image.
+    Probe {
+        #[arg(long, default_value = "http://127.0.0.1:8317/healthz")]
+        url: String,
+    },
+}
+
+/// A minimal HTTP/1.0 GET over loopback.
+fn probe(url: &str) -> Result<(), String> {
+    use std::io::{Read as _, Write as _};
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("only http:// URLs can be probed")?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let timeout = std::time::Duration::from_secs(3);
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(host)
+        .map_err(|e| format!("{host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host}: no address"))?;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{url}: {e}"))?;
+    let _ = stream.set_read_timeout(Some(timeout));
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut head = [0u8; 16];
+    let n = stream.read(&mut head).map_err(|e| e.to_string())?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    match line.split_whitespace().nth(1) {
+        Some(code) if code.starts_with('2') => Ok(()),
+        Some(code) => Err(format!("{url} answered {code}")),
+        None => Err(format!("{url} sent no status line")),
+    }
 }
 
 fn init_logging(cfg: &Config) {
@@ -79,6 +114,15 @@ fn check(cfg: &Config) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Probe { url }) = &cli.command {
+        return match probe(url) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("troupe: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cfg = match config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -91,6 +135,7 @@ fn main() -> ExitCode {
             check(&cfg);
             ExitCode::SUCCESS
         }
+        Command::Probe { .. } => ExitCode::SUCCESS,
         Command::Serve => {
             init_logging(&cfg);
             let result = actix_web::rt::System::new().block_on(troupe::server::serve(cfg));

@@ -1,0 +1,32 @@
+# syntax=docker/dockerfile:1
+# Build: docker build -t troupe .
+# Run:   docker run -p 8317:8317 troupe      (serves the demo pool)
+
+FROM rust:1-slim-bookworm AS build
+WORKDIR /src
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends pkg-config libssl-dev \
+ && rm -rf /var/lib/apt/lists/*
+COPY Cargo.toml Cargo.lock clippy.toml ./
+COPY src ./src
+RUN cargo build --release --locked && strip target/release/troupe
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /var/lib/troupe --create-home troupe
+COPY --from=build /src/target/release/troupe /usr/local/bin/troupe
+COPY config/troupe.toml /etc/troupe/troupe.toml
+ENV TROUPE_CONFIG=/etc/troupe/troupe.toml \
+    TROUPE__SERVER__LISTEN=0.0.0.0:8317 \
+    TROUPE__SERVER__DATA_DIR=/var/lib/troupe
+USER troupe
+WORKDIR /var/lib/troupe
+VOLUME ["/var/lib/troupe"]
+EXPOSE 8317
+HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
+  CMD ["troupe", "probe", "--url", "http://127.0.0.1:8317/healthz"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["troupe"]
+CMD ["serve"]
