@@ -2,12 +2,14 @@
 //! keep-alive comments during silence, a total deadline, and the protocol's
 //! error event when the answer breaks after the first byte.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::HttpResponse;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
+use tokio::time::{Instant, Sleep};
 
 use super::dispatch::Opened;
 use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, UpstreamError};
@@ -44,6 +46,10 @@ const BATCH: usize = 32;
 
 struct State<E> {
     opened: Option<Opened>,
+    /// Fires after `keepalive` of silence; re-armed after every write.
+    idle: Pin<Box<Sleep>>,
+    /// Fires at the request's total deadline.
+    deadline: Pin<Box<Sleep>>,
     head: Vec<ChatEvent>,
     rx_done: bool,
     enc: E,
@@ -81,7 +87,10 @@ pub fn body<E: EventEncoder>(
     keepalive: Duration,
 ) -> impl Stream<Item = Result<Bytes, actix_web::Error>> {
     let head = std::mem::take(&mut opened.head);
+    let deadline = Box::pin(tokio::time::sleep_until(opened.deadline));
     let state = State {
+        idle: Box::pin(tokio::time::sleep(keepalive)),
+        deadline,
         opened: Some(opened),
         head,
         rx_done: false,
@@ -101,15 +110,15 @@ pub fn body<E: EventEncoder>(
             return None;
         }
         let opened = st.opened.as_mut()?;
-        let deadline = opened.deadline;
         let next = tokio::select! {
             ev = opened.rx.recv() => Some(ev),
-            _ = tokio::time::sleep(st.keepalive) => None,
-            _ = tokio::time::sleep_until(deadline) => {
+            _ = st.idle.as_mut() => None,
+            _ = st.deadline.as_mut() => {
                 st.fail(UpstreamError::new(ErrorKind::Timeout, "the answer took longer than the request timeout"));
                 return Some((Ok(st.buf.split().freeze()), st));
             }
         };
+        st.idle.as_mut().reset(Instant::now() + st.keepalive);
         match next {
             None => {
                 let ping = st.enc.keepalive();
