@@ -4,6 +4,7 @@
 
 pub mod messages;
 pub mod pool;
+pub mod restart_log;
 pub mod router;
 pub mod session;
 
