@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod actors;
+pub mod admin;
 pub mod canonical;
 pub mod config;
 pub mod http;

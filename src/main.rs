@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+mod ops;
 use troupe::config::{self, Config};
 
 /// One OpenAI-compatible API in front of pools of upstream chat sessions.
@@ -28,6 +30,35 @@ enum Command {
     Serve,
     /// Validate the configuration and print the pools and models it serves.
     Check,
+    /// Print the restart log: restarts, give-ups, cool-downs, refreshes.
+    Restarts {
+        /// Where the log is; default: `server.data_dir` of the configuration.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        pool: Option<String>,
+        #[arg(long)]
+        session: Option<String>,
+        /// Only events newer than this (`15m`, `1h`, `2d`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Keep printing new events as they are written.
+        #[arg(long, short)]
+        follow: bool,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print live session states from a running gateway's admin API.
+    Sessions {
+        #[arg(long, default_value = "http://127.0.0.1:8317")]
+        url: String,
+        /// The gateway's `server.admin_key`.
+        #[arg(long, env = "TROUPE_ADMIN_KEY", hide_env_values = true)]
+        admin_key: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Exit 0 when `url` answers 2xx: a container health check that needs
     /// no curl in the image.
     Probe {
@@ -114,8 +145,39 @@ fn check(cfg: &Config) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Probe { url }) = &cli.command {
-        return match probe(url) {
+    let standalone = match &cli.command {
+        Some(Command::Probe { url }) => Some(probe(url)),
+        Some(Command::Sessions {
+            url,
+            admin_key,
+            json,
+        }) => Some(ops::sessions(url, admin_key.as_deref(), *json)),
+        Some(Command::Restarts {
+            data_dir,
+            pool,
+            session,
+            since,
+            follow,
+            json,
+        }) => {
+            let dir = match data_dir {
+                Some(d) => d.clone(),
+                None => match config::load(&cli.config) {
+                    Ok(c) => c.server.data_dir,
+                    Err(_) => PathBuf::from("data"),
+                },
+            };
+            let filter = ops::Filter {
+                pool: pool.clone(),
+                session: session.clone(),
+                since: since.clone(),
+            };
+            Some(ops::restarts(&dir, &filter, *follow, *json))
+        }
+        _ => None,
+    };
+    if let Some(result) = standalone {
+        return match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("troupe: {e}");
@@ -135,7 +197,9 @@ fn main() -> ExitCode {
             check(&cfg);
             ExitCode::SUCCESS
         }
-        Command::Probe { .. } => ExitCode::SUCCESS,
+        Command::Probe { .. } | Command::Restarts { .. } | Command::Sessions { .. } => {
+            ExitCode::SUCCESS
+        }
         Command::Serve => {
             init_logging(&cfg);
             let result = actix_web::rt::System::new().block_on(troupe::server::serve(cfg));

@@ -10,10 +10,15 @@ use actix_cors::Cors;
 use actix_web::{web, App, HttpServer};
 
 use crate::actors::pool::PoolSupervisor;
+use crate::actors::restart_log::RestartLog;
 use crate::actors::router::Router;
+use crate::admin::{self, AdminState};
 use crate::canonical::tokens;
 use crate::config::Config;
 use crate::http::{self, AppState};
+
+/// Restart-log lines kept in memory for the admin API.
+const RECENT_EVENTS: usize = 1000;
 
 /// Runs the gateway until it is told to stop.
 pub async fn serve(cfg: Config) -> std::io::Result<()> {
@@ -38,6 +43,13 @@ pub async fn serve(cfg: Config) -> std::io::Result<()> {
         n => n,
     };
     let router = Router::new(cfg.server.max_queue).start();
+    let log = RestartLog::open(
+        &cfg.server.data_dir,
+        cfg.server.restart_log_max_bytes.0 as u64,
+        cfg.server.restart_log_files,
+        RECENT_EVENTS,
+    )
+    .start();
     // Sessions run on their own threads, so upstream I/O never waits on the
     // HTTP workers or the Router.
     let arbiters: Vec<Arbiter> = (0..workers).map(|_| Arbiter::new()).collect();
@@ -47,14 +59,22 @@ pub async fn serve(cfg: Config) -> std::io::Result<()> {
             pool.clone(),
             &cfg.supervisor,
             router.clone(),
+            log.clone(),
             handles.clone(),
         )
         .start();
     }
+    let admin = web::Data::new(AdminState::new(
+        router.clone(),
+        log.clone(),
+        cfg.server.admin_key.clone(),
+    ));
     let state = web::Data::new(AppState::new(&cfg, router));
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(admin.clone())
+            .configure(admin::routes)
             .wrap(
                 Cors::default()
                     .allow_any_origin()

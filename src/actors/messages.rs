@@ -3,6 +3,9 @@
 //! straight to the handler's mailbox.
 
 use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::time::Instant;
 
 use actix::prelude::*;
 use tokio::sync::{mpsc, oneshot};
@@ -22,7 +25,14 @@ pub enum SessionState {
     Starting,
     /// Can take requests.
     Ready,
-    /// Gave up after too many restarts; `reason` is the last failure.
+    /// A cool-down ended: one trial request decides between `Ready` and a
+    /// longer cool-down.
+    Trial,
+    /// Takes no requests until `until` (429 with Retry-After on the whole
+    /// account, or an open circuit after repeated upstream failures).
+    CoolingDown { until: SystemTime, reason: String },
+    /// Gave up after too many restarts; `reason` is the last failure. Stays
+    /// so until an operator resets it or the configuration changes.
     Failed { reason: String },
 }
 
@@ -32,6 +42,8 @@ impl SessionState {
         match self {
             SessionState::Starting => "starting",
             SessionState::Ready => "ready",
+            SessionState::Trial => "trial",
+            SessionState::CoolingDown { .. } => "cooling_down",
             SessionState::Failed { .. } => "failed",
         }
     }
@@ -59,7 +71,34 @@ pub struct Register {
 pub struct StateChanged {
     pub id: SessionId,
     pub state: SessionState,
+    /// The last failure, shown to operators.
+    pub last_error: Option<Arc<str>>,
+    /// Restarts since the session was created or reset.
+    pub restarts: u32,
 }
+
+/// A session's upstream rate-limited one model (by its upstream name): the
+/// Router routes that model elsewhere until `until`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ModelCooldown {
+    pub id: SessionId,
+    pub model: Arc<str>,
+    pub until: Instant,
+}
+
+/// An operator clears a session's failures and cool-downs.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct ResetSession {
+    pub pool: String,
+    pub session: String,
+}
+
+/// Sent to a session by the Router on an operator reset.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reset;
 
 /// A handler asks for a session serving `model`. The answer comes on
 /// `reply`, at once or when a slot frees up; the handler bounds the wait.
@@ -143,4 +182,8 @@ pub struct SessionInfo {
     pub in_flight: u32,
     pub max_concurrency: u32,
     pub models: Vec<Arc<str>>,
+    pub last_error: Option<Arc<str>>,
+    pub restarts: u32,
+    /// Models this session is cooling down for, with seconds left.
+    pub model_cooldowns: Vec<(Arc<str>, f64)>,
 }

@@ -1,6 +1,7 @@
 //! The pool supervisor: one per configured pool. It builds each session's
 //! upstream and starts the session under an actix `Supervisor`, which
-//! restarts it when it stops.
+//! restarts it when it stops after a fault. A watchdog re-creates a session
+//! whose actor died outright (a panic is not supervised by actix).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -9,20 +10,33 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use super::messages::SessionId;
+use super::restart_log::{EventKind, RestartEvent, RestartLog};
 use super::router::Router;
 use super::session::{Registration, Session};
 use crate::config::{Kind, PoolConfig, SupervisorConfig};
-use crate::upstream::{self, UpstreamContext};
+use crate::upstream::{self, Upstream, UpstreamContext};
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
+
+/// How often the watchdog looks for dead session actors.
+const WATCHDOG_EVERY: Duration = Duration::from_secs(1);
+
+/// Everything needed to (re)start one session.
+struct Member {
+    registration: Registration,
+    upstream: Arc<dyn Upstream>,
+    arbiter: Option<ArbiterHandle>,
+    addr: Addr<Session>,
+}
 
 /// Supervises the sessions of one pool.
 pub struct PoolSupervisor {
     cfg: PoolConfig,
     policy: SupervisorConfig,
     router: Addr<Router>,
+    log: Addr<RestartLog>,
     arbiters: Arc<Vec<ArbiterHandle>>,
-    sessions: Vec<(SessionId, Addr<Session>)>,
+    members: Vec<Member>,
 }
 
 impl PoolSupervisor {
@@ -30,6 +44,7 @@ impl PoolSupervisor {
         cfg: PoolConfig,
         defaults: &SupervisorConfig,
         router: Addr<Router>,
+        log: Addr<RestartLog>,
         arbiters: Arc<Vec<ArbiterHandle>>,
     ) -> Self {
         let policy = cfg.supervisor.apply(defaults);
@@ -37,8 +52,9 @@ impl PoolSupervisor {
             cfg,
             policy,
             router,
+            log,
             arbiters,
-            sessions: Vec::new(),
+            members: Vec::new(),
         }
     }
 
@@ -49,16 +65,33 @@ impl PoolSupervisor {
         }
         let n = match self.cfg.kind {
             Kind::Demo => self.cfg.sessions.unwrap_or(2),
-            Kind::Openai => 0,
+            _ => 0,
         };
         (1..=n).map(|i| format!("{}-{i}", self.cfg.name)).collect()
+    }
+
+    fn spawn(
+        &self,
+        registration: &Registration,
+        upstream: &Arc<dyn Upstream>,
+        arbiter: Option<&ArbiterHandle>,
+    ) -> Addr<Session> {
+        let (registration, upstream) = (registration.clone(), upstream.clone());
+        let (router, log, policy) = (self.router.clone(), self.log.clone(), self.policy.clone());
+        let make = move |_: &mut Context<Session>| {
+            Session::new(registration, upstream, router, log, policy)
+        };
+        match arbiter {
+            Some(a) => Supervisor::start_in_arbiter(a, make),
+            None => Supervisor::start(make),
+        }
     }
 }
 
 impl Actor for PoolSupervisor {
     type Context = Context<Self>;
 
-    fn started(&mut self, _ctx: &mut Self::Context) {
+    fn started(&mut self, ctx: &mut Self::Context) {
         let http = match reqwest::Client::builder()
             .connect_timeout(self.cfg.connect_timeout.unwrap_or(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(90))
@@ -91,31 +124,41 @@ impl Actor for PoolSupervisor {
                     continue;
                 }
             };
-            let id = SessionId(NEXT_ID.fetch_add(1, Ordering::Relaxed));
             let registration = Registration {
-                id,
+                id: SessionId(NEXT_ID.fetch_add(1, Ordering::Relaxed)),
                 pool: pool_name.clone(),
                 name: Arc::from(name.as_str()),
                 max_concurrency: self.cfg.max_concurrency,
                 priority: self.cfg.priority,
                 models: models.clone(),
             };
-            let router = self.router.clone();
-            let policy = self.policy.clone();
-            let make = move |_: &mut Context<Session>| {
-                Session::new(
-                    registration.clone(),
-                    upstream.clone(),
-                    router.clone(),
-                    policy.clone(),
-                )
-            };
-            let addr = match self.arbiters.get(i % self.arbiters.len().max(1)) {
-                Some(arbiter) => Supervisor::start_in_arbiter(arbiter, make),
-                None => Supervisor::start(make),
-            };
-            self.sessions.push((id, addr));
+            let arbiter = self.arbiters.get(i % self.arbiters.len().max(1)).cloned();
+            let addr = self.spawn(&registration, &upstream, arbiter.as_ref());
+            self.members.push(Member {
+                registration,
+                upstream,
+                arbiter,
+                addr,
+            });
         }
-        tracing::info!(pool = %self.cfg.name, kind = self.cfg.kind.as_str(), sessions = self.sessions.len(), "pool started");
+        tracing::info!(pool = %self.cfg.name, kind = self.cfg.kind.as_str(), sessions = self.members.len(), "pool started");
+        ctx.run_interval(WATCHDOG_EVERY, |act, _| {
+            for i in 0..act.members.len() {
+                if act.members[i].addr.connected() {
+                    continue;
+                }
+                let m = &act.members[i];
+                let reason = "session actor died; re-created by the watchdog";
+                tracing::error!(pool = %m.registration.pool, session = %m.registration.name, reason);
+                act.log.do_send(RestartEvent::now(
+                    &m.registration.pool,
+                    &m.registration.name,
+                    EventKind::Respawn,
+                    reason,
+                ));
+                let addr = act.spawn(&m.registration, &m.upstream, m.arbiter.as_ref());
+                act.members[i].addr = addr;
+            }
+        });
     }
 }

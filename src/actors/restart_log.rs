@@ -128,7 +128,11 @@ impl RestartLog {
     }
 
     fn reopen(&mut self) {
-        match OpenOptions::new().create(true).append(true).open(self.path()) {
+        match OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path())
+        {
             Ok(f) => {
                 self.size = f.metadata().map(|m| m.len()).unwrap_or(0);
                 self.file = Some(f);
@@ -232,11 +236,15 @@ pub fn read_all(dir: &Path) -> Vec<RestartEvent> {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            let n = name.strip_prefix(FILE_NAME)?.strip_prefix('.')?.parse().ok()?;
+            let n = name
+                .strip_prefix(FILE_NAME)?
+                .strip_prefix('.')?
+                .parse()
+                .ok()?;
             Some((n, e.path()))
         })
         .collect();
-    rotated.sort_by(|a, b| b.0.cmp(&a.0));
+    rotated.sort_by_key(|r| std::cmp::Reverse(r.0));
     let mut out = Vec::new();
     for (_, p) in rotated {
         out.extend(read_events(&p));
@@ -270,7 +278,10 @@ mod tests {
         // Rotation dropped the oldest files but what is kept is in order.
         let attempts: Vec<u32> = all.iter().map(|e| e.attempt).collect();
         assert!(!attempts.is_empty() && attempts.len() < 20, "{attempts:?}");
-        assert!(attempts.windows(2).all(|w| w[0] + 1 == w[1]), "{attempts:?}");
+        assert!(
+            attempts.windows(2).all(|w| w[0] + 1 == w[1]),
+            "{attempts:?}"
+        );
         assert_eq!(*attempts.last().unwrap(), 19);
         let reopened = RestartLog::open(&dir, 400, 3, 5);
         assert_eq!(reopened.recent.back().map(|e| e.attempt), Some(19));

@@ -5,12 +5,14 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::messages::{
-    Acquire, AcquireError, Lease, Permit, Register, Release, SessionId, SessionInfo, SessionState,
-    Snapshot, StateChanged,
+    Acquire, AcquireError, Lease, ModelCooldown, Permit, Register, Release, Reset, ResetSession,
+    SessionId, SessionInfo, SessionState, Snapshot, StateChanged,
 };
 use super::session::Session;
 
@@ -23,6 +25,20 @@ struct Slot {
     in_flight: u32,
     max: u32,
     models: Vec<Arc<str>>,
+    last_error: Option<Arc<str>>,
+    restarts: u32,
+}
+
+impl Slot {
+    /// Whether the session can take one more request now.
+    fn has_room(&self) -> bool {
+        match self.state {
+            SessionState::Ready => self.in_flight < self.max,
+            // One trial request decides whether the cool-down is over.
+            SessionState::Trial => self.in_flight == 0,
+            _ => false,
+        }
+    }
 }
 
 /// A model's route to a session, with the name to send upstream.
@@ -30,6 +46,8 @@ struct Route {
     slot: usize,
     priority: i32,
     upstream_model: Arc<str>,
+    /// The upstream rate-limited this model on this session until then.
+    cool_until: Option<Instant>,
 }
 
 struct Waiter {
@@ -63,11 +81,12 @@ impl Router {
     /// least loaded.
     fn pick(&self, model: &str, exclude: Option<SessionId>) -> Option<(usize, Arc<str>)> {
         let routes = self.routes.get(model)?;
+        let now = Instant::now();
         routes
             .iter()
             .filter(|r| {
                 let s = &self.slots[r.slot];
-                s.state == SessionState::Ready && s.in_flight < s.max && Some(s.id) != exclude
+                s.has_room() && Some(s.id) != exclude && r.cool_until.is_none_or(|t| t <= now)
             })
             .min_by_key(|r| (r.priority, self.slots[r.slot].in_flight))
             .map(|r| (r.slot, r.upstream_model.clone()))
@@ -151,6 +170,13 @@ impl Handler<Register> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: Register, ctx: &mut Self::Context) {
+        if let Some(&slot) = self.index.get(&msg.id) {
+            // The watchdog re-created a dead session actor.
+            let s = &mut self.slots[slot];
+            s.addr = msg.addr;
+            s.state = SessionState::Starting;
+            return;
+        }
         let slot = self.slots.len();
         self.index.insert(msg.id, slot);
         for (public, upstream) in &msg.models {
@@ -159,6 +185,7 @@ impl Handler<Register> for Router {
                 slot,
                 priority: msg.priority,
                 upstream_model: upstream.clone(),
+                cool_until: None,
             });
         }
         self.slots.push(Slot {
@@ -170,6 +197,8 @@ impl Handler<Register> for Router {
             in_flight: 0,
             max: msg.max_concurrency,
             models: msg.models.into_iter().map(|(p, _)| p).collect(),
+            last_error: None,
+            restarts: 0,
         });
         self.drain_queue(ctx);
     }
@@ -180,7 +209,10 @@ impl Handler<StateChanged> for Router {
 
     fn handle(&mut self, msg: StateChanged, ctx: &mut Self::Context) {
         if let Some(&slot) = self.index.get(&msg.id) {
-            self.slots[slot].state = msg.state;
+            let s = &mut self.slots[slot];
+            s.state = msg.state;
+            s.last_error = msg.last_error;
+            s.restarts = msg.restarts;
             self.drain_queue(ctx);
         }
     }
@@ -225,14 +257,61 @@ impl Handler<Release> for Router {
     }
 }
 
+impl Handler<ModelCooldown> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: ModelCooldown, ctx: &mut Self::Context) {
+        let Some(&slot) = self.index.get(&msg.id) else {
+            return;
+        };
+        // The upstream limited its model name; every public name mapped to
+        // it on this session cools down together.
+        let mut any = false;
+        for route in self.routes.values_mut().flatten() {
+            if route.slot == slot && route.upstream_model == msg.model {
+                route.cool_until = Some(msg.until);
+                any = true;
+            }
+        }
+        if any {
+            // Waiters may be served once the cool-down ends.
+            let wait = msg.until.saturating_duration_since(Instant::now());
+            ctx.run_later(wait, |act, ctx| act.drain_queue(ctx));
+        }
+    }
+}
+
+impl Handler<ResetSession> for Router {
+    type Result = bool;
+
+    fn handle(&mut self, msg: ResetSession, _: &mut Self::Context) -> bool {
+        let Some(slot) = self
+            .slots
+            .iter()
+            .position(|s| *s.pool == msg.pool && *s.name == msg.session)
+        else {
+            return false;
+        };
+        for routes in self.routes.values_mut() {
+            for r in routes.iter_mut().filter(|r| r.slot == slot) {
+                r.cool_until = None;
+            }
+        }
+        self.slots[slot].addr.do_send(Reset);
+        true
+    }
+}
+
 impl Handler<Snapshot> for Router {
     type Result = MessageResult<Snapshot>;
 
     fn handle(&mut self, _: Snapshot, _: &mut Self::Context) -> Self::Result {
+        let now = Instant::now();
         MessageResult(
             self.slots
                 .iter()
-                .map(|s| SessionInfo {
+                .enumerate()
+                .map(|(i, s)| SessionInfo {
                     id: s.id,
                     pool: s.pool.clone(),
                     name: s.name.clone(),
@@ -240,6 +319,19 @@ impl Handler<Snapshot> for Router {
                     in_flight: s.in_flight,
                     max_concurrency: s.max,
                     models: s.models.clone(),
+                    last_error: s.last_error.clone(),
+                    restarts: s.restarts,
+                    model_cooldowns: self
+                        .routes
+                        .iter()
+                        .flat_map(|(model, rs)| {
+                            rs.iter()
+                                .filter(move |r| r.slot == i)
+                                .filter_map(|r| r.cool_until)
+                                .filter(|t| *t > now)
+                                .map(move |t| (model.clone(), (t - now).as_secs_f64()))
+                        })
+                        .collect(),
                 })
                 .collect(),
         )

@@ -1,15 +1,23 @@
 //! A Session actor owns one upstream account or connection. It establishes
-//! the upstream, runs requests on it, and stops on a fault that leaves it
-//! unusable so its supervisor restarts it (with backoff) or gives up.
+//! the upstream, runs requests on it, classifies every failure once, and
+//! acts on it: a rate limit cools the model or the account down, repeated
+//! upstream failures open a circuit, refused credentials are refreshed once,
+//! and a fault that leaves the session unusable stops the actor so its
+//! supervisor restarts it with backoff, or gives up.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use actix::prelude::*;
 use rand::Rng as _;
 
-use super::messages::{Chat, Register, SessionId, SessionState, StateChanged};
+use super::messages::{
+    Chat, ModelCooldown, Register, Reset, SessionId, SessionState, StateChanged,
+};
+use super::restart_log::{EventKind, RestartEvent, RestartLog};
 use super::router::Router;
 use crate::canonical::{ChatEvent, ErrorKind, UpstreamError};
 use crate::config::SupervisorConfig;
@@ -26,6 +34,11 @@ pub struct Registration {
     pub models: Vec<(Arc<str>, Arc<str>)>,
 }
 
+/// How long a 429 without `Retry-After` cools a model down.
+const DEFAULT_RATE_LIMIT_COOLDOWN: Duration = Duration::from_secs(5);
+/// Refresh expiring credentials this long before they expire.
+const REFRESH_AHEAD: Duration = Duration::from_secs(60);
+
 /// One upstream session.
 pub struct Session {
     id: SessionId,
@@ -36,13 +49,31 @@ pub struct Session {
     registration: Option<Registration>,
     upstream: Arc<dyn Upstream>,
     router: Addr<Router>,
+    log: Addr<RestartLog>,
     policy: SupervisorConfig,
     state: SessionState,
     /// When the recent restarts happened, for the restart-intensity limit.
     restarts: VecDeque<Instant>,
+    /// Restarts since creation or the last reset, for operators.
+    total_restarts: u32,
     /// Consecutive restarts, for the backoff.
     attempt: u32,
-    last_error: Option<String>,
+    /// Consecutive upstream failures, for the circuit.
+    failures: u32,
+    /// Consecutive circuit openings, for the cool-down length.
+    opened: u32,
+    last_error: Option<Arc<str>>,
+    /// Pending timer for the end of a cool-down or a credential refresh.
+    timer: Option<SpawnHandle>,
+    refreshing: bool,
+}
+
+/// How one request ended, as far as the session is concerned.
+struct Outcome {
+    model: Arc<str>,
+    error: Option<UpstreamError>,
+    /// Credentials were refreshed during the request (and with what result).
+    refreshed: Option<Result<bool, String>>,
 }
 
 impl Session {
@@ -50,6 +81,7 @@ impl Session {
         registration: Registration,
         upstream: Arc<dyn Upstream>,
         router: Addr<Router>,
+        log: Addr<RestartLog>,
         policy: SupervisorConfig,
     ) -> Self {
         Session {
@@ -59,19 +91,41 @@ impl Session {
             registration: Some(registration),
             upstream,
             router,
+            log,
             policy,
             state: SessionState::Starting,
             restarts: VecDeque::new(),
+            total_restarts: 0,
             attempt: 0,
+            failures: 0,
+            opened: 0,
             last_error: None,
+            timer: None,
+            refreshing: false,
         }
+    }
+
+    fn report(&self) {
+        self.router.do_send(StateChanged {
+            id: self.id,
+            state: self.state.clone(),
+            last_error: self.last_error.clone(),
+            restarts: self.total_restarts,
+        });
     }
 
     fn set_state(&mut self, state: SessionState) {
         if self.state != state {
-            self.state = state.clone();
-            self.router.do_send(StateChanged { id: self.id, state });
+            self.state = state;
+            self.report();
         }
+    }
+
+    fn record(&self, event: EventKind, reason: &str, attempt: u32, backoff: Option<Duration>) {
+        let mut ev = RestartEvent::now(&self.pool, &self.name, event, reason);
+        ev.attempt = attempt;
+        ev.backoff_ms = backoff.map(|d| d.as_millis() as u64);
+        self.log.do_send(ev);
     }
 
     /// Exponential backoff with jitter for the current attempt.
@@ -79,14 +133,12 @@ impl Session {
         if self.attempt == 0 {
             return Duration::ZERO;
         }
-        let base = self.policy.backoff_initial.as_secs_f64()
-            * self
-                .policy
-                .backoff_multiplier
-                .powi(self.attempt.saturating_sub(1).min(30) as i32);
-        let capped = base.min(self.policy.backoff_max.as_secs_f64());
-        let jitter = rand::thread_rng().gen_range(0.8..=1.2);
-        Duration::from_secs_f64((capped * jitter).min(self.policy.backoff_max.as_secs_f64()))
+        exp_delay(
+            self.policy.backoff_initial,
+            self.policy.backoff_multiplier,
+            self.attempt,
+            self.policy.backoff_max,
+        )
     }
 
     fn establish(&mut self, ctx: &mut Context<Self>) {
@@ -98,9 +150,48 @@ impl Session {
                     Ok(()) => {
                         act.attempt = 0;
                         act.set_state(SessionState::Ready);
+                        act.schedule_refresh(ctx);
                         tracing::info!(pool = %act.pool, session = %act.name, "session ready");
                     }
                     Err(e) => act.fault(e.to_string(), ctx),
+                }),
+        );
+    }
+
+    /// Plans the next credential refresh ahead of expiry, for kinds whose
+    /// credentials expire.
+    fn schedule_refresh(&mut self, ctx: &mut Context<Self>) {
+        let Some(expires) = self.upstream.expires_at() else {
+            return;
+        };
+        let left = expires
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        let ahead = REFRESH_AHEAD.min(left / 5);
+        ctx.run_later(left.saturating_sub(ahead), |act, ctx| {
+            act.refresh(ctx, "credentials about to expire")
+        });
+    }
+
+    /// One refresh at a time per account.
+    fn refresh(&mut self, ctx: &mut Context<Self>, why: &'static str) {
+        if self.refreshing || matches!(self.state, SessionState::Failed { .. }) {
+            return;
+        }
+        self.refreshing = true;
+        let upstream = self.upstream.clone();
+        ctx.spawn(
+            async move { upstream.refresh().await }
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    act.refreshing = false;
+                    match res {
+                        Ok(_) => {
+                            act.record(EventKind::Refresh, why, 0, None);
+                            act.schedule_refresh(ctx);
+                        }
+                        Err(e) => act.fault(format!("credential refresh failed: {e}"), ctx),
+                    }
                 }),
         );
     }
@@ -116,17 +207,125 @@ impl Session {
         {
             self.restarts.pop_front();
         }
-        self.last_error = Some(reason.clone());
+        self.last_error = Some(Arc::from(reason.as_str()));
         if self.restarts.len() as u32 >= self.policy.max_restarts {
             tracing::error!(pool = %self.pool, session = %self.name, %reason, "session failed, giving up");
+            self.record(EventKind::GiveUp, &reason, self.attempt, None);
             self.set_state(SessionState::Failed { reason });
             return;
         }
         self.restarts.push_back(now);
-        tracing::warn!(pool = %self.pool, session = %self.name, %reason, "session fault, restarting");
+        self.total_restarts += 1;
+        self.attempt = self.attempt.saturating_add(1);
+        let delay = self.backoff();
+        self.record(EventKind::Restart, &reason, self.attempt, Some(delay));
         self.set_state(SessionState::Starting);
+        // The supervisor restarts the actor; `started` waits out the backoff.
         ctx.stop();
     }
+
+    fn cool_down(&mut self, until_in: Duration, reason: String, ctx: &mut Context<Self>) {
+        let until_in = until_in.min(self.policy.cooldown_max);
+        self.record(EventKind::Cooldown, &reason, self.opened, Some(until_in));
+        self.last_error = Some(Arc::from(reason.as_str()));
+        self.set_state(SessionState::CoolingDown {
+            until: SystemTime::now() + until_in,
+            reason,
+        });
+        if let Some(t) = self.timer.take() {
+            ctx.cancel_future(t);
+        }
+        self.timer = Some(ctx.run_later(until_in, |act, _| {
+            act.timer = None;
+            if matches!(act.state, SessionState::CoolingDown { .. }) {
+                act.set_state(SessionState::Trial);
+            }
+        }));
+    }
+
+    fn on_outcome(&mut self, out: Outcome, ctx: &mut Context<Self>) {
+        if let Some(r) = &out.refreshed {
+            match r {
+                Ok(true) => self.record(
+                    EventKind::Refresh,
+                    "upstream refused the credentials",
+                    0,
+                    None,
+                ),
+                Ok(false) => {}
+                Err(e) => self.record(EventKind::Refresh, &format!("refresh failed: {e}"), 0, None),
+            }
+        }
+        let Some(err) = out.error else {
+            self.succeeded();
+            return;
+        };
+        match err.kind {
+            // The client's own fault or the client leaving says nothing
+            // about the upstream's health.
+            ErrorKind::InvalidRequest | ErrorKind::Cancelled => self.succeeded(),
+            ErrorKind::RateLimited => {
+                let wait = err
+                    .retry_after
+                    .unwrap_or(DEFAULT_RATE_LIMIT_COOLDOWN)
+                    .min(self.policy.cooldown_max);
+                let reason = format!("rate limited on {}: {}", out.model, err.message);
+                if self.state == SessionState::Trial {
+                    self.opened += 1;
+                    self.cool_down(wait, reason, ctx);
+                } else {
+                    self.record(EventKind::Cooldown, &reason, 0, Some(wait));
+                    self.last_error = Some(Arc::from(reason.as_str()));
+                    self.router.do_send(ModelCooldown {
+                        id: self.id,
+                        model: out.model,
+                        until: Instant::now() + wait,
+                    });
+                    self.report();
+                }
+            }
+            ErrorKind::Unavailable
+            | ErrorKind::Protocol
+            | ErrorKind::Connect
+            | ErrorKind::Timeout => {
+                self.failures += 1;
+                self.last_error = Some(Arc::from(err.to_string().as_str()));
+                if self.state == SessionState::Trial
+                    || self.failures >= self.policy.circuit_threshold
+                {
+                    self.opened += 1;
+                    self.failures = 0;
+                    let wait = exp_delay(
+                        self.policy.cooldown_initial,
+                        2.0,
+                        self.opened,
+                        self.policy.cooldown_max,
+                    );
+                    self.cool_down(wait, format!("circuit open: {err}"), ctx);
+                } else {
+                    self.report();
+                }
+            }
+            ErrorKind::Auth | ErrorKind::SessionLost => self.fault(err.to_string(), ctx),
+        }
+    }
+
+    fn succeeded(&mut self) {
+        self.failures = 0;
+        if self.state == SessionState::Trial {
+            self.opened = 0;
+            self.record(EventKind::CooldownEnd, "trial request succeeded", 0, None);
+            self.set_state(SessionState::Ready);
+        }
+    }
+}
+
+/// `initial * multiplier^(n-1)`, capped, with ±20 % jitter (still capped).
+pub fn exp_delay(initial: Duration, multiplier: f64, n: u32, max: Duration) -> Duration {
+    let exp = n.saturating_sub(1).min(60) as i32;
+    let base = (initial.as_secs_f64() * multiplier.powi(exp)).min(max.as_secs_f64());
+    let jitter = rand::thread_rng().gen_range(0.8..=1.2);
+    Duration::from_secs_f64((base * jitter).min(max.as_secs_f64()))
 }
 
 impl Actor for Session {
@@ -144,6 +343,9 @@ impl Actor for Session {
                 models: r.models,
             });
         }
+        if matches!(self.state, SessionState::Failed { .. }) {
+            return;
+        }
         self.set_state(SessionState::Starting);
         let delay = self.backoff();
         if delay.is_zero() {
@@ -156,7 +358,8 @@ impl Actor for Session {
 
 impl actix::Supervised for Session {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
-        self.attempt = self.attempt.saturating_add(1);
+        self.timer = None;
+        self.refreshing = false;
     }
 }
 
@@ -165,37 +368,93 @@ impl Handler<Chat> for Session {
 
     fn handle(&mut self, msg: Chat, ctx: &mut Self::Context) {
         let sink = EventSink::new(msg.reply);
-        if self.state != SessionState::Ready {
-            // Leased just before it failed: let the handler retry elsewhere.
+        if !matches!(self.state, SessionState::Ready | SessionState::Trial) {
+            // Leased just before it changed state: let the handler retry elsewhere.
             let err = UpstreamError::new(ErrorKind::SessionLost, "session is not ready");
-            let _ = sink_try_error(&sink, err);
+            let _ = sink.try_send(ChatEvent::Error(err));
             return;
         }
         let upstream = self.upstream.clone();
+        let model = msg.model.clone();
         let fut = async move {
-            let result = tokio::select! {
-                biased;
-                _ = sink.closed() => return None,
-                r = upstream.chat(&msg.request, &msg.model, &sink) => r,
-            };
-            match result {
-                Ok(()) => None,
-                Err(e) if e.kind == ErrorKind::Cancelled => None,
-                Err(e) => {
-                    let fatal = e.is_fatal_to_session().then(|| e.to_string());
-                    let _ = sink.send(ChatEvent::Error(e)).await;
-                    fatal
+            let run = async {
+                let mut refreshed = None;
+                let mut result = upstream.chat(&msg.request, &msg.model, &sink).await;
+                if matches!(&result, Err(e) if e.kind == ErrorKind::Auth) {
+                    // One refresh and one retry; nothing reached the client yet.
+                    let r = upstream.refresh().await.map_err(|e| e.to_string());
+                    if matches!(r, Ok(true)) {
+                        result = upstream.chat(&msg.request, &msg.model, &sink).await;
+                    }
+                    refreshed = Some(r);
                 }
+                (result, refreshed)
+            };
+            let (result, refreshed) = tokio::select! {
+                biased;
+                _ = sink.closed() => (Err(UpstreamError::new(ErrorKind::Cancelled, "client went away")), None),
+                r = run => r,
+            };
+            let error = match result {
+                Ok(()) => None,
+                Err(e) => {
+                    if e.kind != ErrorKind::Cancelled {
+                        let _ = sink.send(ChatEvent::Error(e.clone())).await;
+                    }
+                    Some(e)
+                }
+            };
+            Outcome {
+                model,
+                error,
+                refreshed,
             }
         };
-        ctx.spawn(fut.into_actor(self).map(|fatal, act, ctx| {
-            if let Some(reason) = fatal {
-                act.fault(reason, ctx);
-            }
-        }));
+        ctx.spawn(
+            fut.into_actor(self)
+                .map(|out, act, ctx| act.on_outcome(out, ctx)),
+        );
     }
 }
 
-fn sink_try_error(sink: &EventSink, err: UpstreamError) -> Result<(), UpstreamError> {
-    sink.try_send(ChatEvent::Error(err))
+impl Handler<Reset> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: Reset, ctx: &mut Self::Context) {
+        self.restarts.clear();
+        self.attempt = 0;
+        self.failures = 0;
+        self.opened = 0;
+        self.last_error = None;
+        if let Some(t) = self.timer.take() {
+            ctx.cancel_future(t);
+        }
+        self.record(EventKind::Reset, "reset by an operator", 0, None);
+        match self.state {
+            SessionState::Failed { .. } | SessionState::Starting => {
+                self.state = SessionState::Starting;
+                self.report();
+                self.establish(ctx);
+            }
+            _ => self.set_state(SessionState::Ready),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_and_stay_capped() {
+        let init = Duration::from_millis(100);
+        let max = Duration::from_secs(1);
+        let first = exp_delay(init, 2.0, 1, max);
+        assert!(first >= Duration::from_millis(80) && first <= Duration::from_millis(120));
+        let third = exp_delay(init, 2.0, 3, max);
+        assert!(third >= Duration::from_millis(320) && third <= Duration::from_millis(480));
+        for n in 5..70 {
+            assert!(exp_delay(init, 2.0, n, max) <= max);
+        }
+    }
 }

@@ -240,13 +240,32 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
                     return Err(invalid(at("sessions"), "must be at least 1"));
                 }
             }
-            Kind::Openai => {
+            Kind::Openai | Kind::Anthropic => {
+                let kind = pool.kind.as_str();
                 match &pool.base_url {
-                    None => return Err(invalid(at("base_url"), "the openai kind needs base_url")),
+                    None => {
+                        return Err(invalid(
+                            at("base_url"),
+                            format!("the {kind} kind needs base_url"),
+                        ))
+                    }
                     Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
                         return Err(invalid(
                             at("base_url"),
                             format!("`{u}` is not an http(s) URL"),
+                        ))
+                    }
+                    // Anthropic's SDK convention: the gateway appends
+                    // `/v1/messages`, so a `/v1` here would double it.
+                    Some(u)
+                        if pool.kind == Kind::Anthropic
+                            && u.trim_end_matches('/').ends_with("/v1") =>
+                    {
+                        return Err(invalid(
+                            at("base_url"),
+                            format!(
+                                "`{u}`: give the anthropic base_url without `/v1` (like https://api.anthropic.com); /v1/messages is appended"
+                            ),
                         ))
                     }
                     Some(_) => {}
@@ -254,20 +273,20 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 if pool.sessions.is_some() {
                     return Err(invalid(
                         at("sessions"),
-                        "the openai kind has one session per account",
+                        format!("the {kind} kind has one session per account"),
                     ));
                 }
                 if pool.accounts.is_empty() {
                     return Err(invalid(
                         at("accounts"),
-                        "the openai kind needs at least one account",
+                        format!("the {kind} kind needs at least one account"),
                     ));
                 }
                 for (a, acct) in pool.accounts.iter().enumerate() {
                     if acct.api_key.is_none() {
                         return Err(invalid(
                             at(&format!("accounts[{a}].api_key")),
-                            "an openai account needs api_key or api_key_file",
+                            format!("an {kind} account needs api_key or api_key_file"),
                         ));
                     }
                 }
@@ -317,6 +336,33 @@ mod tests {
         assert!(e.to_string().starts_with("server.request_timeout:"), "{e}");
         let e = from_value(json!({"pools": [demo_pool(), demo_pool()]})).unwrap_err();
         assert!(e.to_string().starts_with("pools[1].name:"), "{e}");
+    }
+
+    #[test]
+    fn anthropic_pools_validate_like_openai_ones() {
+        let pool = |base: &str, accounts: Value| {
+            json!({"pools": [{"name": "a", "kind": "anthropic", "base_url": base,
+                "models": ["claude"], "accounts": accounts}]})
+        };
+        let key = json!([{"name": "k", "api_key": "sk-ant"}]);
+        let cfg = from_value(pool("https://api.anthropic.com", key.clone())).unwrap();
+        assert_eq!(cfg.pools[0].kind, Kind::Anthropic);
+        assert_eq!(cfg.pools[0].kind.as_str(), "anthropic");
+        let e = from_value(pool("https://api.anthropic.com/v1", key.clone())).unwrap_err();
+        assert!(e.to_string().starts_with("pools[0].base_url:"), "{e}");
+        let e = from_value(pool("https://api.anthropic.com", json!([]))).unwrap_err();
+        assert!(e.to_string().starts_with("pools[0].accounts:"), "{e}");
+        let e = from_value(pool("https://api.anthropic.com", json!([{"name": "k"}]))).unwrap_err();
+        assert!(
+            e.to_string().starts_with("pools[0].accounts[0].api_key:"),
+            "{e}"
+        );
+        let e = from_value(json!({"pools": [{"name": "a", "kind": "anthropic", "models": ["c"]}]}))
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("the anthropic kind needs base_url"),
+            "{e}"
+        );
     }
 
     #[test]

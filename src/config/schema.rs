@@ -42,6 +42,10 @@ pub struct ServerConfig {
     pub workers: usize,
     /// `pretty` or `json` log lines.
     pub log_format: LogFormat,
+    /// The restart log rotates past this size...
+    pub restart_log_max_bytes: ByteSize,
+    /// ...keeping this many rotated files.
+    pub restart_log_files: usize,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +65,8 @@ impl Default for ServerConfig {
             drain_timeout: Duration::from_secs(30),
             workers: 0,
             log_format: LogFormat::Pretty,
+            restart_log_max_bytes: ByteSize(10 * 1024 * 1024),
+            restart_log_files: 5,
         }
     }
 }
@@ -88,6 +94,11 @@ pub struct SupervisorConfig {
     pub retry_budget: u32,
     #[serde(with = "humantime_serde")]
     pub cooldown_max: Duration,
+    /// First cool-down of an open circuit; doubles while trials fail.
+    #[serde(with = "humantime_serde")]
+    pub cooldown_initial: Duration,
+    /// Consecutive upstream failures (5xx, broken streams) that open the circuit.
+    pub circuit_threshold: u32,
 }
 
 impl Default for SupervisorConfig {
@@ -100,6 +111,8 @@ impl Default for SupervisorConfig {
             restart_window: Duration::from_secs(60),
             retry_budget: 2,
             cooldown_max: Duration::from_secs(300),
+            cooldown_initial: Duration::from_secs(5),
+            circuit_threshold: 3,
         }
     }
 }
@@ -119,6 +132,9 @@ pub struct SupervisorOverrides {
     pub retry_budget: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     pub cooldown_max: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub cooldown_initial: Option<Duration>,
+    pub circuit_threshold: Option<u32>,
 }
 
 impl SupervisorOverrides {
@@ -132,6 +148,8 @@ impl SupervisorOverrides {
             restart_window: self.restart_window.unwrap_or(base.restart_window),
             retry_budget: self.retry_budget.unwrap_or(base.retry_budget),
             cooldown_max: self.cooldown_max.unwrap_or(base.cooldown_max),
+            cooldown_initial: self.cooldown_initial.unwrap_or(base.cooldown_initial),
+            circuit_threshold: self.circuit_threshold.unwrap_or(base.circuit_threshold),
         }
     }
 }
@@ -142,6 +160,7 @@ impl SupervisorOverrides {
 pub enum Kind {
     Demo,
     Openai,
+    Anthropic,
 }
 
 impl Kind {
@@ -149,6 +168,7 @@ impl Kind {
         match self {
             Kind::Demo => "demo",
             Kind::Openai => "openai",
+            Kind::Anthropic => "anthropic",
         }
     }
 }

@@ -85,6 +85,18 @@ impl ApiError {
         }
     }
 
+    /// The HTTP status in `protocol`. A queue that gave up is Anthropic's
+    /// 529 `overloaded_error`, which its SDKs and Claude Code retry; OpenAI
+    /// clients know the same thing as 429.
+    pub fn status_for(&self, protocol: Protocol) -> StatusCode {
+        match (self, protocol) {
+            (ApiError::QueueTimeout { .. } | ApiError::QueueFull, Protocol::Anthropic) => {
+                StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
+            _ => self.status_code(),
+        }
+    }
+
     fn retry_after(&self) -> Option<u64> {
         match self {
             ApiError::QueueTimeout { .. } | ApiError::QueueFull => Some(1),
@@ -95,7 +107,7 @@ impl ApiError {
 
     /// The response in `protocol`'s error envelope.
     pub fn render(&self, protocol: Protocol) -> HttpResponse {
-        let status = self.status_code();
+        let status = self.status_for(protocol);
         let mut resp = HttpResponse::build(status);
         if let Some(secs) = self.retry_after() {
             resp.insert_header(("Retry-After", secs.to_string()));
@@ -106,10 +118,21 @@ impl ApiError {
                 let (kind, code, param) = self.openai_parts();
                 json!({"error": {"message": message, "type": kind, "param": param, "code": code}})
             }
-            Protocol::Anthropic => json!({
-                "type": "error",
-                "error": {"type": anthropic_type(status), "message": message}
-            }),
+            Protocol::Anthropic => {
+                // Anthropic's envelope has no `param`: the message must name
+                // the field, as Anthropic's own (`messages.0.content: ...`) do.
+                let message = match self {
+                    ApiError::BadRequest {
+                        param: Some(p),
+                        message,
+                    } if !message.contains(p.as_str()) => format!("{p}: {message}"),
+                    _ => message,
+                };
+                json!({
+                    "type": "error",
+                    "error": {"type": anthropic_type(status), "message": message}
+                })
+            }
         };
         resp.content_type("application/json").body(body.to_string())
     }

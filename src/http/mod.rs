@@ -2,6 +2,7 @@
 //! Handlers decode into the canonical model, dispatch through the Router,
 //! and encode the answer in the caller's protocol.
 
+pub mod anthropic;
 pub mod auth;
 pub mod body;
 pub mod dispatch;
@@ -87,15 +88,28 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Registers every route, at `/v1` and under the `/openai/v1` prefix.
+/// Registers every route: both protocols at `/v1`, each also under its
+/// own prefix (`/openai/v1`, `/anthropic/v1`). One scope per prefix, since
+/// actix does not fall through from a matching scope to a later one.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    for prefix in ["/v1", "/openai/v1"] {
-        cfg.service(
-            web::scope(prefix)
+    for prefix in ["/v1", "/openai/v1", "/anthropic/v1"] {
+        let mut scope = web::scope(prefix);
+        if prefix != "/anthropic/v1" {
+            scope = scope.route(
+                "/chat/completions",
+                web::post().to(openai::chat_completions),
+            );
+        }
+        if prefix != "/openai/v1" {
+            scope = scope
+                .route("/messages", web::post().to(anthropic::messages))
                 .route(
-                    "/chat/completions",
-                    web::post().to(openai::chat_completions),
-                )
+                    "/messages/count_tokens",
+                    web::post().to(anthropic::count_tokens),
+                );
+        }
+        cfg.service(
+            scope
                 .route("/models", web::get().to(openai::list_models))
                 .route("/models/{id:.*}", web::get().to(openai::get_model)),
         );
@@ -106,5 +120,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 async fn not_found(req: HttpRequest) -> HttpResponse {
-    ApiError::RouteNotFound(format!("{} {}", req.method(), req.path())).render(Protocol::OpenAi)
+    let protocol = if req.path().starts_with("/anthropic/") || anthropic::wants_anthropic(&req) {
+        Protocol::Anthropic
+    } else {
+        Protocol::OpenAi
+    };
+    ApiError::RouteNotFound(format!("{} {}", req.method(), req.path())).render(protocol)
 }

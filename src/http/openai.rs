@@ -48,10 +48,14 @@ async fn chat(
     }
 }
 
-/// `GET /v1/models`.
+/// `GET /v1/models`, in Anthropic's shape for Anthropic clients.
 pub async fn list_models(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let anthropic = super::anthropic::wants_anthropic(&req);
     if let Err(e) = state.auth.check(&req) {
-        return e.render(Protocol::OpenAi);
+        return e.render(protocol(anthropic));
+    }
+    if anthropic {
+        return super::anthropic::list_models(&state);
     }
     let list = ModelList {
         object: "list",
@@ -69,16 +73,20 @@ pub async fn list_models(req: HttpRequest, state: web::Data<AppState>) -> HttpRe
     HttpResponse::Ok().json(list)
 }
 
-/// `GET /v1/models/{id}`.
+/// `GET /v1/models/{id}`, in Anthropic's shape for Anthropic clients.
 pub async fn get_model(
     req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
+    let anthropic = super::anthropic::wants_anthropic(&req);
     if let Err(e) = state.auth.check(&req) {
-        return e.render(Protocol::OpenAi);
+        return e.render(protocol(anthropic));
     }
     let id = path.into_inner();
+    if anthropic {
+        return super::anthropic::get_model(&state, id);
+    }
     match state.models.iter().find(|m| m.id == id) {
         Some(m) => HttpResponse::Ok().json(ModelOut {
             id: &m.id,
@@ -87,5 +95,13 @@ pub async fn get_model(
             owned_by: &m.owned_by,
         }),
         None => ApiError::ModelNotFound(id).render(Protocol::OpenAi),
+    }
+}
+
+fn protocol(anthropic: bool) -> Protocol {
+    if anthropic {
+        Protocol::Anthropic
+    } else {
+        Protocol::OpenAi
     }
 }

@@ -2,6 +2,7 @@
 //! the frontend (clients calling troupe) and the upstream of the same
 //! protocol share them.
 
+pub mod anthropic;
 pub mod openai;
 pub mod sse;
 

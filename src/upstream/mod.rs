@@ -2,6 +2,7 @@
 //! one [`ChatRequest`] into [`ChatEvent`]s. A session actor owns one
 //! instance per account or connection.
 
+pub mod anthropic;
 pub mod demo;
 pub mod openai;
 
@@ -20,6 +21,29 @@ pub trait Upstream: Send + Sync + 'static {
     /// the session takes requests. Failing here restarts the session.
     async fn establish(&self) -> Result<(), UpstreamError> {
         Ok(())
+    }
+
+    /// Fetches fresh credentials (after the upstream refused the current
+    /// ones, or ahead of their expiry). `Ok(true)` when they changed, so a
+    /// refused request is worth one more try.
+    async fn refresh(&self) -> Result<bool, UpstreamError> {
+        Ok(false)
+    }
+
+    /// When the current credentials expire, for kinds whose do.
+    fn expires_at(&self) -> Option<std::time::SystemTime> {
+        None
+    }
+
+    /// Login state worth keeping across process restarts, for the
+    /// credential cache. Never logged.
+    fn export_credentials(&self) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// Takes back cached login state before `establish`; false if unusable.
+    fn import_credentials(&self, _cached: serde_json::Value) -> bool {
+        false
     }
 
     /// Runs one request, sending its events to `sink`, and returns when the
@@ -67,6 +91,58 @@ impl EventSink {
     }
 }
 
+/// An account's API key. A key given as `api_key_file` is read again when
+/// the upstream refuses it, so a key rotated on disk is picked up without a
+/// restart.
+#[derive(Debug)]
+pub struct ApiKey {
+    current: std::sync::RwLock<Arc<str>>,
+    file: Option<std::path::PathBuf>,
+}
+
+impl ApiKey {
+    /// The key of `account`, if it has one.
+    pub fn of(account: Option<&AccountConfig>) -> Option<Self> {
+        let account = account?;
+        let key = account.api_key.as_ref()?;
+        Some(ApiKey {
+            current: std::sync::RwLock::new(Arc::from(key.expose())),
+            file: account.api_key_file.clone(),
+        })
+    }
+
+    /// The key to send now.
+    pub fn get(&self) -> Arc<str> {
+        match self.current.read() {
+            Ok(k) => k.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Re-reads `api_key_file`; `Ok(true)` when the key changed.
+    pub fn reload(&self) -> Result<bool, UpstreamError> {
+        let Some(file) = &self.file else {
+            return Ok(false);
+        };
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            UpstreamError::new(
+                ErrorKind::Auth,
+                format!("cannot read {}: {e}", file.display()),
+            )
+        })?;
+        let fresh = text.trim();
+        if fresh.is_empty() || *self.get() == *fresh {
+            return Ok(false);
+        }
+        let mut guard = match self.current.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *guard = Arc::from(fresh);
+        Ok(true)
+    }
+}
+
 /// Everything an upstream instance needs from the configuration.
 pub struct UpstreamContext<'a> {
     pub pool: &'a PoolConfig,
@@ -80,5 +156,6 @@ pub fn build(ctx: UpstreamContext<'_>) -> Result<Arc<dyn Upstream>, String> {
     match ctx.pool.kind {
         Kind::Demo => Ok(Arc::new(demo::Demo::new(ctx.pool))),
         Kind::Openai => Ok(Arc::new(openai::OpenAi::new(&ctx)?)),
+        Kind::Anthropic => Ok(Arc::new(anthropic::Anthropic::new(&ctx)?)),
     }
 }

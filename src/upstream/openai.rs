@@ -8,9 +8,8 @@ use async_trait::async_trait;
 use futures_util::StreamExt as _;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE, RETRY_AFTER};
 
-use super::{EventSink, Upstream, UpstreamContext};
+use super::{ApiKey, EventSink, Upstream, UpstreamContext};
 use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, StopReason, UpstreamError};
-use crate::config::Secret;
 use crate::protocol::openai::wire::ErrorEnvelope;
 use crate::protocol::openai::{encode_request, ChunkDecoder};
 use crate::protocol::sse::SseParser;
@@ -19,7 +18,7 @@ use crate::protocol::sse::SseParser;
 pub struct OpenAi {
     http: reqwest::Client,
     url: String,
-    key: Secret,
+    key: ApiKey,
     headers: HeaderMap,
 }
 
@@ -30,10 +29,7 @@ impl OpenAi {
             .base_url
             .as_deref()
             .ok_or("the openai kind needs base_url")?;
-        let key = ctx
-            .account
-            .and_then(|a| a.api_key.clone())
-            .ok_or("the openai kind needs an api_key per account")?;
+        let key = ApiKey::of(ctx.account).ok_or("the openai kind needs an api_key per account")?;
         Ok(OpenAi {
             http: ctx.http.clone(),
             url: format!("{}/chat/completions", base.trim_end_matches('/')),
@@ -68,6 +64,8 @@ pub fn transport_error(e: &reqwest::Error) -> UpstreamError {
 }
 
 /// Classifies a non-2xx upstream response, keeping its error details.
+/// Anthropic's envelope (`{"type":"error","error":{"type","message"}}`) is
+/// OpenAI's with one more field, so both read through `ErrorEnvelope`.
 pub async fn status_error(resp: reqwest::Response) -> UpstreamError {
     let status = resp.status().as_u16();
     let retry_after = resp
@@ -117,6 +115,10 @@ pub async fn status_error(resp: reqwest::Response) -> UpstreamError {
 
 #[async_trait]
 impl Upstream for OpenAi {
+    async fn refresh(&self) -> Result<bool, UpstreamError> {
+        self.key.reload()
+    }
+
     async fn chat(
         &self,
         req: &ChatRequest,
@@ -133,7 +135,7 @@ impl Upstream for OpenAi {
             .http
             .post(&self.url)
             .headers(self.headers.clone())
-            .bearer_auth(self.key.expose())
+            .bearer_auth(&*self.key.get())
             .header(CONTENT_TYPE, "application/json")
             .header(ACCEPT, "text/event-stream")
             .body(body)

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Full local check: formatting, lints, Rust unit tests, then the black-box
+# Python tests against the built binary. Works on a fresh machine with a Rust
+# toolchain and python3; the Python deps go into .venv.
+#
+#   scripts/test.sh              # everything
+#   scripts/test.sh -k tools     # extra args go to pytest
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$(pwd)"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo build"
+cargo build
+
+step "cargo test"
+cargo test
+
+VENV="$ROOT/.venv"
+REQS="$ROOT/tests/requirements.txt"
+STAMP="$VENV/.requirements.stamp"
+PYTHON="${PYTHON:-python3}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+    step "creating $VENV"
+    "$PYTHON" -m venv "$VENV" || {
+        echo "error: '$PYTHON -m venv' failed (on Debian: apt-get install python3-venv)" >&2
+        exit 1
+    }
+fi
+if [ ! -f "$STAMP" ] || [ "$REQS" -nt "$STAMP" ]; then
+    step "installing tests/requirements.txt"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REQS"
+    touch "$STAMP"
+fi
+
+step "pytest"
+export TROUPE_BIN="${TROUPE_BIN:-$ROOT/target/debug/troupe}"
+"$VENV/bin/python" -m pytest -q tests "$@"

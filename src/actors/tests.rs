@@ -1,0 +1,314 @@
+//! Actor-level tests of supervision: restarts with backoff, giving up,
+//! cool-downs with a trial request, resets, on tokio's paused clock so
+//! minutes of backoff take no time.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
+
+use super::messages::{Acquire, Chat, ResetSession, SessionId, Snapshot};
+use super::restart_log::{EventKind, Recent, RestartLog};
+use super::router::Router;
+use super::session::{Registration, Session};
+use super::{Lease, SessionState};
+use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, StopReason, UpstreamError};
+use crate::config::SupervisorConfig;
+use crate::upstream::{EventSink, Upstream};
+
+/// An upstream whose establish fails `fail_establish` times, and whose
+/// requests fail with the scripted kinds, one per request, then succeed.
+struct Scripted {
+    fail_establish: AtomicU32,
+    establishes: AtomicU32,
+    script: std::sync::Mutex<Vec<UpstreamError>>,
+}
+
+impl Scripted {
+    fn new(fail_establish: u32, script: Vec<UpstreamError>) -> Arc<Self> {
+        Arc::new(Scripted {
+            fail_establish: AtomicU32::new(fail_establish),
+            establishes: AtomicU32::new(0),
+            script: std::sync::Mutex::new(script),
+        })
+    }
+}
+
+#[async_trait]
+impl Upstream for Scripted {
+    async fn establish(&self) -> Result<(), UpstreamError> {
+        self.establishes.fetch_add(1, Ordering::SeqCst);
+        let left = self.fail_establish.load(Ordering::SeqCst);
+        if left > 0 {
+            self.fail_establish.store(left - 1, Ordering::SeqCst);
+            return Err(UpstreamError::new(ErrorKind::Connect, "cannot log in"));
+        }
+        Ok(())
+    }
+
+    async fn chat(&self, _: &ChatRequest, _: &str, sink: &EventSink) -> Result<(), UpstreamError> {
+        let next = {
+            let mut s = self.script.lock().unwrap();
+            (!s.is_empty()).then(|| s.remove(0))
+        };
+        if let Some(e) = next {
+            return Err(e);
+        }
+        sink.send(ChatEvent::TextDelta("ok".into())).await?;
+        sink.send(ChatEvent::Stop(StopReason::End)).await
+    }
+}
+
+fn policy() -> SupervisorConfig {
+    SupervisorConfig {
+        backoff_initial: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(30),
+        backoff_multiplier: 2.0,
+        max_restarts: 3,
+        restart_window: Duration::from_secs(600),
+        retry_budget: 1,
+        cooldown_max: Duration::from_secs(60),
+        cooldown_initial: Duration::from_secs(5),
+        circuit_threshold: 2,
+    }
+}
+
+struct Rig {
+    router: Addr<Router>,
+    log: Addr<RestartLog>,
+    dir: std::path::PathBuf,
+}
+
+impl Rig {
+    fn new() -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("troupe-actors-{}", uuid::Uuid::new_v4().simple()));
+        Rig {
+            router: Router::new(16).start(),
+            log: RestartLog::open(&dir, 1 << 20, 2, 100).start(),
+            dir,
+        }
+    }
+
+    fn session(&self, id: u32, upstream: Arc<dyn Upstream>) {
+        let reg = Registration {
+            id: SessionId(id),
+            pool: Arc::from("p"),
+            name: Arc::from(format!("s{id}").as_str()),
+            max_concurrency: 2,
+            priority: 0,
+            models: vec![(Arc::from("m"), Arc::from("m-up"))],
+        };
+        let (router, log) = (self.router.clone(), self.log.clone());
+        Supervisor::start(move |_| Session::new(reg, upstream, router, log, policy()));
+    }
+
+    async fn state(&self, id: u32) -> SessionState {
+        let snap = self.router.send(Snapshot).await.unwrap();
+        snap.into_iter()
+            .find(|s| s.id == SessionId(id))
+            .unwrap()
+            .state
+    }
+
+    async fn events(&self) -> Vec<EventKind> {
+        self.log
+            .send(Recent)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event)
+            .collect()
+    }
+
+    async fn lease(&self) -> Result<Lease, super::AcquireError> {
+        let (tx, rx) = oneshot::channel();
+        self.router.do_send(Acquire {
+            model: Arc::from("m"),
+            exclude: None,
+            reply: tx,
+        });
+        rx.await.unwrap()
+    }
+
+    /// Runs one request on a leased session; returns the error event if any.
+    async fn run(&self) -> Option<UpstreamError> {
+        let lease = self.lease().await.unwrap();
+        let (tx, mut rx) = mpsc::channel(8);
+        lease.session.do_send(Chat {
+            request: Arc::new(ChatRequest::default()),
+            model: lease.upstream_model.clone(),
+            reply: tx,
+        });
+        let mut err = None;
+        while let Some(ev) = rx.recv().await {
+            if let ChatEvent::Error(e) = ev {
+                err = Some(e);
+            }
+        }
+        err
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[actix::test]
+async fn restarts_back_off_then_give_up_and_reset_revives() {
+    tokio::time::pause();
+    let rig = Rig::new();
+    let up = Scripted::new(10, vec![]);
+    rig.session(1, up.clone());
+    settle().await;
+    // First establish failed at once; restarts follow after 1s, 2s, 4s backoff.
+    assert_eq!(up.establishes.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        up.establishes.load(Ordering::SeqCst),
+        1,
+        "no restart before the backoff"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(up.establishes.load(Ordering::SeqCst), 2);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(up.establishes.load(Ordering::SeqCst), 4);
+    assert!(matches!(rig.state(1).await, SessionState::Failed { .. }));
+    assert_eq!(
+        rig.events().await,
+        vec![
+            EventKind::Restart,
+            EventKind::Restart,
+            EventKind::Restart,
+            EventKind::GiveUp
+        ]
+    );
+    let backoffs: Vec<u64> = rig
+        .log
+        .send(Recent)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.backoff_ms)
+        .collect();
+    assert!(
+        backoffs[0] < backoffs[1] && backoffs[1] < backoffs[2],
+        "{backoffs:?}"
+    );
+    // A failed session stays failed, and takes no requests...
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(up.establishes.load(Ordering::SeqCst), 4);
+    assert!(rig.lease().await.is_err());
+    // ...until an operator resets it.
+    up.fail_establish.store(0, Ordering::SeqCst);
+    assert!(rig
+        .router
+        .send(ResetSession {
+            pool: "p".into(),
+            session: "s1".into()
+        })
+        .await
+        .unwrap());
+    settle().await;
+    assert_eq!(rig.state(1).await, SessionState::Ready);
+    assert_eq!(rig.events().await.last(), Some(&EventKind::Reset));
+}
+
+#[actix::test]
+async fn repeated_failures_open_the_circuit_and_a_trial_closes_it() {
+    tokio::time::pause();
+    let rig = Rig::new();
+    let unavailable = || UpstreamError::new(ErrorKind::Unavailable, "502 from upstream");
+    let up = Scripted::new(0, vec![unavailable(), unavailable(), unavailable()]);
+    rig.session(1, up.clone());
+    settle().await;
+    assert_eq!(rig.state(1).await, SessionState::Ready);
+    assert!(rig.run().await.is_some());
+    settle().await;
+    assert_eq!(
+        rig.state(1).await,
+        SessionState::Ready,
+        "one failure is below the threshold"
+    );
+    assert!(rig.run().await.is_some());
+    settle().await;
+    assert!(matches!(
+        rig.state(1).await,
+        SessionState::CoolingDown { .. }
+    ));
+    // The cool-down ends (5s ± jitter); the trial request fails: a longer one.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(rig.state(1).await, SessionState::Trial);
+    assert!(rig.run().await.is_some());
+    settle().await;
+    assert!(matches!(
+        rig.state(1).await,
+        SessionState::CoolingDown { .. }
+    ));
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(
+        matches!(rig.state(1).await, SessionState::CoolingDown { .. }),
+        "second cool-down is longer"
+    );
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(rig.state(1).await, SessionState::Trial);
+    // The script is spent: the trial succeeds and the session is ready again.
+    assert!(rig.run().await.is_none());
+    settle().await;
+    assert_eq!(rig.state(1).await, SessionState::Ready);
+    let ev = rig.events().await;
+    assert_eq!(
+        ev,
+        vec![
+            EventKind::Cooldown,
+            EventKind::Cooldown,
+            EventKind::CooldownEnd
+        ]
+    );
+}
+
+#[actix::test]
+async fn client_errors_never_cool_down_and_rate_limits_cool_one_model() {
+    tokio::time::pause();
+    let rig = Rig::new();
+    let mut bad = UpstreamError::new(ErrorKind::InvalidRequest, "404 model");
+    bad.status = Some(404);
+    let mut limited = UpstreamError::new(ErrorKind::RateLimited, "slow down");
+    limited.retry_after = Some(Duration::from_secs(3));
+    let up = Scripted::new(0, vec![bad.clone(), bad.clone(), bad, limited]);
+    rig.session(1, up);
+    settle().await;
+    for _ in 0..3 {
+        assert_eq!(
+            rig.run().await.map(|e| e.kind),
+            Some(ErrorKind::InvalidRequest)
+        );
+    }
+    settle().await;
+    assert_eq!(rig.state(1).await, SessionState::Ready);
+    assert!(rig.events().await.is_empty());
+    assert_eq!(
+        rig.run().await.map(|e| e.kind),
+        Some(ErrorKind::RateLimited)
+    );
+    settle().await;
+    // The model is cooled on this session: a lease waits until Retry-After passes.
+    let snap = rig.router.send(Snapshot).await.unwrap();
+    assert_eq!(snap[0].model_cooldowns.len(), 1);
+    let waiting = tokio::time::timeout(Duration::from_secs(2), rig.lease()).await;
+    assert!(waiting.is_err(), "leased a rate-limited model");
+    let lease = tokio::time::timeout(Duration::from_secs(2), rig.lease()).await;
+    assert!(matches!(lease, Ok(Ok(_))), "{lease:?}");
+}

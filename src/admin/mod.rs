@@ -1,0 +1,169 @@
+//! The admin API, behind `server.admin_key` (Bearer or `x-api-key`):
+//! session states, the restart log, and resets. Nothing here ever shows a
+//! secret: sessions are described by pool, name, state and last error.
+
+use std::time::{Duration, SystemTime};
+
+use actix::Addr;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::actors::messages::{ResetSession, Snapshot};
+use crate::actors::restart_log::{Recent, RestartLog};
+use crate::actors::router::Router;
+use crate::actors::{SessionInfo, SessionState};
+use crate::config::Secret;
+use crate::http::auth::Auth;
+
+/// What the admin routes need.
+pub struct AdminState {
+    pub router: Addr<Router>,
+    pub log: Addr<RestartLog>,
+    /// `None` disables the admin API.
+    pub auth: Option<Auth>,
+}
+
+impl AdminState {
+    pub fn new(router: Addr<Router>, log: Addr<RestartLog>, key: Option<Secret>) -> Self {
+        AdminState {
+            router,
+            log,
+            auth: key.map(|k| Auth::new(vec![k])),
+        }
+    }
+
+    /// The refusal to send, if the request may not use the admin API.
+    fn refuse(&self, req: &HttpRequest) -> Option<HttpResponse> {
+        match &self.auth {
+            None => Some(HttpResponse::Forbidden().json(json!({
+                "error": {"message": "the admin API is disabled: set server.admin_key", "type": "permission_error"}
+            }))),
+            Some(a) => a.check(req).err().map(|_| {
+                HttpResponse::Unauthorized().json(json!({
+                    "error": {"message": "admin key required: Authorization: Bearer <server.admin_key>", "type": "authentication_error"}
+                }))
+            }),
+        }
+    }
+}
+
+/// Registers `/admin/*`.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/admin")
+            .route("/sessions", web::get().to(sessions))
+            .route("/restarts", web::get().to(restarts))
+            .route("/sessions/{pool}/{session}/reset", web::post().to(reset)),
+    );
+}
+
+/// The JSON shape of one session, shared with `troupe sessions`.
+pub fn session_json(s: &SessionInfo) -> serde_json::Value {
+    let busy = s.state == SessionState::Ready && s.in_flight >= s.max_concurrency;
+    let mut v = json!({
+        "pool": &*s.pool,
+        "session": &*s.name,
+        "state": if busy { "busy" } else { s.state.name() },
+        "in_flight": s.in_flight,
+        "max_concurrency": s.max_concurrency,
+        "models": s.models.iter().map(|m| &**m).collect::<Vec<_>>(),
+        "restarts": s.restarts,
+        "last_error": s.last_error.as_deref(),
+    });
+    match &s.state {
+        SessionState::CoolingDown { until, reason } => {
+            let left = until
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            v["cooldown_seconds_left"] = json!(left.as_secs_f64());
+            v["reason"] = json!(reason);
+        }
+        SessionState::Failed { reason } => v["reason"] = json!(reason),
+        _ => {}
+    }
+    if !s.model_cooldowns.is_empty() {
+        v["model_cooldowns"] = s
+            .model_cooldowns
+            .iter()
+            .map(|(m, secs)| json!({"model": &**m, "seconds_left": secs}))
+            .collect();
+    }
+    v
+}
+
+async fn sessions(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
+    if let Some(resp) = state.refuse(&req) {
+        return resp;
+    }
+    match state.router.send(Snapshot).await {
+        Ok(list) => HttpResponse::Ok().json(json!({
+            "sessions": list.iter().map(session_json).collect::<Vec<_>>()
+        })),
+        Err(_) => HttpResponse::ServiceUnavailable().finish(),
+    }
+}
+
+#[derive(Deserialize)]
+struct RestartQuery {
+    pool: Option<String>,
+    session: Option<String>,
+    /// A duration like `1h` or `15m`.
+    since: Option<String>,
+}
+
+async fn restarts(
+    req: HttpRequest,
+    q: web::Query<RestartQuery>,
+    state: web::Data<AdminState>,
+) -> HttpResponse {
+    if let Some(resp) = state.refuse(&req) {
+        return resp;
+    }
+    let since = match q.since.as_deref().map(humantime::parse_duration) {
+        None => None,
+        Some(Ok(d)) => SystemTime::now().checked_sub(d),
+        Some(Err(e)) => {
+            return HttpResponse::BadRequest().json(json!({
+                "error": {"message": format!("since: {e} (use e.g. 15m, 1h)"), "type": "invalid_request_error", "param": "since"}
+            }))
+        }
+    };
+    let Ok(events) = state.log.send(Recent).await else {
+        return HttpResponse::ServiceUnavailable().finish();
+    };
+    let events: Vec<_> = events
+        .into_iter()
+        .filter(|e| q.pool.as_deref().is_none_or(|p| p == e.pool))
+        .filter(|e| q.session.as_deref().is_none_or(|s| s == e.session))
+        .filter(|e| since.is_none_or(|t| e.at().is_some_and(|at| at >= t)))
+        .collect();
+    HttpResponse::Ok().json(json!({ "events": events }))
+}
+
+async fn reset(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AdminState>,
+) -> HttpResponse {
+    if let Some(resp) = state.refuse(&req) {
+        return resp;
+    }
+    let (pool, session) = path.into_inner();
+    match state
+        .router
+        .send(ResetSession {
+            pool: pool.clone(),
+            session: session.clone(),
+        })
+        .await
+    {
+        Ok(true) => {
+            HttpResponse::Ok().json(json!({"reset": true, "pool": pool, "session": session}))
+        }
+        Ok(false) => HttpResponse::NotFound().json(json!({
+            "error": {"message": format!("no session {pool}/{session}"), "type": "not_found_error"}
+        })),
+        Err(_) => HttpResponse::ServiceUnavailable().finish(),
+    }
+}

@@ -1,0 +1,470 @@
+//! The `anthropic` upstream: an Anthropic Messages server, one session per
+//! API key. Requests are always streamed upstream and folded back for
+//! non-streaming clients, like the `openai` kind; errors are classified by
+//! the same rules (`status_error`, `transport_error`).
+
+use async_trait::async_trait;
+use futures_util::StreamExt as _;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE};
+
+use super::openai::{extra_headers, status_error, transport_error};
+use super::{ApiKey, EventSink, Upstream, UpstreamContext};
+use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, StopReason, UpstreamError};
+use crate::protocol::anthropic::{encode_request, EventDecoder};
+use crate::protocol::sse::SseParser;
+
+/// The API version every request names; the wire format here is this one's.
+pub const API_VERSION: &str = "2023-06-01";
+
+/// One API key on one Anthropic server.
+pub struct Anthropic {
+    http: reqwest::Client,
+    url: String,
+    key: ApiKey,
+    /// Version and the pool's extra headers, built once.
+    headers: HeaderMap,
+}
+
+impl Anthropic {
+    /// A session for one account of the pool; fails on a pool or account
+    /// the validation should have refused (no base_url, no key).
+    pub fn new(ctx: &UpstreamContext<'_>) -> Result<Self, String> {
+        let base = ctx
+            .pool
+            .base_url
+            .as_deref()
+            .ok_or("the anthropic kind needs base_url")?;
+        let key =
+            ApiKey::of(ctx.account).ok_or("the anthropic kind needs an api_key per account")?;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            HeaderName::from_static("anthropic-version"),
+            HeaderValue::from_static(API_VERSION),
+        );
+        // The pool's headers may pin another version or add `anthropic-beta`.
+        for (name, value) in extra_headers(&ctx.pool.headers)? {
+            if let Some(name) = name {
+                headers.insert(name, value);
+            }
+        }
+        Ok(Anthropic {
+            http: ctx.http.clone(),
+            // SDK convention: base_url has no `/v1`.
+            url: format!("{}/v1/messages", base.trim_end_matches('/')),
+            key,
+            headers,
+        })
+    }
+}
+
+#[async_trait]
+impl Upstream for Anthropic {
+    async fn refresh(&self) -> Result<bool, UpstreamError> {
+        self.key.reload()
+    }
+
+    async fn chat(
+        &self,
+        req: &ChatRequest,
+        model: &str,
+        sink: &EventSink,
+    ) -> Result<(), UpstreamError> {
+        let body = serde_json::to_vec(&encode_request(req, model)).map_err(|e| {
+            UpstreamError::new(
+                ErrorKind::InvalidRequest,
+                format!("cannot encode request: {e}"),
+            )
+        })?;
+        let mut key = HeaderValue::from_str(&self.key.get()).map_err(|_| {
+            UpstreamError::new(ErrorKind::Auth, "the api_key is not a valid header value")
+        })?;
+        // Kept out of debug output and HTTP/2 header compression tables.
+        key.set_sensitive(true);
+        let resp = self
+            .http
+            .post(&self.url)
+            .headers(self.headers.clone())
+            .header(HeaderName::from_static("x-api-key"), key)
+            .header(CONTENT_TYPE, "application/json")
+            .header(ACCEPT, "text/event-stream")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| transport_error(&e))?;
+        if !resp.status().is_success() {
+            return Err(status_error(resp).await);
+        }
+        sink.send(ChatEvent::Start {
+            model: model.to_owned(),
+        })
+        .await?;
+        let is_sse = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let mut decoder = EventDecoder::default();
+        let mut events = Vec::new();
+        if !is_sse {
+            // A server that ignored `stream: true` answered with one body.
+            let body = resp.bytes().await.map_err(|e| transport_error(&e))?;
+            decoder.decode_message(&body, &mut events)?;
+            for ev in events {
+                sink.send(ev).await?;
+            }
+            return Ok(());
+        }
+        let mut parser = SseParser::default();
+        let mut stream = resp.bytes_stream();
+        'read: while let Some(next) = stream.next().await {
+            let bytes =
+                next.map_err(|e| broken(&decoder, format!("upstream stream broke: {e}")))?;
+            parser.push(&bytes);
+            while let Some(ev) = parser
+                .next_event()
+                .map_err(|e| UpstreamError::new(ErrorKind::Protocol, e.to_string()))?
+            {
+                decoder.decode(&ev.data, &mut events)?;
+                for e in events.drain(..) {
+                    sink.send(e).await?;
+                }
+                if decoder.done() {
+                    break 'read;
+                }
+            }
+        }
+        if !decoder.done() {
+            if let Some(ev) = parser.finish() {
+                decoder.decode(&ev.data, &mut events)?;
+                for e in events.drain(..) {
+                    sink.send(e).await?;
+                }
+            }
+        }
+        if !decoder.done() {
+            return Err(broken(
+                &decoder,
+                "upstream closed the stream before message_stop".to_owned(),
+            ));
+        }
+        if !decoder.stopped() {
+            // message_stop without a stop reason: the turn ended all the same.
+            sink.send(ChatEvent::Stop(StopReason::End)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A stream that broke off. Before any content it is a connection failure
+/// another session may retry; after content, retrying would repeat text,
+/// so it is the upstream dropping the answer midway.
+fn broken(decoder: &EventDecoder, message: String) -> UpstreamError {
+    let kind = if decoder.has_content() {
+        ErrorKind::Protocol
+    } else {
+        ErrorKind::Connect
+    };
+    UpstreamError::new(kind, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::{json, Value};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::canonical::{Message, Role, Usage};
+    use crate::config::{AccountConfig, PoolConfig};
+
+    /// A loopback server answering each connection with the next canned
+    /// response, then closing; the requests it read come back on the channel.
+    async fn serve(responses: Vec<String>) -> (String, mpsc::UnboundedReceiver<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            for response in responses {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = sock.read(&mut chunk).await.unwrap();
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len || n == 0 {
+                            break;
+                        }
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let _ = tx.send(String::from_utf8_lossy(&buf).to_string());
+                sock.write_all(response.as_bytes()).await.unwrap();
+                sock.shutdown().await.unwrap();
+            }
+        });
+        (format!("http://{addr}"), rx)
+    }
+
+    fn http_response(status: &str, headers: &[(&str, &str)], body: &str) -> String {
+        let mut out = format!("HTTP/1.1 {status}\r\nconnection: close\r\n");
+        for (k, v) in headers {
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+        out.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
+        out
+    }
+
+    /// An SSE response without a length: the body ends when the server
+    /// closes, which is how a stream that breaks off looks.
+    fn sse_response(events: &[Value]) -> String {
+        let mut out =
+            "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-type: text/event-stream\r\n\r\n"
+                .to_owned();
+        for ev in events {
+            out.push_str(&format!(
+                "event: {}\ndata: {ev}\n\n",
+                ev["type"].as_str().unwrap()
+            ));
+        }
+        out
+    }
+
+    fn upstream(base: &str) -> Anthropic {
+        let pool: PoolConfig = serde_json::from_value(json!({
+            "name": "a", "kind": "anthropic", "base_url": format!("{base}/"),
+            "models": ["claude"], "headers": {"anthropic-beta": "test-beta"}
+        }))
+        .unwrap();
+        let account: AccountConfig =
+            serde_json::from_value(json!({"name": "k", "api_key": "sk-ant-test"})).unwrap();
+        Anthropic::new(&UpstreamContext {
+            pool: &pool,
+            account: Some(&account),
+            http: reqwest::Client::new(),
+        })
+        .unwrap()
+    }
+
+    async fn run(up: &Anthropic) -> (Result<(), UpstreamError>, Vec<ChatEvent>) {
+        let req = ChatRequest {
+            model: "public".into(),
+            messages: vec![Message::text(Role::User, "hi")],
+            ..Default::default()
+        };
+        let (tx, mut rx) = mpsc::channel(256);
+        let sink = EventSink::new(tx);
+        let result =
+            tokio::time::timeout(Duration::from_secs(10), up.chat(&req, "claude-up", &sink))
+                .await
+                .unwrap();
+        drop(sink);
+        let mut events = Vec::new();
+        while let Some(ev) = rx.recv().await {
+            events.push(ev);
+        }
+        (result, events)
+    }
+
+    fn message_start() -> Value {
+        json!({"type": "message_start", "message": {"id": "msg_u", "type": "message", "role": "assistant",
+            "model": "claude-up", "content": [], "stop_reason": null,
+            "usage": {"input_tokens": 9, "output_tokens": 1}}})
+    }
+
+    fn text_delta(t: &str) -> Value {
+        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}})
+    }
+
+    #[tokio::test]
+    async fn streams_with_anthropic_headers() {
+        let (base, mut requests) = serve(vec![sse_response(&[
+            message_start(),
+            json!({"type": "ping"}),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            text_delta("Hello"),
+            json!({"type": "content_block_stop", "index": 0}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 2}}),
+            json!({"type": "message_stop"}),
+        ])])
+        .await;
+        let (result, events) = run(&upstream(&base)).await;
+        result.unwrap();
+        assert_eq!(
+            events,
+            vec![
+                ChatEvent::Start {
+                    model: "claude-up".into()
+                },
+                ChatEvent::Usage(Usage {
+                    input: 9,
+                    ..Default::default()
+                }),
+                ChatEvent::TextDelta("Hello".into()),
+                ChatEvent::Stop(StopReason::End),
+                ChatEvent::Usage(Usage {
+                    output: 2,
+                    ..Default::default()
+                }),
+            ]
+        );
+        let sent = requests.recv().await.unwrap();
+        let (head, body) = sent.split_once("\r\n\r\n").unwrap();
+        let head = head.to_ascii_lowercase();
+        assert!(head.starts_with("post /v1/messages http/1.1"), "{head}");
+        for h in [
+            "x-api-key: sk-ant-test",
+            "anthropic-version: 2023-06-01",
+            "anthropic-beta: test-beta",
+            "content-type: application/json",
+            "accept: text/event-stream",
+        ] {
+            assert!(head.contains(h), "missing {h} in {head}");
+        }
+        assert!(!head.contains("authorization"), "{head}");
+        let body: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            body,
+            json!({"model": "claude-up", "max_tokens": 4096, "stream": true,
+                   "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]})
+        );
+    }
+
+    #[tokio::test]
+    async fn http_errors_are_classified() {
+        let envelope = |kind: &str, msg: &str| {
+            json!({"type": "error", "error": {"type": kind, "message": msg}}).to_string()
+        };
+        let (base, _requests) = serve(vec![
+            http_response(
+                "529 Overloaded",
+                &[("content-type", "application/json")],
+                &envelope("overloaded_error", "Overloaded"),
+            ),
+            http_response(
+                "429 Too Many Requests",
+                &[("retry-after", "7")],
+                &envelope("rate_limit_error", "slow down"),
+            ),
+            http_response(
+                "401 Unauthorized",
+                &[],
+                &envelope("authentication_error", "bad key"),
+            ),
+            http_response(
+                "400 Bad Request",
+                &[],
+                &envelope("invalid_request_error", "messages: field required"),
+            ),
+        ])
+        .await;
+        let up = upstream(&base);
+        let expect = [
+            (
+                ErrorKind::Unavailable,
+                529,
+                "Overloaded",
+                "overloaded_error",
+            ),
+            (ErrorKind::RateLimited, 429, "slow down", "rate_limit_error"),
+            (ErrorKind::Auth, 401, "bad key", "authentication_error"),
+            (
+                ErrorKind::InvalidRequest,
+                400,
+                "messages: field required",
+                "invalid_request_error",
+            ),
+        ];
+        for (kind, status, message, error_type) in expect {
+            let (result, events) = run(&up).await;
+            let e = result.unwrap_err();
+            assert_eq!(
+                (
+                    e.kind,
+                    e.status,
+                    e.message.as_str(),
+                    e.error_type.as_deref()
+                ),
+                (kind, Some(status), message, Some(error_type))
+            );
+            if status == 429 {
+                assert_eq!(e.retry_after, Some(Duration::from_secs(7)));
+            }
+            assert!(
+                events.is_empty(),
+                "nothing is sent before the status is good"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn broken_streams_are_errors() {
+        let (base, _requests) = serve(vec![
+            sse_response(&[message_start()]),
+            sse_response(&[
+                message_start(),
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                text_delta("Hel"),
+            ]),
+            sse_response(&[
+                message_start(),
+                text_delta("Hel"),
+                json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+            ]),
+        ])
+        .await;
+        let up = upstream(&base);
+        let (result, _) = run(&up).await;
+        assert_eq!(result.unwrap_err().kind, ErrorKind::Connect);
+        let (result, events) = run(&up).await;
+        assert_eq!(result.unwrap_err().kind, ErrorKind::Protocol);
+        assert!(events.contains(&ChatEvent::TextDelta("Hel".into())));
+        let (result, _) = run(&up).await;
+        let e = result.unwrap_err();
+        assert_eq!(
+            (e.kind, e.message.as_str()),
+            (ErrorKind::Unavailable, "Overloaded")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_whole_body_is_accepted() {
+        let body = json!({"id": "msg", "type": "message", "role": "assistant", "model": "claude-up",
+            "content": [{"type": "text", "text": "Hi"}], "stop_reason": "end_turn",
+            "usage": {"input_tokens": 3, "output_tokens": 1}});
+        let (base, _requests) = serve(vec![http_response(
+            "200 OK",
+            &[("content-type", "application/json")],
+            &body.to_string(),
+        )])
+        .await;
+        let (result, events) = run(&upstream(&base)).await;
+        result.unwrap();
+        assert_eq!(
+            events[1..],
+            [
+                ChatEvent::TextDelta("Hi".into()),
+                ChatEvent::Stop(StopReason::End),
+                ChatEvent::Usage(Usage {
+                    input: 3,
+                    output: 1,
+                    ..Default::default()
+                }),
+            ]
+        );
+    }
+}

@@ -1,0 +1,758 @@
+#!/usr/bin/env python3
+"""A fake OpenAI-compatible upstream for black-box tests of troupe.
+
+Run::
+
+    python tests/peers/openai_peer.py --port 0 --keys sk-peer-1,sk-peer-2
+
+Once bound it prints exactly one line ``listening on http://127.0.0.1:PORT``
+to stdout. It speaks the Chat Completions protocol the way api.openai.com
+does (bodies, SSE framing, error envelopes, headers), with deterministic
+answers:
+
+* text: ``"peer reply to: " + <text of the last user message>``, streamed one
+  word (plus its trailing whitespace) per chunk; ``max_tokens`` /
+  ``max_completion_tokens`` smaller than the word count cuts the answer with
+  ``finish_reason: "length"``.
+* tools: when ``tools`` are offered and the last message is a user message
+  containing the word "tool", the answer is a call to the first tool with
+  arguments ``{"q": <last user text>}`` (id ``call_peer_0``); if the text also
+  contains "parallel", a second call (to the second tool, or the first again;
+  id ``call_peer_1``). When the last message is a tool result the answer is
+  ``"peer saw tool result: " + <its content>``.
+
+Test control endpoints (no auth):
+
+* ``POST /_peer/faults`` ``{"mode", "count", "key"?, "retry_after"?, "seconds"?}``
+  gives the next ``count`` chat requests (with that key, if given) a fault:
+
+  - ``429``: rate limited, with ``Retry-After: retry_after`` (default 1);
+  - ``500``: server error;
+  - ``400``: ``peer rejects this`` (param ``messages``, code ``bad_peer_request``);
+  - ``hang``: accept, send nothing for ``seconds`` (default 30), then answer;
+  - ``drop``: stream: role chunk and two more chunks, then the connection is
+    cut (no finish_reason, no ``[DONE]``); non-stream: cut without a response;
+  - ``no_usage``: a normal answer without any usage;
+  - ``quirky``: a normal stream with SSE quirks real servers produce
+    (``: comment`` lines, CRLF line ends, ``data:`` without a space,
+    ``event:`` lines, one event split across two writes);
+  - ``slow``: a normal stream with ``seconds`` between chunks.
+* ``POST /_peer/reset`` clears faults and the request log.
+* ``GET /_peer/requests`` lists every chat request received, oldest first:
+  ``{"key", "body", "path", "stream", "time", "end", "fault", "outcome"}``
+  where ``time`` is when it arrived and ``end`` when its handler finished
+  (Unix seconds), and ``outcome`` is
+  ``pending``, ``completed`` (a stream ran to ``[DONE]``), ``status N``,
+  ``dropped`` or ``client_disconnected``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+FAULT_MODES = ("429", "500", "400", "hang", "drop", "no_usage", "quirky", "slow")
+KNOWN_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+MODEL_CREATED = 1721172741
+WORD_RE = re.compile(r"\S+\s*")
+
+
+# --------------------------------------------------------------------------
+# helpers
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def json_response(status: int, body: Any, headers: dict | None = None) -> web.Response:
+    h = {"x-request-id": "req_" + uuid.uuid4().hex, "openai-processing-ms": "3"}
+    if headers:
+        h.update(headers)
+    return web.Response(
+        status=status,
+        text=json.dumps(body),
+        content_type="application/json",
+        headers=h,
+    )
+
+
+def text_of(content: Any) -> str:
+    """Text of a message ``content`` (a string or a list of content parts)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            elif isinstance(part, str):
+                parts.append(part)
+        return " ".join(parts)
+    return str(content)
+
+
+def count_words(text: str) -> int:
+    return len(text.split())
+
+
+def prompt_tokens(messages: list, tools: Any) -> int:
+    # Deterministic stand-in for a tokenizer: words of every message plus a
+    # small per-message overhead, plus the words of the tool definitions.
+    n = 0
+    for m in messages:
+        if not isinstance(m, dict):
+            continue
+        n += 3 + count_words(text_of(m.get("content")))
+        for tc in m.get("tool_calls") or []:
+            fn = (tc or {}).get("function") or {}
+            n += 3 + count_words(str(fn.get("name", ""))) + count_words(str(fn.get("arguments", "")))
+    if tools:
+        n += count_words(json.dumps(tools))
+    return max(n, 1)
+
+
+def usage_body(prompt: int, completion: int) -> dict:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
+def split_fragments(s: str, parts: int) -> list[str]:
+    """Split ``s`` into ``parts`` non-empty pieces (fewer only if too short)."""
+    parts = max(1, min(parts, len(s)))
+    size, rest = divmod(len(s), parts)
+    out, pos = [], 0
+    for i in range(parts):
+        step = size + (1 if i < rest else 0)
+        out.append(s[pos : pos + step])
+        pos += step
+    return out
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, param: str | None = None, code: str | None = None, status: int = 400):
+        super().__init__(message)
+        self.message, self.param, self.code, self.status = message, param, code, status
+
+
+# --------------------------------------------------------------------------
+# the peer
+
+
+class Peer:
+    def __init__(self, keys: list[str], models: list[str], chunk_delay: float):
+        self.keys = keys
+        self.models = models
+        self.chunk_delay = chunk_delay
+        self.faults: list[dict] = []
+        self.requests: list[dict] = []
+
+    # ---- control -------------------------------------------------------
+
+    async def post_faults(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except Exception:
+            return json_response(400, error_body("fault body must be JSON", "invalid_request_error"))
+        mode = str(body.get("mode", ""))
+        if mode not in FAULT_MODES:
+            return json_response(
+                400, error_body(f"unknown fault mode {mode!r}; one of {FAULT_MODES}", "invalid_request_error", "mode")
+            )
+        fault = {
+            "mode": mode,
+            "count": int(body.get("count", 1)),
+            "key": body.get("key"),
+            "retry_after": body.get("retry_after", 1),
+            "seconds": float(body.get("seconds", 30)),
+        }
+        self.faults.append(fault)
+        return json_response(200, {"ok": True, "faults": self.faults})
+
+    async def post_reset(self, request: web.Request) -> web.Response:
+        self.faults.clear()
+        self.requests.clear()
+        return json_response(200, {"ok": True})
+
+    async def get_requests(self, request: web.Request) -> web.Response:
+        return json_response(200, {"requests": self.requests})
+
+    def take_fault(self, key: str) -> dict | None:
+        for fault in self.faults:
+            if fault["count"] > 0 and (fault["key"] in (None, "") or fault["key"] == key):
+                fault["count"] -= 1
+                if fault["count"] <= 0:
+                    self.faults.remove(fault)
+                return fault
+        return None
+
+    # ---- auth ----------------------------------------------------------
+
+    def auth(self, request: web.Request) -> tuple[str | None, web.Response | None]:
+        header = request.headers.get("Authorization", "")
+        if not header:
+            return None, json_response(
+                401,
+                error_body(
+                    "You didn't provide an API key. You need to provide your API key in an Authorization header "
+                    "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with blank "
+                    "username) if you're accessing the API from your browser and are prompted for a username and "
+                    "password. You can obtain an API key from https://platform.openai.com/account/api-keys.",
+                    "invalid_request_error",
+                    None,
+                    None,
+                ),
+            )
+        m = re.match(r"^Bearer\s+(\S+)\s*$", header)
+        key = m.group(1) if m else header
+        if not m or key not in self.keys:
+            shown = (key[:3] + "*" * 4 + key[-4:]) if len(key) > 8 else "*" * len(key)
+            return key, json_response(
+                401,
+                error_body(
+                    f"Incorrect API key provided: {shown}. You can find your API key at "
+                    "https://platform.openai.com/account/api-keys.",
+                    "invalid_request_error",
+                    None,
+                    "invalid_api_key",
+                ),
+            )
+        return key, None
+
+    # ---- models --------------------------------------------------------
+
+    def model_obj(self, mid: str) -> dict:
+        return {"id": mid, "object": "model", "created": MODEL_CREATED, "owned_by": "system"}
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        _, err = self.auth(request)
+        if err:
+            return err
+        return json_response(200, {"object": "list", "data": [self.model_obj(m) for m in self.models]})
+
+    async def get_model(self, request: web.Request) -> web.Response:
+        _, err = self.auth(request)
+        if err:
+            return err
+        mid = request.match_info["model"]
+        if mid not in self.models:
+            return json_response(
+                404,
+                error_body(
+                    f"The model '{mid}' does not exist", "invalid_request_error", "model", "model_not_found"
+                ),
+            )
+        return json_response(200, self.model_obj(mid))
+
+    # ---- chat ----------------------------------------------------------
+
+    def validate(self, body: Any) -> None:
+        if not isinstance(body, dict):
+            raise BadRequest("Invalid type for request body: expected an object.", None, "invalid_type")
+        model = body.get("model")
+        if model is None:
+            raise BadRequest("you must provide a model parameter", None, None)
+        if not isinstance(model, str):
+            raise BadRequest("Invalid type for 'model': expected a string.", "model", "invalid_type")
+        messages = body.get("messages")
+        if messages is None:
+            raise BadRequest("Missing required parameter: 'messages'.", "messages", "missing_required_parameter")
+        if not isinstance(messages, list):
+            raise BadRequest("Invalid type for 'messages': expected an array.", "messages", "invalid_type")
+        if not messages:
+            raise BadRequest(
+                "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array "
+                "instead.",
+                "messages",
+                "empty_array",
+            )
+        pending: dict[str, int] = {}
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict):
+                raise BadRequest(f"Invalid type for 'messages[{i}]': expected an object.", f"messages[{i}]", "invalid_type")
+            role = m.get("role")
+            if role not in KNOWN_ROLES:
+                raise BadRequest(
+                    f"Invalid value: '{role}'. Supported values are: 'system', 'assistant', 'user', 'function', "
+                    "'tool', and 'developer'.",
+                    f"messages[{i}].role",
+                    "invalid_value",
+                )
+            content = m.get("content")
+            if content is not None and not isinstance(content, (str, list)):
+                raise BadRequest(
+                    f"Invalid type for 'messages[{i}].content': expected one of a string or array of objects.",
+                    f"messages[{i}].content",
+                    "invalid_type",
+                )
+            if role == "tool":
+                tcid = m.get("tool_call_id")
+                if tcid not in pending:
+                    raise BadRequest(
+                        "Invalid parameter: messages with role 'tool' must be a response to a preceeding message "
+                        "with 'tool_calls'.",
+                        f"messages.[{i}].role",
+                    )
+                del pending[tcid]
+            else:
+                if pending:
+                    raise BadRequest(
+                        "An assistant message with 'tool_calls' must be followed by tool messages responding to "
+                        "each 'tool_call_id'. The following tool_call_ids did not have response messages: "
+                        + ", ".join(sorted(pending)),
+                        f"messages.[{min(pending.values())}].role",
+                    )
+                if role == "assistant":
+                    for tc in m.get("tool_calls") or []:
+                        if isinstance(tc, dict) and isinstance(tc.get("id"), str):
+                            pending[tc["id"]] = i
+        if pending:
+            raise BadRequest(
+                "An assistant message with 'tool_calls' must be followed by tool messages responding to each "
+                "'tool_call_id'. The following tool_call_ids did not have response messages: "
+                + ", ".join(sorted(pending)),
+                f"messages.[{min(pending.values())}].role",
+            )
+        for name in ("max_tokens", "max_completion_tokens"):
+            v = body.get(name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise BadRequest(
+                    f"Invalid '{name}': integer below minimum value. Expected a value >= 1, but got {v!r} instead.",
+                    name,
+                    "integer_below_min_value",
+                )
+        t = body.get("temperature")
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))):
+            raise BadRequest(
+                f"Invalid type for 'temperature': expected a decimal, but got {type(t).__name__} instead.",
+                "temperature",
+                "invalid_type",
+            )
+        if body.get("stream_options") is not None and not body.get("stream"):
+            raise BadRequest(
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                "stream_options",
+                None,
+            )
+        tools = body.get("tools")
+        if tools is not None:
+            if not isinstance(tools, list):
+                raise BadRequest("Invalid type for 'tools': expected an array.", "tools", "invalid_type")
+            for i, tool in enumerate(tools):
+                fn = (tool or {}).get("function") if isinstance(tool, dict) else None
+                if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                    raise BadRequest(
+                        f"Missing required parameter: 'tools[{i}].function'.",
+                        f"tools[{i}].function",
+                        "missing_required_parameter",
+                    )
+        if model not in self.models:
+            raise BadRequest(
+                f"The model `{model}` does not exist or you do not have access to it.",
+                None,
+                "model_not_found",
+                status=404,
+            )
+
+    def plan(self, body: dict) -> dict:
+        """Decide the answer: {"text": str} or {"tool_calls": [...]}, plus limits."""
+        messages = body["messages"]
+        last = messages[-1]
+        tools = body.get("tools") or []
+        tool_choice = body.get("tool_choice")
+        limit = body.get("max_completion_tokens")
+        if limit is None:
+            limit = body.get("max_tokens")
+        if last.get("role") == "tool":
+            return {"text": "peer saw tool result: " + text_of(last.get("content")), "limit": limit}
+        user_text = ""
+        for m in reversed(messages):
+            if m.get("role") == "user":
+                user_text = text_of(m.get("content"))
+                break
+        wants_tool = (
+            last.get("role") == "user"
+            and tools
+            and tool_choice != "none"
+            and re.search(r"\btools?\b", user_text, re.IGNORECASE) is not None
+        )
+        if wants_tool:
+            names = [t["function"]["name"] for t in tools]
+            first = names[0]
+            if isinstance(tool_choice, dict):
+                forced = (tool_choice.get("function") or {}).get("name")
+                if forced in names:
+                    first = forced
+            args = json.dumps({"q": user_text})
+            calls = [{"id": "call_peer_0", "name": first, "arguments": args}]
+            parallel_ok = body.get("parallel_tool_calls", True) is not False
+            if parallel_ok and re.search(r"parallel", user_text, re.IGNORECASE):
+                second = names[1] if len(names) > 1 else names[0]
+                calls.append({"id": "call_peer_1", "name": second, "arguments": args})
+            return {"tool_calls": calls, "limit": limit}
+        return {"text": "peer reply to: " + user_text, "limit": limit}
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        key, err = self.auth(request)
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except Exception:
+            body = None
+        stream = bool(isinstance(body, dict) and body.get("stream"))
+        entry = {
+            "key": key,
+            "body": body,
+            "path": request.path,
+            "stream": stream,
+            "outcome": "pending",
+            "time": time.time(),
+        }
+        self.requests.append(entry)
+        try:
+            resp = await self.chat_inner(request, key, err, body, stream, entry)
+        except asyncio.CancelledError:
+            entry["outcome"] = "client_disconnected"
+            entry["end"] = time.time()
+            raise
+        except ConnectionResetError:
+            entry["outcome"] = "client_disconnected"
+            entry["end"] = time.time()
+            return web.Response(status=499)
+        if entry["outcome"] == "pending":
+            entry["outcome"] = f"status {resp.status}"
+        entry["end"] = time.time()
+        return resp
+
+    async def chat_inner(
+        self, request: web.Request, key: str | None, err: web.Response | None, body: Any, stream: bool, entry: dict
+    ) -> web.StreamResponse:
+        if err:
+            return err
+        if body is None:
+            return json_response(
+                400,
+                error_body(
+                    "We could not parse the JSON body of your request. (HINT: This likely means you aren't using "
+                    "your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not "
+                    "valid JSON. If you have trouble figuring out how to fix this, please contact us through our "
+                    "help center at help.openai.com.)",
+                    "invalid_request_error",
+                ),
+            )
+        fault = self.take_fault(key or "")
+        mode = fault["mode"] if fault else None
+        entry["fault"] = mode
+        if mode == "429":
+            ra = fault["retry_after"]
+            return json_response(
+                429,
+                error_body(
+                    f"Rate limit reached for {body.get('model')} in organization org-peer on requests per min (RPM): "
+                    f"Limit 3, Used 3, Requested 1. Please try again in {ra}s. Visit "
+                    "https://platform.openai.com/account/rate-limits to learn more.",
+                    "requests",
+                    None,
+                    "rate_limit_exceeded",
+                ),
+                headers={
+                    "Retry-After": str(ra),
+                    "x-ratelimit-limit-requests": "3",
+                    "x-ratelimit-remaining-requests": "0",
+                    "x-ratelimit-reset-requests": f"{ra}s",
+                },
+            )
+        if mode == "500":
+            return json_response(
+                500,
+                error_body(
+                    "The server had an error while processing your request. Sorry about that!", "server_error"
+                ),
+            )
+        if mode == "400":
+            return json_response(
+                400, error_body("peer rejects this", "invalid_request_error", "messages", "bad_peer_request")
+            )
+        if mode == "hang":
+            await asyncio.sleep(fault["seconds"])
+            if request.transport is None or request.transport.is_closing():
+                entry["outcome"] = "client_disconnected"
+                return web.Response(status=499)
+        try:
+            self.validate(body)
+        except BadRequest as e:
+            return json_response(e.status, error_body(e.message, "invalid_request_error", e.param, e.code))
+        plan = self.plan(body)
+        n = body.get("n") or 1
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            n = 1
+        ptoks = prompt_tokens(body["messages"], body.get("tools"))
+        if mode == "drop" and not stream:
+            entry["outcome"] = "dropped"
+            return await self.drop_connection(request)
+        if stream:
+            return await self.stream(request, body, plan, n, ptoks, mode, entry, fault)
+        return self.complete(body, plan, n, ptoks, mode)
+
+    @staticmethod
+    def pieces(plan: dict) -> tuple[list[str], str]:
+        words = WORD_RE.findall(plan["text"])
+        limit = plan.get("limit")
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit < len(words):
+            return words[:limit], "length"
+        return words, "stop"
+
+    def complete(self, body: dict, plan: dict, n: int, ptoks: int, mode: str | None) -> web.Response:
+        choices = []
+        ctoks = 0
+        for i in range(n):
+            if "tool_calls" in plan:
+                message = {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                        for c in plan["tool_calls"]
+                    ],
+                    "refusal": None,
+                    "annotations": [],
+                }
+                finish = "tool_calls"
+                ctoks += sum(count_words(c["arguments"]) + 3 for c in plan["tool_calls"])
+            else:
+                words, finish = self.pieces(plan)
+                message = {"role": "assistant", "content": "".join(words), "refusal": None, "annotations": []}
+                ctoks += len(words)
+            choices.append({"index": i, "message": message, "logprobs": None, "finish_reason": finish})
+        out = {
+            "id": "chatcmpl-" + uuid.uuid4().hex[:29],
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": choices,
+            "service_tier": "default",
+            "system_fingerprint": "fp_peer0001",
+        }
+        if mode != "no_usage":
+            out["usage"] = usage_body(ptoks, ctoks)
+        return json_response(200, out)
+
+    def stream_events(self, plan: dict, n: int) -> tuple[list[list[tuple[dict, str | None]]], int]:
+        """Per choice, the list of (delta, finish_reason) to send; and completion tokens."""
+        per_choice = []
+        ctoks = 0
+        for _ in range(n):
+            events: list[tuple[dict, str | None]] = []
+            if "tool_calls" in plan:
+                first = True
+                for idx, c in enumerate(plan["tool_calls"]):
+                    head = {
+                        "index": idx,
+                        "id": c["id"],
+                        "type": "function",
+                        "function": {"name": c["name"], "arguments": ""},
+                    }
+                    if first:
+                        events.append(({"role": "assistant", "content": None, "tool_calls": [head], "refusal": None}, None))
+                        first = False
+                    else:
+                        events.append(({"tool_calls": [head]}, None))
+                    for frag in split_fragments(c["arguments"], 4):
+                        events.append(({"tool_calls": [{"index": idx, "function": {"arguments": frag}}]}, None))
+                    ctoks += count_words(c["arguments"]) + 3
+                events.append(({}, "tool_calls"))
+            else:
+                words, finish = self.pieces(plan)
+                events.append(({"role": "assistant", "content": "", "refusal": None}, None))
+                for w in words:
+                    events.append(({"content": w}, None))
+                events.append(({}, finish))
+                ctoks += len(words)
+            per_choice.append(events)
+        return per_choice, ctoks
+
+    async def stream(
+        self,
+        request: web.Request,
+        body: dict,
+        plan: dict,
+        n: int,
+        ptoks: int,
+        mode: str | None,
+        entry: dict,
+        fault: dict | None,
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            status=200,
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+                "x-request-id": "req_" + uuid.uuid4().hex,
+                "openai-processing-ms": "2",
+            },
+        )
+        await resp.prepare(request)
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage")) and mode != "no_usage"
+        base = {
+            "id": "chatcmpl-" + uuid.uuid4().hex[:29],
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": body["model"],
+            "service_tier": "default",
+            "system_fingerprint": "fp_peer0001",
+        }
+        per_choice, ctoks = self.stream_events(plan, n)
+        quirky = mode == "quirky"
+        delay = fault["seconds"] if mode == "slow" and fault else self.chunk_delay
+        nl = "\r\n" if quirky else "\n"
+        sent_chunks = 0
+
+        async def send_raw(text: str) -> None:
+            await resp.write(text.encode("utf-8"))
+
+        async def send_chunk(chunk: dict) -> None:
+            nonlocal sent_chunks
+            data = json.dumps(chunk)
+            if quirky:
+                sent_chunks += 1
+                if sent_chunks % 3 == 1:
+                    await send_raw(f": keep-alive comment{nl}")
+                if sent_chunks % 2 == 0:
+                    await send_raw(f"event: message{nl}")
+                prefix = "data:" if sent_chunks % 2 == 1 else "data: "
+                frame = f"{prefix}{data}{nl}{nl}"
+                if sent_chunks % 4 == 2:
+                    # One event split across two writes.
+                    half = len(frame) // 2
+                    await send_raw(frame[:half])
+                    await asyncio.sleep(self.chunk_delay)
+                    await send_raw(frame[half:])
+                else:
+                    await send_raw(frame)
+            else:
+                await send_raw(f"data: {data}{nl}{nl}")
+            if delay:
+                await asyncio.sleep(delay)
+
+        steps = max(len(ev) for ev in per_choice)
+        obf = 0
+        for step in range(steps):
+            for idx, events in enumerate(per_choice):
+                if step >= len(events):
+                    continue
+                delta, finish = events[step]
+                if mode == "drop" and step >= 3:
+                    # role chunk + two text chunks went out: cut the line.
+                    await asyncio.sleep(0.05)
+                    entry["outcome"] = "dropped"
+                    return await self.abort(request, resp)
+                choice = {"index": idx, "delta": delta, "logprobs": None, "finish_reason": finish}
+                chunk = dict(base, choices=[choice])
+                if include_usage:
+                    chunk["usage"] = None
+                obf += 1
+                chunk["obfuscation"] = "x" * (obf % 7)
+                await send_chunk(chunk)
+        if include_usage:
+            await send_chunk(dict(base, choices=[], usage=usage_body(ptoks, ctoks), obfuscation="pad"))
+        if quirky:
+            await send_raw(f"data:[DONE]{nl}{nl}")
+        else:
+            await send_raw("data: [DONE]\n\n")
+        await resp.write_eof()
+        entry["outcome"] = "completed"
+        return resp
+
+    async def abort(self, request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
+        transport = request.transport
+        if transport is not None:
+            transport.abort()
+        return resp
+
+    async def drop_connection(self, request: web.Request) -> web.StreamResponse:
+        transport = request.transport
+        if transport is not None:
+            transport.abort()
+        # Nothing can be sent any more; aiohttp notices the closed transport.
+        return web.Response(status=500)
+
+
+async def on_not_found(request: web.Request) -> web.Response:
+    return json_response(
+        404,
+        error_body(f"Invalid URL ({request.method} {request.path})", "invalid_request_error"),
+    )
+
+
+def build_app(peer: Peer) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/chat/completions", peer.chat)
+    app.router.add_get("/v1/models", peer.list_models)
+    app.router.add_get("/v1/models/{model}", peer.get_model)
+    app.router.add_post("/_peer/faults", peer.post_faults)
+    app.router.add_post("/_peer/reset", peer.post_reset)
+    app.router.add_get("/_peer/requests", peer.get_requests)
+    app.router.add_route("*", "/{tail:.*}", on_not_found)
+    return app
+
+
+async def amain(args: argparse.Namespace) -> None:
+    keys = [k.strip() for k in args.keys.split(",") if k.strip()]
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    peer = Peer(keys, models, args.chunk_delay)
+    app = build_app(peer)
+    runner = web.AppRunner(app, access_log=None, handle_signals=True, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port)
+    await site.start()
+    port = None
+    server = getattr(site, "_server", None)
+    if server is not None and server.sockets:
+        port = server.sockets[0].getsockname()[1]
+    if port is None:
+        addrs = runner.addresses
+        port = addrs[0][1]
+    sys.stdout.write(f"listening on http://{args.host}:{port}\n")
+    sys.stdout.flush()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--keys", default="sk-peer-1,sk-peer-2", help="comma-separated accepted API keys")
+    ap.add_argument("--models", default="gpt-4o-mini,gpt-4o", help="comma-separated models served")
+    ap.add_argument("--chunk-delay", type=float, default=0.002, help="seconds between stream chunks")
+    args = ap.parse_args()
+    try:
+        asyncio.run(amain(args))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

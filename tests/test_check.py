@@ -1,0 +1,57 @@
+"""`troupe check` and `troupe serve` on good and bad configs."""
+
+from __future__ import annotations
+
+import subprocess
+
+import support
+from support import gateway_config, run_troupe, write_config
+
+PEER_URL = "http://127.0.0.1:9"  # never contacted by `check`
+
+
+def test_check_good_config(tmp_path):
+    path = write_config(tmp_path, gateway_config(tmp_path, PEER_URL))
+    r = run_troupe(["check", "--config", str(path)])
+    assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    out = r.stdout
+    for word in ("demo", "peer", "gpt-4o-mini", "peer-alias"):
+        assert word in out, f"`troupe check` output does not mention {word!r}:\n{out}"
+
+
+def test_check_unknown_key_names_dotted_key(tmp_path):
+    text = gateway_config(tmp_path, PEER_URL).replace('listen = "127.0.0.1:0"', 'lisen = "127.0.0.1:0"')
+    assert "lisen" in text
+    path = write_config(tmp_path, text)
+    r = run_troupe(["check", "--config", str(path)])
+    assert r.returncode != 0, f"bad config accepted:\n{r.stdout}"
+    assert "server.lisen" in r.stdout + r.stderr, f"error does not name server.lisen:\n{r.stdout}\n{r.stderr}"
+
+
+def test_check_wrong_type_names_key(tmp_path):
+    text = gateway_config(tmp_path, PEER_URL).replace("max_concurrency = 4", 'max_concurrency = "four"', 1)
+    path = write_config(tmp_path, text)
+    r = run_troupe(["check", "--config", str(path)])
+    assert r.returncode != 0, f"bad config accepted:\n{r.stdout}"
+    assert "max_concurrency" in r.stdout + r.stderr, f"{r.stdout}\n{r.stderr}"
+
+
+def test_check_missing_file(tmp_path):
+    r = run_troupe(["check", "--config", str(tmp_path / "missing.toml")])
+    assert r.returncode != 0
+    assert (r.stdout + r.stderr).strip(), "no error message for a missing config file"
+
+
+def test_serve_refuses_bad_config(tmp_path):
+    text = gateway_config(tmp_path, PEER_URL).replace('listen = "127.0.0.1:0"', 'lisen = "127.0.0.1:0"')
+    path = write_config(tmp_path, text)
+    try:
+        r = run_troupe(["serve", "--config", str(path)], timeout=20)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("`troupe serve` with a bad config kept running instead of exiting") from None
+    assert r.returncode != 0
+    assert "server.lisen" in r.stdout + r.stderr
+
+
+def test_binary_exists():
+    assert support.troupe_bin().exists(), f"{support.troupe_bin()} missing: run `cargo build` or set TROUPE_BIN"
