@@ -42,7 +42,13 @@ pub async fn serve(cfg: Config) -> std::io::Result<()> {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
     };
-    let router = Router::new(cfg.server.max_queue).start();
+    let router = Router::new(cfg.server.max_queue)
+        .with_models(
+            cfg.pools
+                .iter()
+                .flat_map(|p| p.models.iter().map(|m| Arc::from(m.public.as_str()))),
+        )
+        .start();
     let log = RestartLog::open(
         &cfg.server.data_dir,
         cfg.server.restart_log_max_bytes.0 as u64,

@@ -285,12 +285,48 @@ def test_n_greater_than_one(http):
         ({"model": "demo", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, "stream"),
         ({"model": "demo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "ten"}, "max_tokens"),
         ({"model": "demo", "messages": [{"role": "wizard", "content": "hi"}]}, "messages[0]"),
+        ({"model": "demo", "messages": [{"role": "user", "content": "hi"}], "temperature": 5}, "temperature"),
+        ({"model": "demo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, "max_tokens"),
+        (
+            {
+                "model": "demo",
+                "messages": [{"role": "user", "content": "hi"}],
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tool_choice": {"type": "function", "function": {"name": "g"}},
+            },
+            "tool_choice",
+        ),
     ],
-    ids=["no-messages", "no-model", "messages-string", "stream-string", "max_tokens-string", "bad-role"],
+    ids=[
+        "no-messages",
+        "no-model",
+        "messages-string",
+        "stream-string",
+        "max_tokens-string",
+        "bad-role",
+        "temperature-range",
+        "max_tokens-zero",
+        "tool_choice-unknown",
+    ],
 )
 def test_bad_fields_named(http, body, field):
     err = expect_error(http.post(CHAT, json=body), 400)
     assert names(err, field), f"error does not name {field!r}: {err}"
+
+
+def test_non_object_body(http):
+    r = http.post(CHAT, content=b"[1, 2]", headers={"content-type": "application/json"})
+    err = expect_error(r, 400)
+    assert "JSON object" in err["message"], err
+
+
+def test_stop_sequence_honoured(http):
+    body = chat_body("demo", "alpha beta gamma", stop=["gamma"])
+    r = http.post(CHAT, json=body)
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    assert choice["message"]["content"] == DEMO_PREFIX + "alpha beta "
+    assert choice["finish_reason"] == "stop"
 
 
 def test_unknown_fields_are_accepted(http):

@@ -63,6 +63,9 @@ pub struct Router {
     routes: HashMap<Arc<str>, Vec<Route>>,
     queue: VecDeque<Waiter>,
     max_queue: usize,
+    /// Models the configuration promises; a request for one of them waits
+    /// while its sessions are still registering instead of failing.
+    known: std::collections::HashSet<Arc<str>>,
 }
 
 impl Router {
@@ -74,7 +77,14 @@ impl Router {
             routes: HashMap::new(),
             queue: VecDeque::new(),
             max_queue,
+            known: Default::default(),
         }
+    }
+
+    /// Declares the configured models before their sessions register.
+    pub fn with_models(mut self, models: impl IntoIterator<Item = Arc<str>>) -> Self {
+        self.known.extend(models);
+        self
     }
 
     /// The ready session with a free slot: lowest priority value first, then
@@ -108,6 +118,9 @@ impl Router {
     /// Why a request for `model` cannot even wait, if so.
     fn hopeless(&self, model: &str, exclude: Option<SessionId>) -> Option<AcquireError> {
         let Some(routes) = self.routes.get(model) else {
+            if self.known.contains(model) {
+                return None;
+            }
             return Some(AcquireError::UnknownModel(model.to_owned()));
         };
         let alive = |r: &&Route| !matches!(self.slots[r.slot].state, SessionState::Failed { .. });

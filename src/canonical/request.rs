@@ -31,6 +31,40 @@ pub struct ChatRequest {
     pub response_format: Option<Value>,
     /// OpenAI `reasoning_effort`, passed through to upstreams that understand it.
     pub reasoning_effort: Option<String>,
+    /// Anthropic extended thinking: the token budget when enabled.
+    pub thinking_budget: Option<u32>,
+}
+
+impl ChatRequest {
+    /// The thinking budget to ask an Anthropic upstream for: the client's
+    /// own, else one derived from an OpenAI `reasoning_effort`, kept below
+    /// `max_tokens` as Anthropic requires. `None` leaves thinking off.
+    pub fn effective_thinking_budget(&self, max_tokens: u32) -> Option<u32> {
+        const MIN_BUDGET: u32 = 1024;
+        let wanted = self
+            .thinking_budget
+            .or(match self.reasoning_effort.as_deref() {
+                Some("minimal") | Some("low") => Some(1024),
+                Some("medium") => Some(4096),
+                Some("high") => Some(16384),
+                _ => None,
+            })?;
+        let budget = wanted.min(max_tokens.saturating_sub(1));
+        (budget >= MIN_BUDGET).then_some(budget)
+    }
+
+    /// The `reasoning_effort` to ask an OpenAI upstream for: the client's
+    /// own, else one derived from an Anthropic thinking budget.
+    pub fn effective_reasoning_effort(&self) -> Option<&str> {
+        if let Some(e) = self.reasoning_effort.as_deref() {
+            return Some(e);
+        }
+        self.thinking_budget.map(|b| match b {
+            0..=2048 => "low",
+            2049..=8192 => "medium",
+            _ => "high",
+        })
+    }
 }
 
 /// Sampling parameters. `None` leaves the upstream's default in place.
@@ -199,6 +233,25 @@ impl ChatRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thinking_budget_and_reasoning_effort_translate() {
+        let mut req = ChatRequest {
+            thinking_budget: Some(3000),
+            ..Default::default()
+        };
+        assert_eq!(req.effective_reasoning_effort(), Some("medium"));
+        assert_eq!(req.effective_thinking_budget(8000), Some(3000));
+        // Anthropic needs the budget below max_tokens, and at least 1024.
+        assert_eq!(req.effective_thinking_budget(2000), Some(1999));
+        assert_eq!(req.effective_thinking_budget(1000), None);
+        req.thinking_budget = None;
+        req.reasoning_effort = Some("high".into());
+        assert_eq!(req.effective_thinking_budget(32000), Some(16384));
+        assert_eq!(req.effective_reasoning_effort(), Some("high"));
+        req.reasoning_effort = None;
+        assert_eq!(req.effective_thinking_budget(32000), None);
+    }
 
     #[test]
     fn data_urls_become_inline_images_and_back() {

@@ -12,7 +12,8 @@ static ENCODER: OnceLock<Option<CoreBPE>> = OnceLock::new();
 
 /// Loads the encoder; call once at start so the first request does not pay.
 pub fn init() {
-    encoder();
+    // Encoding once also builds the encoder's lazily compiled parts.
+    count_text("warm up");
 }
 
 fn encoder() -> Option<&'static CoreBPE> {

@@ -25,6 +25,21 @@ impl DecodeError {
 
 /// Parses JSON bytes as `T`, naming the field that failed.
 pub fn parse_json<'de, T: serde::Deserialize<'de>>(body: &'de [u8]) -> Result<T, DecodeError> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => {
+            return Err(DecodeError::new(
+                "",
+                "the request body is empty: expected a JSON object",
+            ))
+        }
+        Some(b'{') => {}
+        Some(_) => {
+            return Err(DecodeError::new(
+                "",
+                "the request body must be a JSON object",
+            ))
+        }
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     match serde_path_to_error::deserialize::<_, T>(&mut de) {
         Ok(v) => match de.end() {
@@ -48,5 +63,61 @@ pub fn parse_json<'de, T: serde::Deserialize<'de>>(body: &'de [u8]) -> Result<T,
                 ))
             }
         }
+    }
+}
+
+/// Range checks every protocol shares, on the decoded request. `temperature_max`
+/// differs: OpenAI allows up to 2, Anthropic up to 1.
+pub fn check_ranges(
+    req: &crate::canonical::ChatRequest,
+    temperature_max: f64,
+) -> Result<(), DecodeError> {
+    let s = &req.sampling;
+    let within = |v: Option<f64>, lo: f64, hi: f64| {
+        v.is_none_or(|x| x.is_finite() && (lo..=hi).contains(&x))
+    };
+    if !within(s.temperature, 0.0, temperature_max) {
+        return Err(DecodeError::new(
+            "temperature",
+            format!("`temperature` must be between 0 and {temperature_max}"),
+        ));
+    }
+    if !within(s.top_p, 0.0, 1.0) {
+        return Err(DecodeError::new("top_p", "`top_p` must be between 0 and 1"));
+    }
+    if !within(s.frequency_penalty, -2.0, 2.0) {
+        return Err(DecodeError::new(
+            "frequency_penalty",
+            "`frequency_penalty` must be between -2 and 2",
+        ));
+    }
+    if !within(s.presence_penalty, -2.0, 2.0) {
+        return Err(DecodeError::new(
+            "presence_penalty",
+            "`presence_penalty` must be between -2 and 2",
+        ));
+    }
+    if s.max_tokens == Some(0) {
+        return Err(DecodeError::new(
+            "max_tokens",
+            "`max_tokens` must be at least 1",
+        ));
+    }
+    match &req.tool_choice {
+        Some(crate::canonical::ToolChoice::Tool(name))
+            if !req.tools.iter().any(|t| &t.name == name) =>
+        {
+            Err(DecodeError::new(
+                "tool_choice",
+                format!("`tool_choice` names `{name}`, which is not in `tools`"),
+            ))
+        }
+        Some(crate::canonical::ToolChoice::Required) if req.tools.is_empty() => {
+            Err(DecodeError::new(
+                "tool_choice",
+                "`tool_choice` requires a tool call but `tools` is empty",
+            ))
+        }
+        _ => Ok(()),
     }
 }

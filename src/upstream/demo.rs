@@ -123,9 +123,21 @@ impl Upstream for Demo {
         })
         .await?;
         match plan(req) {
-            Plan::Text(text) => {
+            Plan::Text(mut text) => {
                 let limit = req.sampling.max_tokens.map_or(usize::MAX, |n| n as usize);
                 let mut stop = StopReason::End;
+                // Like a real model, stop before the earliest stop sequence.
+                if let Some(cut) = req
+                    .sampling
+                    .stop
+                    .iter()
+                    .filter(|s| !s.is_empty())
+                    .filter_map(|s| text.find(s.as_str()))
+                    .min()
+                {
+                    text.truncate(cut);
+                    stop = StopReason::StopSequence;
+                }
                 for (i, w) in words(&text).enumerate() {
                     if i >= limit {
                         stop = StopReason::Length;

@@ -21,7 +21,9 @@ const SYSTEM_SEPARATOR: &str = "\n\n";
 /// Decodes a Messages request body (also a `count_tokens` body).
 pub fn decode_request(body: &[u8]) -> Result<ChatRequest, DecodeError> {
     let wire: MessagesRequest = parse_json(body)?;
-    from_wire(wire)
+    let req = from_wire(wire)?;
+    crate::protocol::check_ranges(&req, 1.0)?;
+    Ok(req)
 }
 
 fn from_wire(w: MessagesRequest) -> Result<ChatRequest, DecodeError> {
@@ -92,6 +94,10 @@ fn from_wire(w: MessagesRequest) -> Result<ChatRequest, DecodeError> {
         Some(c) => tool_choice(c)?,
     };
     let user = w.metadata.and_then(|m| m.user_id).filter(|u| !u.is_empty());
+    let thinking_budget = match w.thinking {
+        Some(t) if t.kind == "enabled" => Some(t.budget_tokens.unwrap_or(1024)),
+        _ => None,
+    };
     Ok(ChatRequest {
         model: w.model,
         system,
@@ -115,6 +121,7 @@ fn from_wire(w: MessagesRequest) -> Result<ChatRequest, DecodeError> {
         user,
         response_format: None,
         reasoning_effort: None,
+        thinking_budget,
     })
 }
 
@@ -820,6 +827,7 @@ mod tests {
                 {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f"}]},
                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t"}]}
             ],
+            "tools": [{"name": "f"}],
             "tool_choice": {"type": "tool", "name": "f"}
         }))
         .unwrap();
@@ -829,6 +837,14 @@ mod tests {
         assert_eq!(req.messages[2].role, Role::Tool);
         assert_eq!(req.tool_choice, Some(ToolChoice::Tool("f".into())));
         assert_eq!(req.parallel_tool_calls, None);
+        // ...but a forced tool that is not offered is refused, like Anthropic does.
+        let e = decode(json!({
+            "model": "m",
+            "messages": [{"role": "user", "content": "hi"}],
+            "tool_choice": {"type": "tool", "name": "f"}
+        }))
+        .unwrap_err();
+        assert_eq!(e.param, "tool_choice");
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct UpstreamRequest<'a> {
     tool_choice: Option<OutToolChoice<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     metadata: Option<OutMetadata<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking: Option<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -187,9 +189,13 @@ pub fn encode_request<'a>(req: &'a ChatRequest, upstream_model: &'a str) -> Upst
             }
         }
     };
+    let max_tokens = s.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
     UpstreamRequest {
         model: upstream_model,
-        max_tokens: s.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+        max_tokens,
+        thinking: req
+            .effective_thinking_budget(max_tokens)
+            .map(|b| serde_json::json!({"type": "enabled", "budget_tokens": b})),
         system,
         messages,
         stream: true,

@@ -37,6 +37,9 @@ pub struct MessagesRequest {
     pub tool_choice: Option<ToolChoiceIn>,
     #[serde(default)]
     pub stream: Option<bool>,
+    /// `{"type": "enabled", "budget_tokens": N}` or `{"type": "disabled"}`.
+    #[serde(default)]
+    pub thinking: Option<ThinkingIn>,
 }
 
 /// `system`: a string or text blocks.
@@ -414,4 +417,13 @@ pub struct ErrorBodyIn {
     pub kind: Option<String>,
     #[serde(default)]
     pub message: String,
+}
+
+/// The request's `thinking` setting.
+#[derive(Debug, Deserialize)]
+pub struct ThinkingIn {
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub budget_tokens: Option<u32>,
 }

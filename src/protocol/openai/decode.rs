@@ -14,7 +14,9 @@ use crate::protocol::{parse_json, DecodeError};
 /// Decodes a Chat Completions request body.
 pub fn decode_request(body: &[u8]) -> Result<ChatRequest, DecodeError> {
     let wire: ChatCompletionRequest = parse_json(body)?;
-    from_wire(wire)
+    let req = from_wire(wire)?;
+    crate::protocol::check_ranges(&req, 2.0)?;
+    Ok(req)
 }
 
 fn from_wire(w: ChatCompletionRequest) -> Result<ChatRequest, DecodeError> {
@@ -137,6 +139,7 @@ fn from_wire(w: ChatCompletionRequest) -> Result<ChatRequest, DecodeError> {
         affinity,
         response_format: w.response_format,
         reasoning_effort: w.reasoning_effort,
+        thinking_budget: None,
     })
 }
 
@@ -481,6 +484,33 @@ mod tests {
         assert!(e.message.contains("model"), "{e:?}");
         let e = decode_request(b"{not json").unwrap_err();
         assert!(e.message.starts_with("invalid JSON"), "{e:?}");
+        let user = json!([{"role": "user", "content": "x"}]);
+        for (body, param) in [
+            (
+                json!({"model": "m", "messages": user, "temperature": 5}),
+                "temperature",
+            ),
+            (
+                json!({"model": "m", "messages": user, "top_p": -1}),
+                "top_p",
+            ),
+            (
+                json!({"model": "m", "messages": user, "max_tokens": 0}),
+                "max_tokens",
+            ),
+            (
+                json!({"model": "m", "messages": user, "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+                "tool_choice",
+            ),
+            (
+                json!({"model": "m", "messages": user, "tool_choice": "required"}),
+                "tool_choice",
+            ),
+        ] {
+            assert_eq!(decode(body).unwrap_err().param, param);
+        }
+        let e = decode_request(b"[1, 2]").unwrap_err();
+        assert_eq!(e.message, "the request body must be a JSON object");
         let e = decode(json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]})).unwrap_err();
         assert_eq!(e.param, "messages[0].content[0].type");
     }

@@ -201,7 +201,7 @@ pub fn encode_request<'a>(req: &'a ChatRequest, upstream_model: &'a str) -> Upst
         },
         user: req.user.as_deref(),
         response_format: req.response_format.as_ref(),
-        reasoning_effort: req.reasoning_effort.as_deref(),
+        reasoning_effort: req.effective_reasoning_effort(),
     }
 }
 
