@@ -17,6 +17,36 @@ use crate::canonical::tokens;
 use crate::config::Config;
 use crate::http::{self, AppState};
 
+/// Time given to streams to write their error event after the drain
+/// deadline, before connections are closed.
+const DRAIN_GRACE_SECS: u64 = 2;
+
+/// Waits for SIGTERM or SIGINT (Ctrl-C).
+async fn wait_for_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            },
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
+}
+
 /// Restart-log lines kept in memory for the admin API.
 const RECENT_EVENTS: usize = 1000;
 
@@ -75,7 +105,8 @@ pub async fn serve(cfg: Config) -> std::io::Result<()> {
         log.clone(),
         cfg.server.admin_key.clone(),
     ));
-    let state = web::Data::new(AppState::new(&cfg, router));
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let state = web::Data::new(AppState::new(&cfg, router, shutdown_rx));
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -92,10 +123,13 @@ pub async fn serve(cfg: Config) -> std::io::Result<()> {
             .configure(http::routes)
     })
     .workers(workers)
+    // Signals are handled below, so streams still open at the drain
+    // deadline end with an error event rather than a cut connection.
+    .disable_signals()
     // A client that closes its side is gone: drop its response at once, which
     // closes the request's mailbox and cancels the upstream call.
     .h1_allow_half_closed(false)
-    .shutdown_timeout(cfg.server.drain_timeout.as_secs())
+    .shutdown_timeout(cfg.server.drain_timeout.as_secs() + DRAIN_GRACE_SECS)
     .bind(listen)?;
     for addr in server.addrs() {
         tracing::info!(%addr, "listening");
@@ -104,7 +138,25 @@ pub async fn serve(cfg: Config) -> std::io::Result<()> {
         let _ = writeln!(out, "listening on http://{addr}");
         let _ = out.flush();
     }
-    let result = server.run().await;
+    let server = server.run();
+    let handle = server.handle();
+    let drain = cfg.server.drain_timeout;
+    actix_web::rt::spawn(async move {
+        let signal = wait_for_signal().await;
+        tracing::info!(
+            signal,
+            drain_secs = drain.as_secs(),
+            "stopping: no new connections, draining in-flight requests"
+        );
+        let stopped = handle.stop(true);
+        actix_web::rt::spawn(async move {
+            tokio::time::sleep(drain).await;
+            tracing::warn!("drain timeout reached: ending the remaining streams with an error");
+            let _ = shutdown_tx.send(true);
+        });
+        stopped.await;
+    });
+    let result = server.await;
     for a in &arbiters {
         a.stop();
     }

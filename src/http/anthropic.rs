@@ -43,7 +43,10 @@ async fn message(
         let opened = state.dispatcher.open(&chat).await?;
         let enc = StreamEncoder::new(id, chat.clone());
         let keepalive = state.dispatcher.server.keepalive;
-        Ok(sse::response(sse::body(opened, enc, chat, keepalive)))
+        let shutdown = state.dispatcher.shutdown.clone();
+        Ok(sse::response(sse::body(
+            opened, enc, chat, keepalive, shutdown,
+        )))
     } else {
         let answer = state.dispatcher.complete(&chat).await?;
         Ok(HttpResponse::Ok()
@@ -174,7 +177,8 @@ mod tests {
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        web::Data::new(AppState::new(&cfg, router))
+        let (_, shutdown) = tokio::sync::watch::channel(false);
+        web::Data::new(AppState::new(&cfg, router, shutdown))
     }
 
     /// The app with every route, over a demo pool.

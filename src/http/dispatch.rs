@@ -26,6 +26,9 @@ pub struct Dispatcher {
     pub server: Arc<ServerConfig>,
     /// Other sessions tried before the first byte.
     pub retry_budget: u32,
+    /// Turns true when the drain deadline of a shutdown has passed: answers
+    /// still running end with the protocol's error instead of a cut.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// An answer that has begun: the lease keeps the session slot, `head` holds
@@ -194,8 +197,15 @@ impl Dispatcher {
                     failure = Some(e);
                 }
             }
+            let mut shutdown = self.shutdown.clone();
             while failure.is_none() {
-                match timeout_at(deadline, opened.rx.recv()).await {
+                let next = tokio::select! {
+                    next = timeout_at(deadline, opened.rx.recv()) => next,
+                    _ = shutdown.wait_for(|down| *down) => {
+                        return Err(ApiError::Unavailable("the gateway is shutting down".into()));
+                    }
+                };
+                match next {
                     Ok(Some(ev)) => {
                         if let Err(e) = answer.push(ev) {
                             failure = Some(e);

@@ -42,7 +42,11 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(cfg: &Config, router: actix::Addr<Router>) -> Self {
+    pub fn new(
+        cfg: &Config,
+        router: actix::Addr<Router>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         let mut models: Vec<ModelEntry> = Vec::new();
         let mut pools: Vec<_> = cfg.pools.iter().collect();
         pools.sort_by_key(|p| p.priority);
@@ -62,6 +66,7 @@ impl AppState {
                 router,
                 server: Arc::new(cfg.server.clone()),
                 retry_budget: cfg.supervisor.retry_budget,
+                shutdown,
             },
             auth: Auth::new(cfg.server.api_keys.clone()),
             models,

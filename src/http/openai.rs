@@ -39,7 +39,10 @@ async fn chat(
         let opened = state.dispatcher.open(&chat).await?;
         let enc = StreamEncoder::new(id, created, chat.model.clone(), chat.include_usage);
         let keepalive = state.dispatcher.server.keepalive;
-        Ok(sse::response(sse::body(opened, enc, chat, keepalive)))
+        let shutdown = state.dispatcher.shutdown.clone();
+        Ok(sse::response(sse::body(
+            opened, enc, chat, keepalive, shutdown,
+        )))
     } else {
         let answer = state.dispatcher.complete(&chat).await?;
         Ok(HttpResponse::Ok()

@@ -50,6 +50,8 @@ struct State<E> {
     idle: Pin<Box<Sleep>>,
     /// Fires at the request's total deadline.
     deadline: Pin<Box<Sleep>>,
+    /// Turns true when a shutdown's drain time is over.
+    shutdown: tokio::sync::watch::Receiver<bool>,
     head: Vec<ChatEvent>,
     rx_done: bool,
     enc: E,
@@ -79,18 +81,28 @@ impl<E: EventEncoder> State<E> {
     }
 }
 
+/// What woke the stream up.
+enum Wake {
+    Event(Option<ChatEvent>),
+    Idle,
+    Deadline,
+    Shutdown,
+}
+
 /// The streaming body of an answer.
 pub fn body<E: EventEncoder>(
     mut opened: Opened,
     enc: E,
     req: Arc<ChatRequest>,
     keepalive: Duration,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> impl Stream<Item = Result<Bytes, actix_web::Error>> {
     let head = std::mem::take(&mut opened.head);
     let deadline = Box::pin(tokio::time::sleep_until(opened.deadline));
     let state = State {
         idle: Box::pin(tokio::time::sleep(keepalive)),
         deadline,
+        shutdown,
         opened: Some(opened),
         head,
         rx_done: false,
@@ -111,20 +123,26 @@ pub fn body<E: EventEncoder>(
         }
         let opened = st.opened.as_mut()?;
         let next = tokio::select! {
-            ev = opened.rx.recv() => Some(ev),
-            _ = st.idle.as_mut() => None,
-            _ = st.deadline.as_mut() => {
-                st.fail(UpstreamError::new(ErrorKind::Timeout, "the answer took longer than the request timeout"));
-                return Some((Ok(st.buf.split().freeze()), st));
-            }
+            ev = opened.rx.recv() => Wake::Event(ev),
+            _ = st.idle.as_mut() => Wake::Idle,
+            _ = st.deadline.as_mut() => Wake::Deadline,
+            _ = st.shutdown.wait_for(|down| *down) => Wake::Shutdown,
         };
         st.idle.as_mut().reset(Instant::now() + st.keepalive);
         match next {
-            None => {
+            Wake::Idle => {
                 let ping = st.enc.keepalive();
                 st.buf.extend_from_slice(ping);
             }
-            Some(Some(ev)) => {
+            Wake::Deadline => st.fail(UpstreamError::new(
+                ErrorKind::Timeout,
+                "the answer took longer than the request timeout",
+            )),
+            Wake::Shutdown => st.fail(UpstreamError::new(
+                ErrorKind::Unavailable,
+                "the gateway is shutting down",
+            )),
+            Wake::Event(Some(ev)) => {
                 st.write(&ev);
                 // Write whatever else is already waiting in one chunk.
                 let mut n = 1;
@@ -141,7 +159,7 @@ pub fn body<E: EventEncoder>(
                     }
                 }
             }
-            Some(None) => {
+            Wake::Event(None) => {
                 if st.enc.stopped() {
                     let req = st.req.clone();
                     st.enc.finish(&req, &mut st.buf);
