@@ -41,6 +41,14 @@ pub struct Opened {
     pub deadline: tokio::time::Instant,
 }
 
+/// Resolves once a shutdown's drain deadline has passed; never when the
+/// sender is gone without one (as in tests).
+pub async fn draining(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    if shutdown.wait_for(|down| *down).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Retry bookkeeping across the attempts of one request.
 struct Attempts {
     left: u32,
@@ -201,7 +209,7 @@ impl Dispatcher {
             while failure.is_none() {
                 let next = tokio::select! {
                     next = timeout_at(deadline, opened.rx.recv()) => next,
-                    _ = shutdown.wait_for(|down| *down) => {
+                    _ = draining(&mut shutdown) => {
                         return Err(ApiError::Unavailable("the gateway is shutting down".into()));
                     }
                 };

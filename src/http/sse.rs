@@ -126,7 +126,7 @@ pub fn body<E: EventEncoder>(
             ev = opened.rx.recv() => Wake::Event(ev),
             _ = st.idle.as_mut() => Wake::Idle,
             _ = st.deadline.as_mut() => Wake::Deadline,
-            _ = st.shutdown.wait_for(|down| *down) => Wake::Shutdown,
+            _ = super::dispatch::draining(&mut st.shutdown) => Wake::Shutdown,
         };
         st.idle.as_mut().reset(Instant::now() + st.keepalive);
         match next {
