@@ -9,6 +9,7 @@ use actix::prelude::*;
 use actix_cors::Cors;
 use actix_web::{web, App, HttpServer};
 
+use crate::actors::credentials::CredentialStore;
 use crate::actors::pool::PoolSupervisor;
 use crate::actors::restart_log::RestartLog;
 use crate::actors::router::Router;
@@ -98,6 +99,7 @@ pub async fn serve(cfg: Config) -> std::io::Result<()> {
             log.clone(),
             handles.clone(),
         )
+        .with_credentials(CredentialStore::new(&cfg.server.data_dir))
         .start();
     }
     let admin = web::Data::new(AdminState::new(

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
+use super::credentials::CredentialStore;
 use super::messages::SessionId;
 use super::restart_log::{EventKind, RestartEvent, RestartLog};
 use super::router::Router;
@@ -37,6 +38,7 @@ pub struct PoolSupervisor {
     log: Addr<RestartLog>,
     arbiters: Arc<Vec<ArbiterHandle>>,
     members: Vec<Member>,
+    credentials: Option<CredentialStore>,
 }
 
 impl PoolSupervisor {
@@ -55,7 +57,14 @@ impl PoolSupervisor {
             log,
             arbiters,
             members: Vec::new(),
+            credentials: None,
         }
+    }
+
+    /// Sessions keep their login state in `store` across restarts.
+    pub fn with_credentials(mut self, store: CredentialStore) -> Self {
+        self.credentials = Some(store);
+        self
     }
 
     /// Session names: one per account, or `name-1..n` for account-less kinds.
@@ -78,8 +87,9 @@ impl PoolSupervisor {
     ) -> Addr<Session> {
         let (registration, upstream) = (registration.clone(), upstream.clone());
         let (router, log, policy) = (self.router.clone(), self.log.clone(), self.policy.clone());
+        let store = self.credentials.clone();
         let make = move |_: &mut Context<Session>| {
-            Session::new(registration, upstream, router, log, policy)
+            Session::new(registration, upstream, router, log, policy).with_credentials(store)
         };
         match arbiter {
             Some(a) => Supervisor::start_in_arbiter(a, make),

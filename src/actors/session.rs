@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use actix::prelude::*;
 use rand::Rng as _;
 
+use super::credentials::CredentialStore;
 use super::messages::{
     Chat, ModelCooldown, Register, Reset, SessionId, SessionState, StateChanged,
 };
@@ -66,6 +67,7 @@ pub struct Session {
     /// Pending timer for the end of a cool-down or a credential refresh.
     timer: Option<SpawnHandle>,
     refreshing: bool,
+    credentials: Option<CredentialStore>,
 }
 
 /// How one request ended, as far as the session is concerned.
@@ -102,6 +104,24 @@ impl Session {
             last_error: None,
             timer: None,
             refreshing: false,
+            credentials: None,
+        }
+    }
+
+    /// Keeps the upstream's login state in `store` across restarts.
+    pub fn with_credentials(mut self, store: Option<CredentialStore>) -> Self {
+        self.credentials = store;
+        self
+    }
+
+    /// Writes the upstream's current login state to the cache.
+    fn save_credentials(&self) {
+        let (Some(store), Some(value)) = (&self.credentials, self.upstream.export_credentials())
+        else {
+            return;
+        };
+        if let Err(e) = store.save(&self.pool, &self.name, &value) {
+            tracing::warn!(pool = %self.pool, session = %self.name, error = %e, "cannot write the credential cache");
         }
     }
 
@@ -142,6 +162,15 @@ impl Session {
     }
 
     fn establish(&mut self, ctx: &mut Context<Self>) {
+        if let Some(cached) = self
+            .credentials
+            .as_ref()
+            .and_then(|s| s.load(&self.pool, &self.name))
+        {
+            if self.upstream.import_credentials(cached) {
+                tracing::info!(pool = %self.pool, session = %self.name, "reusing cached credentials");
+            }
+        }
         let upstream = self.upstream.clone();
         ctx.wait(
             async move { upstream.establish().await }
@@ -149,6 +178,7 @@ impl Session {
                 .map(|res, act, ctx| match res {
                     Ok(()) => {
                         act.attempt = 0;
+                        act.save_credentials();
                         act.set_state(SessionState::Ready);
                         act.schedule_refresh(ctx);
                         tracing::info!(pool = %act.pool, session = %act.name, "session ready");
@@ -188,6 +218,7 @@ impl Session {
                     match res {
                         Ok(_) => {
                             act.record(EventKind::Refresh, why, 0, None);
+                            act.save_credentials();
                             act.schedule_refresh(ctx);
                         }
                         Err(e) => act.fault(format!("credential refresh failed: {e}"), ctx),
@@ -246,12 +277,15 @@ impl Session {
     fn on_outcome(&mut self, out: Outcome, ctx: &mut Context<Self>) {
         if let Some(r) = &out.refreshed {
             match r {
-                Ok(true) => self.record(
-                    EventKind::Refresh,
-                    "upstream refused the credentials",
-                    0,
-                    None,
-                ),
+                Ok(true) => {
+                    self.record(
+                        EventKind::Refresh,
+                        "upstream refused the credentials",
+                        0,
+                        None,
+                    );
+                    self.save_credentials();
+                }
                 Ok(false) => {}
                 Err(e) => self.record(EventKind::Refresh, &format!("refresh failed: {e}"), 0, None),
             }

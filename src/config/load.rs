@@ -228,6 +228,12 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 ));
             }
         }
+        if pool.credential_ttl.is_some() && pool.kind != Kind::Demo {
+            return Err(invalid(
+                at("credential_ttl"),
+                "only the demo kind uses credential_ttl",
+            ));
+        }
         if pool.chunk_delay.is_some() && pool.kind != Kind::Demo {
             return Err(invalid(
                 at("chunk_delay"),

@@ -196,6 +196,10 @@ pub struct PoolConfig {
     /// `demo`: pause between streamed chunks.
     #[serde(default, with = "humantime_serde")]
     pub chunk_delay: Option<Duration>,
+    /// `demo`: simulate login credentials that expire after this long, so
+    /// refresh ahead of expiry and the credential cache can be seen working.
+    #[serde(default, with = "humantime_serde")]
+    pub credential_ttl: Option<Duration>,
     /// Extra HTTP headers sent upstream on every request.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,

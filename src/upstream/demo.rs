@@ -2,13 +2,16 @@
 //! at a configurable pace. It lets the gateway answer out of the box and
 //! gives tests and benchmarks an upstream with no moving parts.
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
 use super::{EventSink, Upstream};
-use crate::canonical::{ChatEvent, ChatRequest, Role, StopReason, Tool, ToolChoice, UpstreamError};
+use crate::canonical::{
+    ChatEvent, ChatRequest, ErrorKind, Role, StopReason, Tool, ToolChoice, UpstreamError,
+};
 use crate::config::PoolConfig;
 
 /// The opening of every demo answer.
@@ -17,12 +20,45 @@ pub const PREFIX: &str = "This is the troupe demo model. You said: ";
 /// A demo session.
 pub struct Demo {
     delay: Duration,
+    /// With `credential_ttl`, the session "logs in" and its token expires,
+    /// like the web-chat accounts it stands in for.
+    ttl: Option<Duration>,
+    login: Mutex<Option<Login>>,
+}
+
+/// A simulated login: an opaque token and its expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Login {
+    token: String,
+    expires: SystemTime,
+}
+
+impl Login {
+    fn fresh(ttl: Duration) -> Self {
+        Login {
+            token: format!("demo-{}", uuid::Uuid::new_v4().simple()),
+            expires: SystemTime::now() + ttl,
+        }
+    }
+
+    fn valid(&self) -> bool {
+        self.expires > SystemTime::now()
+    }
 }
 
 impl Demo {
     pub fn new(pool: &PoolConfig) -> Self {
         Demo {
             delay: pool.chunk_delay.unwrap_or(Duration::from_millis(20)),
+            ttl: pool.credential_ttl,
+            login: Mutex::new(None),
+        }
+    }
+
+    fn login(&self) -> std::sync::MutexGuard<'_, Option<Login>> {
+        match self.login.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
         }
     }
 }
@@ -112,12 +148,70 @@ fn words(text: &str) -> impl Iterator<Item = &str> {
 
 #[async_trait]
 impl Upstream for Demo {
+    async fn establish(&self) -> Result<(), UpstreamError> {
+        if let Some(ttl) = self.ttl {
+            let mut login = self.login();
+            if !login.as_ref().is_some_and(Login::valid) {
+                *login = Some(Login::fresh(ttl));
+            }
+        }
+        Ok(())
+    }
+
+    async fn refresh(&self) -> Result<bool, UpstreamError> {
+        let Some(ttl) = self.ttl else {
+            return Ok(false);
+        };
+        *self.login() = Some(Login::fresh(ttl));
+        Ok(true)
+    }
+
+    fn expires_at(&self) -> Option<SystemTime> {
+        self.login().as_ref().map(|l| l.expires)
+    }
+
+    fn export_credentials(&self) -> Option<Value> {
+        let login = self.login().clone()?;
+        let expires = login.expires.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
+        Some(json!({"token": login.token, "expires_unix": expires}))
+    }
+
+    fn import_credentials(&self, cached: Value) -> bool {
+        let (Some(token), Some(expires)) = (
+            cached.get("token").and_then(Value::as_str),
+            cached.get("expires_unix").and_then(Value::as_f64),
+        ) else {
+            return false;
+        };
+        let Some(expires) = Duration::try_from_secs_f64(expires)
+            .ok()
+            .and_then(|d| UNIX_EPOCH.checked_add(d))
+        else {
+            return false;
+        };
+        let login = Login {
+            token: token.to_owned(),
+            expires,
+        };
+        if self.ttl.is_none() || !login.valid() {
+            return false;
+        }
+        *self.login() = Some(login);
+        true
+    }
+
     async fn chat(
         &self,
         req: &ChatRequest,
         model: &str,
         sink: &EventSink,
     ) -> Result<(), UpstreamError> {
+        if self.ttl.is_some() && !self.login().as_ref().is_some_and(Login::valid) {
+            return Err(UpstreamError::new(
+                ErrorKind::Auth,
+                "demo credentials expired",
+            ));
+        }
         sink.send(ChatEvent::Start {
             model: model.to_owned(),
         })
