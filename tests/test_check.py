@@ -55,3 +55,25 @@ def test_serve_refuses_bad_config(tmp_path):
 
 def test_binary_exists():
     assert support.troupe_bin().exists(), f"{support.troupe_bin()} missing: run `cargo build` or set TROUPE_BIN"
+
+
+def test_shipped_configs_are_valid():
+    """Every file under config/ passes `troupe check` (with dummy secrets)."""
+    import os
+
+    configs = sorted((support.REPO_ROOT / "config").rglob("*.toml"))
+    assert len(configs) >= 3, configs
+    env = {k: "dummy-secret" for k in ("OPENAI_KEY_1", "OPENAI_KEY_2", "ANTHROPIC_KEY_1", "TROUPE_CLIENT_KEY")}
+    for path in configs:
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            r = support.run_troupe(["check", "--config", str(path)])
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        assert r.returncode == 0, f"{path}: {r.stderr}"
+        assert "dummy-secret" not in r.stdout + r.stderr
