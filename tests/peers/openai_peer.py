@@ -24,11 +24,23 @@ answers:
 Test control endpoints (no auth):
 
 * ``POST /_peer/faults`` ``{"mode", "count", "key"?, "retry_after"?, "seconds"?}``
-  gives the next ``count`` chat requests (with that key, if given) a fault:
+  gives the next ``count`` chat requests (with that key, if given) a fault.
+  With ``"rate": R`` (0..1) instead of a count, the fault is a *rate fault*:
+  it stays until reset and hits each matching request with probability R.
+  Several rate faults may be active at once; for each request one number is
+  drawn from a seeded generator (``--seed``) and compared with the
+  cumulative rates of the matching rate faults, so each applies with exactly
+  its own rate, at most one applies per request, and a run is reproducible
+  for the same sequence of requests. Counted faults are served first. Modes:
 
   - ``429``: rate limited, with ``Retry-After: retry_after`` (default 1);
   - ``500``: server error;
+  - ``503``: server overloaded (``service_unavailable``, type ``server_error``);
+  - ``401``: the authentication error OpenAI sends for a refused key
+    (code ``invalid_api_key``);
   - ``400``: ``peer rejects this`` (param ``messages``, code ``bad_peer_request``);
+  - ``reset``: the request is read, then the TCP connection is reset (RST)
+    without any response;
   - ``hang``: accept, send nothing for ``seconds`` (default 30), then answer;
   - ``drop``: stream: role chunk and two more chunks, then the connection is
     cut (no finish_reason, no ``[DONE]``); non-stream: cut without a response;
@@ -37,13 +49,16 @@ Test control endpoints (no auth):
     (``: comment`` lines, CRLF line ends, ``data:`` without a space,
     ``event:`` lines, one event split across two writes);
   - ``slow``: a normal stream with ``seconds`` between chunks.
+* ``GET /_peer/faults`` lists the active faults; rate faults carry
+  ``hits``, how many requests they were applied to.
+* ``DELETE /_peer/faults`` clears the faults but keeps the request log.
 * ``POST /_peer/reset`` clears faults and the request log.
 * ``GET /_peer/requests`` lists every chat request received, oldest first:
   ``{"key", "body", "path", "stream", "time", "end", "fault", "outcome"}``
   where ``time`` is when it arrived and ``end`` when its handler finished
   (Unix seconds), and ``outcome`` is
   ``pending``, ``completed`` (a stream ran to ``[DONE]``), ``status N``,
-  ``dropped`` or ``client_disconnected``.
+  ``dropped``, ``reset`` or ``client_disconnected``.
 """
 
 from __future__ import annotations
@@ -51,7 +66,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import re
+import socket
+import struct
 import sys
 import time
 import uuid
@@ -59,7 +77,8 @@ from typing import Any
 
 from aiohttp import web
 
-FAULT_MODES = ("429", "500", "400", "hang", "drop", "no_usage", "quirky", "slow")
+FAULT_MODES = ("429", "500", "503", "401", "400", "reset", "hang", "drop", "no_usage", "quirky", "slow")
+DEFAULT_SEED = 20240601
 KNOWN_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 MODEL_CREATED = 1721172741
 WORD_RE = re.compile(r"\S+\s*")
@@ -160,11 +179,14 @@ class BadRequest(Exception):
 
 
 class Peer:
-    def __init__(self, keys: list[str], models: list[str], chunk_delay: float):
+    def __init__(self, keys: list[str], models: list[str], chunk_delay: float, seed: int = DEFAULT_SEED):
         self.keys = keys
         self.models = models
         self.chunk_delay = chunk_delay
+        self.seed = seed
+        self.rng = random.Random(seed)
         self.faults: list[dict] = []
+        self.rate_faults: list[dict] = []
         self.requests: list[dict] = []
 
     # ---- control -------------------------------------------------------
@@ -181,28 +203,68 @@ class Peer:
             )
         fault = {
             "mode": mode,
-            "count": int(body.get("count", 1)),
             "key": body.get("key"),
             "retry_after": body.get("retry_after", 1),
             "seconds": float(body.get("seconds", 30)),
         }
-        self.faults.append(fault)
-        return json_response(200, {"ok": True, "faults": self.faults})
+        if body.get("rate") is not None and body.get("count") is None:
+            try:
+                rate = float(body["rate"])
+            except (TypeError, ValueError):
+                rate = -1.0
+            if not 0.0 <= rate <= 1.0:
+                return json_response(
+                    400, error_body("rate must be a number from 0 to 1", "invalid_request_error", "rate")
+                )
+            fault.update(rate=rate, hits=0)
+            self.rate_faults.append(fault)
+        else:
+            fault["count"] = int(body.get("count", 1))
+            self.faults.append(fault)
+        return json_response(200, {"ok": True, "faults": self.faults, "rate_faults": self.rate_faults})
+
+    async def get_faults(self, request: web.Request) -> web.Response:
+        return json_response(200, {"faults": self.faults, "rate_faults": self.rate_faults, "seed": self.seed})
+
+    async def delete_faults(self, request: web.Request) -> web.Response:
+        self.faults.clear()
+        self.rate_faults.clear()
+        return json_response(200, {"ok": True})
 
     async def post_reset(self, request: web.Request) -> web.Response:
         self.faults.clear()
+        self.rate_faults.clear()
         self.requests.clear()
+        # Same faults after a reset, same outcomes: start the draws over.
+        self.rng = random.Random(self.seed)
         return json_response(200, {"ok": True})
 
     async def get_requests(self, request: web.Request) -> web.Response:
         return json_response(200, {"requests": self.requests})
 
+    @staticmethod
+    def _matches(fault: dict, key: str) -> bool:
+        return fault["key"] in (None, "") or fault["key"] == key
+
     def take_fault(self, key: str) -> dict | None:
         for fault in self.faults:
-            if fault["count"] > 0 and (fault["key"] in (None, "") or fault["key"] == key):
+            if fault["count"] > 0 and self._matches(fault, key):
                 fault["count"] -= 1
                 if fault["count"] <= 0:
                     self.faults.remove(fault)
+                return fault
+        if not self.rate_faults:
+            return None
+        # One draw per request against the cumulative rates of the matching
+        # faults: each fires with its own rate, never two at once.
+        draw = self.rng.random()
+        edge = 0.0
+        for fault in self.rate_faults:
+            if not self._matches(fault, key):
+                continue
+            edge += fault["rate"]
+            if draw < edge:
+                fault["hits"] += 1
                 return fault
         return None
 
@@ -226,18 +288,23 @@ class Peer:
         m = re.match(r"^Bearer\s+(\S+)\s*$", header)
         key = m.group(1) if m else header
         if not m or key not in self.keys:
-            shown = (key[:3] + "*" * 4 + key[-4:]) if len(key) > 8 else "*" * len(key)
-            return key, json_response(
-                401,
-                error_body(
-                    f"Incorrect API key provided: {shown}. You can find your API key at "
-                    "https://platform.openai.com/account/api-keys.",
-                    "invalid_request_error",
-                    None,
-                    "invalid_api_key",
-                ),
-            )
+            return key, self.refused_key(key)
         return key, None
+
+    @staticmethod
+    def refused_key(key: str) -> web.Response:
+        """OpenAI's answer to a key it does not accept (the key shown masked)."""
+        shown = (key[:3] + "*" * 4 + key[-4:]) if len(key) > 8 else "*" * len(key)
+        return json_response(
+            401,
+            error_body(
+                f"Incorrect API key provided: {shown}. You can find your API key at "
+                "https://platform.openai.com/account/api-keys.",
+                "invalid_request_error",
+                None,
+                "invalid_api_key",
+            ),
+        )
 
     # ---- models --------------------------------------------------------
 
@@ -489,10 +556,22 @@ class Peer:
                     "The server had an error while processing your request. Sorry about that!", "server_error"
                 ),
             )
+        if mode == "503":
+            return json_response(
+                503,
+                error_body(
+                    "The server is overloaded or not ready yet.", "server_error", None, "service_unavailable"
+                ),
+            )
+        if mode == "401":
+            return self.refused_key(key or "")
         if mode == "400":
             return json_response(
                 400, error_body("peer rejects this", "invalid_request_error", "messages", "bad_peer_request")
             )
+        if mode == "reset":
+            entry["outcome"] = "reset"
+            return await self.reset_connection(request)
         if mode == "hang":
             await asyncio.sleep(fault["seconds"])
             if request.transport is None or request.transport.is_closing():
@@ -689,6 +768,20 @@ class Peer:
             transport.abort()
         return resp
 
+    async def reset_connection(self, request: web.Request) -> web.StreamResponse:
+        """Resets the TCP connection (RST, not FIN) before any response."""
+        transport = request.transport
+        if transport is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    # Linger on with a zero timeout: close() sends RST.
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass
+            transport.abort()
+        return web.Response(status=500)
+
     async def drop_connection(self, request: web.Request) -> web.StreamResponse:
         transport = request.transport
         if transport is not None:
@@ -710,6 +803,8 @@ def build_app(peer: Peer) -> web.Application:
     app.router.add_get("/v1/models", peer.list_models)
     app.router.add_get("/v1/models/{model}", peer.get_model)
     app.router.add_post("/_peer/faults", peer.post_faults)
+    app.router.add_get("/_peer/faults", peer.get_faults)
+    app.router.add_delete("/_peer/faults", peer.delete_faults)
     app.router.add_post("/_peer/reset", peer.post_reset)
     app.router.add_get("/_peer/requests", peer.get_requests)
     app.router.add_route("*", "/{tail:.*}", on_not_found)
@@ -719,7 +814,7 @@ def build_app(peer: Peer) -> web.Application:
 async def amain(args: argparse.Namespace) -> None:
     keys = [k.strip() for k in args.keys.split(",") if k.strip()]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    peer = Peer(keys, models, args.chunk_delay)
+    peer = Peer(keys, models, args.chunk_delay, args.seed)
     app = build_app(peer)
     runner = web.AppRunner(app, access_log=None, handle_signals=True, shutdown_timeout=1.0)
     await runner.setup()
@@ -747,6 +842,7 @@ def main() -> None:
     ap.add_argument("--keys", default="sk-peer-1,sk-peer-2", help="comma-separated accepted API keys")
     ap.add_argument("--models", default="gpt-4o-mini,gpt-4o", help="comma-separated models served")
     ap.add_argument("--chunk-delay", type=float, default=0.002, help="seconds between stream chunks")
+    ap.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the rate-fault draws")
     args = ap.parse_args()
     try:
         asyncio.run(amain(args))
