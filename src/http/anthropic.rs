@@ -2,15 +2,13 @@
 //! and the Anthropic shape of `/v1/models` for clients that send
 //! `anthropic-version`.
 
-use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use super::body::read_body;
 use super::error::{ApiError, Protocol};
-use super::{sse, AppState, ModelEntry};
+use super::{AppState, ModelEntry};
 use crate::canonical::tokens;
 use crate::protocol::anthropic::wire::{ModelList, ModelOut};
 use crate::protocol::anthropic::{completion_body, decode_request, StreamEncoder};
@@ -32,27 +30,16 @@ async fn message(
     payload: web::Payload,
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
-    state.auth.check(req)?;
-    let body = read_body(req, payload, state.dispatcher.server.body_limit.0).await?;
-    let chat = decode_request(&body)?;
-    drop(body);
-    state.check_model(&chat.model)?;
-    let chat = Arc::new(chat);
+    let chat = super::accept(req, payload, state, decode_request).await?;
     let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
-    if chat.stream {
-        let opened = state.dispatcher.open(&chat).await?;
-        let enc = StreamEncoder::new(id, chat.clone());
-        let keepalive = state.dispatcher.server.keepalive;
-        let shutdown = state.dispatcher.shutdown.clone();
-        Ok(sse::response(sse::body(
-            opened, enc, chat, keepalive, shutdown,
-        )))
-    } else {
-        let answer = state.dispatcher.complete(&chat).await?;
-        Ok(HttpResponse::Ok()
-            .content_type("application/json")
-            .body(completion_body(&answer, &chat, &id)))
-    }
+    let stream_id = id.clone();
+    super::respond(
+        state,
+        chat,
+        |c| StreamEncoder::new(stream_id, c.clone()),
+        |answer, c| completion_body(answer, c, &id),
+    )
+    .await
 }
 
 /// `POST /v1/messages/count_tokens`: counted locally, never touching a
@@ -75,11 +62,7 @@ async fn count(
     payload: web::Payload,
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
-    state.auth.check(req)?;
-    let body = read_body(req, payload, state.dispatcher.server.body_limit.0).await?;
-    let chat = decode_request(&body)?;
-    drop(body);
-    state.check_model(&chat.model)?;
+    let chat = super::accept(req, payload, state, decode_request).await?;
     let input_tokens = tokens::count_request(&chat).max(1);
     Ok(HttpResponse::Ok().json(json!({ "input_tokens": input_tokens })))
 }
@@ -165,7 +148,7 @@ mod tests {
                 &cfg.supervisor,
                 router.clone(),
                 log.clone(),
-                Arc::new(Vec::new()),
+                std::sync::Arc::new(Vec::new()),
             )
             .start();
         }

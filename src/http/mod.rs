@@ -18,6 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::actors::router::Router;
+use crate::canonical::{Answer, ChatRequest};
 use crate::config::Config;
 use auth::Auth;
 use dispatch::Dispatcher;
@@ -82,6 +83,44 @@ impl AppState {
         } else {
             Err(ApiError::ModelNotFound(model.to_owned()))
         }
+    }
+}
+
+/// The part of every chat route before dispatch: auth, the body limit,
+/// decoding in the route's protocol, and a 404 for a model nobody serves.
+pub async fn accept(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    decode: fn(&[u8]) -> Result<ChatRequest, crate::protocol::DecodeError>,
+) -> Result<Arc<ChatRequest>, ApiError> {
+    state.auth.check(req)?;
+    let body = body::read_body(req, payload, state.dispatcher.server.body_limit.0).await?;
+    let chat = decode(&body)?;
+    drop(body);
+    state.check_model(&chat.model)?;
+    Ok(Arc::new(chat))
+}
+
+/// Runs an accepted request: a stream written by `encoder`, or the folded
+/// answer written by `body`.
+pub async fn respond<E: sse::EventEncoder>(
+    state: &AppState,
+    chat: Arc<ChatRequest>,
+    encoder: impl FnOnce(&Arc<ChatRequest>) -> E,
+    body: impl FnOnce(&Answer, &ChatRequest) -> Vec<u8>,
+) -> Result<HttpResponse, ApiError> {
+    let d = &state.dispatcher;
+    if chat.stream {
+        let opened = d.open(&chat).await?;
+        let enc = encoder(&chat);
+        let stream = sse::body(opened, enc, chat, d.server.keepalive, d.shutdown.clone());
+        Ok(sse::response(stream))
+    } else {
+        let answer = d.complete(&chat).await?;
+        Ok(HttpResponse::Ok()
+            .content_type("application/json")
+            .body(body(&answer, &chat)))
     }
 }
 

@@ -1,12 +1,9 @@
 //! The OpenAI frontend: `/v1/chat/completions` and `/v1/models`.
 
-use std::sync::Arc;
-
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::body::read_body;
 use super::error::{ApiError, Protocol};
-use super::{sse, AppState};
+use super::AppState;
 use crate::protocol::openai::wire::{ModelList, ModelOut};
 use crate::protocol::openai::{completion_body, decode_request, StreamEncoder};
 
@@ -27,28 +24,17 @@ async fn chat(
     payload: web::Payload,
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
-    state.auth.check(req)?;
-    let body = read_body(req, payload, state.dispatcher.server.body_limit.0).await?;
-    let chat = decode_request(&body)?;
-    drop(body);
-    state.check_model(&chat.model)?;
-    let chat = Arc::new(chat);
+    let chat = super::accept(req, payload, state, decode_request).await?;
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let created = super::unix_now();
-    if chat.stream {
-        let opened = state.dispatcher.open(&chat).await?;
-        let enc = StreamEncoder::new(id, created, chat.model.clone(), chat.include_usage);
-        let keepalive = state.dispatcher.server.keepalive;
-        let shutdown = state.dispatcher.shutdown.clone();
-        Ok(sse::response(sse::body(
-            opened, enc, chat, keepalive, shutdown,
-        )))
-    } else {
-        let answer = state.dispatcher.complete(&chat).await?;
-        Ok(HttpResponse::Ok()
-            .content_type("application/json")
-            .body(completion_body(&answer, &chat, &id, created)))
-    }
+    let stream_id = id.clone();
+    super::respond(
+        state,
+        chat,
+        |c| StreamEncoder::new(stream_id, created, c.model.clone(), c.include_usage),
+        |answer, c| completion_body(answer, c, &id, created),
+    )
+    .await
 }
 
 /// `GET /v1/models`, in Anthropic's shape for Anthropic clients.
