@@ -4,14 +4,14 @@
 //! the same rules (`status_error`, `transport_error`).
 
 use async_trait::async_trait;
-use futures_util::StreamExt as _;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE};
 
 use super::openai::{extra_headers, status_error, transport_error};
+use super::stream::{pump, StreamDecoder};
 use super::{ApiKey, EventSink, Upstream, UpstreamContext};
-use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, StopReason, UpstreamError};
+use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, UpstreamError};
 use crate::protocol::anthropic::{encode_request, EventDecoder};
-use crate::protocol::sse::SseParser;
+use crate::protocol::sse::SseEvent;
 
 /// The API version every request names; the wire format here is this one's.
 pub const API_VERSION: &str = "2023-06-01";
@@ -94,82 +94,30 @@ impl Upstream for Anthropic {
         if !resp.status().is_success() {
             return Err(status_error(resp).await);
         }
-        sink.send(ChatEvent::Start {
-            model: model.to_owned(),
-        })
-        .await?;
-        let is_sse = resp
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        let mut decoder = EventDecoder::default();
-        let mut events = Vec::new();
-        if !is_sse {
-            // A server that ignored `stream: true` answered with one body.
-            let body = resp.bytes().await.map_err(|e| transport_error(&e))?;
-            decoder.decode_message(&body, &mut events)?;
-            for ev in events {
-                sink.send(ev).await?;
-            }
-            return Ok(());
-        }
-        let mut parser = SseParser::default();
-        let mut stream = resp.bytes_stream();
-        'read: while let Some(next) = stream.next().await {
-            let bytes =
-                next.map_err(|e| broken(&decoder, format!("upstream stream broke: {e}")))?;
-            parser.push(&bytes);
-            while let Some(ev) = parser
-                .next_event()
-                .map_err(|e| UpstreamError::new(ErrorKind::Protocol, e.to_string()))?
-            {
-                decoder.decode(&ev.data, &mut events)?;
-                for e in events.drain(..) {
-                    sink.send(e).await?;
-                }
-                if decoder.done() {
-                    break 'read;
-                }
-            }
-        }
-        if !decoder.done() {
-            if let Some(ev) = parser.finish() {
-                decoder.decode(&ev.data, &mut events)?;
-                for e in events.drain(..) {
-                    sink.send(e).await?;
-                }
-            }
-        }
-        if !decoder.done() {
-            return Err(broken(
-                &decoder,
-                "upstream closed the stream before message_stop".to_owned(),
-            ));
-        }
-        if !decoder.stopped() {
-            // message_stop without a stop reason: the turn ended all the same.
-            sink.send(ChatEvent::Stop(StopReason::End)).await?;
-        }
-        Ok(())
+        pump(resp, model, EventDecoder::default(), sink).await
     }
 }
 
-/// A stream that broke off. Before any content it is a connection failure
-/// another session may retry; after content, retrying would repeat text,
-/// so it is the upstream dropping the answer midway.
-fn broken(decoder: &EventDecoder, message: String) -> UpstreamError {
-    let kind = if decoder.has_content() {
-        ErrorKind::Protocol
-    } else {
-        ErrorKind::Connect
-    };
-    UpstreamError::new(kind, message)
+impl StreamDecoder for EventDecoder {
+    fn event(&mut self, ev: &SseEvent, out: &mut Vec<ChatEvent>) -> Result<(), UpstreamError> {
+        self.decode(&ev.data, out)
+    }
+    fn body(&mut self, body: &[u8], out: &mut Vec<ChatEvent>) -> Result<(), UpstreamError> {
+        self.decode_message(body, out)
+    }
+    fn done(&self) -> bool {
+        EventDecoder::done(self)
+    }
+    fn stopped(&self) -> bool {
+        EventDecoder::stopped(self)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use crate::canonical::StopReason;
 
     use serde_json::{json, Value};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -430,8 +378,10 @@ mod tests {
         let up = upstream(&base);
         let (result, _) = run(&up).await;
         assert_eq!(result.unwrap_err().kind, ErrorKind::Connect);
+        // After text, still a connection failure: the dispatcher decides
+        // whether a retry is safe (only while nothing reached the client).
         let (result, events) = run(&up).await;
-        assert_eq!(result.unwrap_err().kind, ErrorKind::Protocol);
+        assert_eq!(result.unwrap_err().kind, ErrorKind::Connect);
         assert!(events.contains(&ChatEvent::TextDelta("Hel".into())));
         let (result, _) = run(&up).await;
         let e = result.unwrap_err();

@@ -5,6 +5,7 @@
 pub mod anthropic;
 pub mod demo;
 pub mod openai;
+pub mod stream;
 
 use std::sync::Arc;
 

@@ -5,14 +5,14 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::StreamExt as _;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE, RETRY_AFTER};
 
+use super::stream::{pump, StreamDecoder};
 use super::{ApiKey, EventSink, Upstream, UpstreamContext};
-use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, StopReason, UpstreamError};
+use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, UpstreamError};
 use crate::protocol::openai::wire::ErrorEnvelope;
 use crate::protocol::openai::{encode_request, ChunkDecoder};
-use crate::protocol::sse::SseParser;
+use crate::protocol::sse::SseEvent;
 
 /// One API key on one OpenAI-compatible server.
 pub struct OpenAi {
@@ -145,72 +145,27 @@ impl Upstream for OpenAi {
         if !resp.status().is_success() {
             return Err(status_error(resp).await);
         }
-        sink.send(ChatEvent::Start {
-            model: model.to_owned(),
-        })
-        .await?;
-        let is_sse = resp
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        let mut decoder = ChunkDecoder::default();
-        let mut events = Vec::new();
-        if !is_sse {
-            // A server that ignored `stream: true` answered with one body.
-            let body = resp.bytes().await.map_err(|e| transport_error(&e))?;
-            decoder.decode_completion(&body, &mut events)?;
-            for ev in events {
-                sink.send(ev).await?;
-            }
-            if !decoder.stopped() {
-                sink.send(ChatEvent::Stop(StopReason::End)).await?;
-            }
+        pump(resp, model, ChunkDecoder::default(), sink).await
+    }
+}
+
+impl StreamDecoder for ChunkDecoder {
+    fn event(&mut self, ev: &SseEvent, out: &mut Vec<ChatEvent>) -> Result<(), UpstreamError> {
+        if ev.data.trim() == "[DONE]" {
+            self.finish();
             return Ok(());
         }
-        let mut parser = SseParser::default();
-        let mut stream = resp.bytes_stream();
-        let mut done = false;
-        'read: while let Some(next) = stream.next().await {
-            let bytes = next.map_err(|e| {
-                UpstreamError::new(ErrorKind::Connect, format!("upstream stream broke: {e}"))
-            })?;
-            parser.push(&bytes);
-            while let Some(ev) = parser
-                .next_event()
-                .map_err(|e| UpstreamError::new(ErrorKind::Protocol, e.to_string()))?
-            {
-                if ev.data.trim() == "[DONE]" {
-                    done = true;
-                    break 'read;
-                }
-                decoder.decode(&ev.data, &mut events)?;
-                for e in events.drain(..) {
-                    sink.send(e).await?;
-                }
-            }
-        }
-        if !done {
-            if let Some(ev) = parser.finish() {
-                if ev.data.trim() == "[DONE]" {
-                    done = true;
-                } else {
-                    decoder.decode(&ev.data, &mut events)?;
-                    for e in events.drain(..) {
-                        sink.send(e).await?;
-                    }
-                }
-            }
-        }
-        if !done && !decoder.stopped() {
-            return Err(UpstreamError::new(
-                ErrorKind::Connect,
-                "upstream closed the stream before the answer ended",
-            ));
-        }
-        if !decoder.stopped() {
-            sink.send(ChatEvent::Stop(StopReason::End)).await?;
-        }
+        self.decode(&ev.data, out)
+    }
+    fn body(&mut self, body: &[u8], out: &mut Vec<ChatEvent>) -> Result<(), UpstreamError> {
+        self.decode_completion(body, out)?;
+        self.finish();
         Ok(())
+    }
+    fn done(&self) -> bool {
+        ChunkDecoder::done(self)
+    }
+    fn stopped(&self) -> bool {
+        ChunkDecoder::stopped(self)
     }
 }

@@ -281,6 +281,7 @@ pub struct ChunkDecoder {
     started_calls: Vec<u32>,
     stopped: bool,
     saw_usage: bool,
+    done: bool,
 }
 
 impl ChunkDecoder {
@@ -377,6 +378,16 @@ impl ChunkDecoder {
             error: None,
         };
         self.push_chunk(chunk, out)
+    }
+
+    /// Marks the stream's end (`[DONE]`, or a whole body read).
+    pub fn finish(&mut self) {
+        self.done = true;
+    }
+
+    /// Whether the stream's end has been read.
+    pub fn done(&self) -> bool {
+        self.done
     }
 
     /// Whether a finish reason has been seen.
