@@ -87,6 +87,15 @@ pub struct ModelCooldown {
     pub until: Instant,
 }
 
+/// A turn of a conversation succeeded on a session: later turns with
+/// `key` prefer it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Remember {
+    pub key: u64,
+    pub id: SessionId,
+}
+
 /// An operator clears a session's failures and cool-downs.
 #[derive(Message)]
 #[rtype(result = "bool")]
@@ -108,6 +117,8 @@ pub struct Acquire {
     pub model: Arc<str>,
     /// The session that just failed this request, never picked again.
     pub exclude: Option<SessionId>,
+    /// Conversation key: the session that served it is preferred.
+    pub affinity: Option<u64>,
     pub reply: oneshot::Sender<Result<Lease, AcquireError>>,
 }
 

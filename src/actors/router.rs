@@ -11,8 +11,8 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::messages::{
-    Acquire, AcquireError, Lease, ModelCooldown, Permit, Register, Release, Reset, ResetSession,
-    SessionId, SessionInfo, SessionState, Snapshot, StateChanged,
+    Acquire, AcquireError, Lease, ModelCooldown, Permit, Register, Release, Remember, Reset,
+    ResetSession, SessionId, SessionInfo, SessionState, Snapshot, StateChanged,
 };
 use super::session::Session;
 
@@ -53,6 +53,7 @@ struct Route {
 struct Waiter {
     model: Arc<str>,
     exclude: Option<SessionId>,
+    affinity: Option<u64>,
     reply: oneshot::Sender<Result<Lease, AcquireError>>,
 }
 
@@ -66,7 +67,14 @@ pub struct Router {
     /// Models the configuration promises; a request for one of them waits
     /// while its sessions are still registering instead of failing.
     known: std::collections::HashSet<Arc<str>>,
+    /// Conversation key → the session that served its last turn.
+    affinity: lru::LruCache<u64, (SessionId, Instant)>,
+    affinity_ttl: Duration,
 }
+
+/// Conversations remembered by default, and for how long.
+const AFFINITY_CAPACITY: usize = 100_000;
+const AFFINITY_TTL: Duration = Duration::from_secs(3600);
 
 impl Router {
     /// A router whose queue holds at most `max_queue` waiting requests.
@@ -78,7 +86,22 @@ impl Router {
             queue: VecDeque::new(),
             max_queue,
             known: Default::default(),
+            affinity: lru::LruCache::new(capacity(AFFINITY_CAPACITY)),
+            affinity_ttl: AFFINITY_TTL,
         }
+    }
+
+    /// Remembers up to `capacity` conversations for `ttl` after their last turn.
+    pub fn with_affinity(mut self, capacity_: usize, ttl: Duration) -> Self {
+        self.affinity = lru::LruCache::new(capacity(capacity_));
+        self.affinity_ttl = ttl;
+        self
+    }
+
+    /// The session that served a conversation, if still remembered.
+    fn preferred(&self, key: Option<u64>) -> Option<SessionId> {
+        let (id, at) = self.affinity.peek(&key?)?;
+        (at.elapsed() <= self.affinity_ttl).then_some(*id)
     }
 
     /// Declares the configured models before their sessions register.
@@ -89,16 +112,27 @@ impl Router {
 
     /// The ready session with a free slot: lowest priority value first, then
     /// least loaded.
-    fn pick(&self, model: &str, exclude: Option<SessionId>) -> Option<(usize, Arc<str>)> {
+    /// The ready session with a free slot: the one that served the
+    /// conversation first, then lowest priority value, then least loaded.
+    fn pick(
+        &self,
+        model: &str,
+        exclude: Option<SessionId>,
+        affinity: Option<u64>,
+    ) -> Option<(usize, Arc<str>)> {
         let routes = self.routes.get(model)?;
         let now = Instant::now();
+        let preferred = self.preferred(affinity);
         routes
             .iter()
             .filter(|r| {
                 let s = &self.slots[r.slot];
                 s.has_room() && Some(s.id) != exclude && r.cool_until.is_none_or(|t| t <= now)
             })
-            .min_by_key(|r| (r.priority, self.slots[r.slot].in_flight))
+            .min_by_key(|r| {
+                let s = &self.slots[r.slot];
+                (Some(s.id) != preferred, r.priority, s.in_flight)
+            })
             .map(|r| (r.slot, r.upstream_model.clone()))
     }
 
@@ -146,14 +180,18 @@ impl Router {
                 self.queue.remove(i);
                 continue;
             }
-            let (model, exclude) = (self.queue[i].model.clone(), self.queue[i].exclude);
+            let (model, exclude, affinity) = (
+                self.queue[i].model.clone(),
+                self.queue[i].exclude,
+                self.queue[i].affinity,
+            );
             if let Some(err) = self.hopeless(&model, exclude) {
                 if let Some(w) = self.queue.remove(i) {
                     let _ = w.reply.send(Err(err));
                 }
                 continue;
             }
-            match self.pick(&model, exclude) {
+            match self.pick(&model, exclude, affinity) {
                 Some((slot, upstream)) => {
                     if let Some(w) = self.queue.remove(i) {
                         let lease = self.lease(slot, upstream, ctx.address());
@@ -239,7 +277,7 @@ impl Handler<Acquire> for Router {
             let _ = msg.reply.send(Err(err));
             return;
         }
-        if let Some((slot, upstream)) = self.pick(&msg.model, msg.exclude) {
+        if let Some((slot, upstream)) = self.pick(&msg.model, msg.exclude, msg.affinity) {
             let lease = self.lease(slot, upstream, ctx.address());
             let _ = msg.reply.send(Ok(lease));
             return;
@@ -251,6 +289,7 @@ impl Handler<Acquire> for Router {
         self.queue.push_back(Waiter {
             model: msg.model,
             exclude: msg.exclude,
+            affinity: msg.affinity,
             reply: msg.reply,
         });
     }
@@ -267,6 +306,18 @@ impl Handler<Release> for Router {
                 self.drain_queue(ctx);
             }
         }
+    }
+}
+
+fn capacity(n: usize) -> std::num::NonZeroUsize {
+    std::num::NonZeroUsize::new(n.max(1)).unwrap_or(std::num::NonZeroUsize::MIN)
+}
+
+impl Handler<Remember> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: Remember, _: &mut Self::Context) {
+        self.affinity.put(msg.key, (msg.id, Instant::now()));
     }
 }
 

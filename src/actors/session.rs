@@ -16,7 +16,7 @@ use rand::Rng as _;
 
 use super::credentials::CredentialStore;
 use super::messages::{
-    Chat, ModelCooldown, Register, Reset, SessionId, SessionState, StateChanged,
+    Chat, ModelCooldown, Register, Remember, Reset, SessionId, SessionState, StateChanged,
 };
 use super::restart_log::{EventKind, RestartEvent, RestartLog};
 use super::router::Router;
@@ -68,12 +68,21 @@ pub struct Session {
     timer: Option<SpawnHandle>,
     refreshing: bool,
     credentials: Option<CredentialStore>,
+    /// Conversation key → upstream conversation handle, for stateful kinds.
+    conversations: lru::LruCache<u64, (String, Instant)>,
 }
+
+/// Upstream conversations a session remembers, and for how long.
+const CONVERSATIONS: usize = 10_000;
+const CONVERSATION_TTL: Duration = Duration::from_secs(3600);
 
 /// How one request ended, as far as the session is concerned.
 struct Outcome {
     model: Arc<str>,
     error: Option<UpstreamError>,
+    /// After a successful turn: the key the next turn of the conversation
+    /// will carry, and the upstream conversation handle to continue.
+    remember: Option<(u64, Option<String>)>,
     /// Credentials were refreshed during the request (and with what result).
     refreshed: Option<Result<bool, String>>,
 }
@@ -105,6 +114,9 @@ impl Session {
             timer: None,
             refreshing: false,
             credentials: None,
+            conversations: lru::LruCache::new(
+                std::num::NonZeroUsize::new(CONVERSATIONS).unwrap_or(std::num::NonZeroUsize::MIN),
+            ),
         }
     }
 
@@ -290,6 +302,12 @@ impl Session {
                 Err(e) => self.record(EventKind::Refresh, &format!("refresh failed: {e}"), 0, None),
             }
         }
+        if let Some((key, handle)) = out.remember {
+            if let Some(h) = handle {
+                self.conversations.put(key, (h, Instant::now()));
+            }
+            self.router.do_send(Remember { key, id: self.id });
+        }
         let Some(err) = out.error else {
             self.succeeded();
             return;
@@ -401,24 +419,42 @@ impl Handler<Chat> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: Chat, ctx: &mut Self::Context) {
-        let sink = EventSink::new(msg.reply);
+        let stateful = self.upstream.stateful();
+        let conversation = msg.request.conversation;
+        // The answer's text is needed only to key the next turn of an
+        // implicitly keyed conversation on a stateful upstream.
+        let implicit = conversation.is_some_and(|c| c.explicit.is_none());
+        let mut sink = EventSink::new(msg.reply);
+        if stateful && implicit {
+            sink = sink.keeping_transcript();
+        }
         if !matches!(self.state, SessionState::Ready | SessionState::Trial) {
             // Leased just before it changed state: let the handler retry elsewhere.
             let err = UpstreamError::new(ErrorKind::SessionLost, "session is not ready");
             let _ = sink.try_send(ChatEvent::Error(err));
             return;
         }
+        let handle = match conversation.and_then(|c| c.route_key()) {
+            Some(key) if stateful => self
+                .conversations
+                .get(&key)
+                .filter(|(_, at)| at.elapsed() <= CONVERSATION_TTL)
+                .map(|(h, _)| h.clone()),
+            _ => None,
+        };
         let upstream = self.upstream.clone();
         let model = msg.model.clone();
         let fut = async move {
+            let req = &msg.request;
             let run = async {
                 let mut refreshed = None;
-                let mut result = upstream.chat(&msg.request, &msg.model, &sink).await;
+                let turn = |handle| upstream.chat_turn(req, &msg.model, &sink, handle);
+                let mut result = turn(handle.as_deref()).await;
                 if matches!(&result, Err(e) if e.kind == ErrorKind::Auth) {
                     // One refresh and one retry; nothing reached the client yet.
                     let r = upstream.refresh().await.map_err(|e| e.to_string());
                     if matches!(r, Ok(true)) {
-                        result = upstream.chat(&msg.request, &msg.model, &sink).await;
+                        result = turn(handle.as_deref()).await;
                     }
                     refreshed = Some(r);
                 }
@@ -429,18 +465,31 @@ impl Handler<Chat> for Session {
                 _ = sink.closed() => (Err(UpstreamError::new(ErrorKind::Cancelled, "client went away")), None),
                 r = run => r,
             };
-            let error = match result {
-                Ok(()) => None,
+            let (error, remember) = match result {
+                // Only a finished turn is remembered; a cancelled or failed
+                // one leaves no entry.
+                Ok(new_handle) => {
+                    let remember = conversation.and_then(|c| match (c.explicit, stateful) {
+                        (Some(k), _) => Some((k, new_handle)),
+                        (None, true) => {
+                            let text = sink.transcript().unwrap_or_default();
+                            Some((c.next_key(req, &text), new_handle))
+                        }
+                        (None, false) => None,
+                    });
+                    (None, remember)
+                }
                 Err(e) => {
                     if e.kind != ErrorKind::Cancelled {
                         let _ = sink.send(ChatEvent::Error(e.clone())).await;
                     }
-                    Some(e)
+                    (Some(e), None)
                 }
             };
             Outcome {
                 model,
                 error,
+                remember,
                 refreshed,
             }
         };

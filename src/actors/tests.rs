@@ -129,6 +129,7 @@ impl Rig {
         self.router.do_send(Acquire {
             model: Arc::from("m"),
             exclude: None,
+            affinity: None,
             reply: tx,
         });
         rx.await.unwrap()
@@ -311,4 +312,129 @@ async fn client_errors_never_cool_down_and_rate_limits_cool_one_model() {
     assert!(waiting.is_err(), "leased a rate-limited model");
     let lease = tokio::time::timeout(Duration::from_secs(2), rig.lease()).await;
     assert!(matches!(lease, Ok(Ok(_))), "{lease:?}");
+}
+
+/// A stateful upstream: every turn reports the handle it was given and
+/// continues (or opens) an upstream conversation.
+struct Threads {
+    seen: std::sync::Mutex<Vec<Option<String>>>,
+    opened: AtomicU32,
+}
+
+#[async_trait]
+impl Upstream for Threads {
+    fn stateful(&self) -> bool {
+        true
+    }
+
+    async fn chat(&self, _: &ChatRequest, _: &str, _: &EventSink) -> Result<(), UpstreamError> {
+        Err(UpstreamError::new(
+            ErrorKind::Protocol,
+            "chat_turn expected",
+        ))
+    }
+
+    async fn chat_turn(
+        &self,
+        _: &ChatRequest,
+        _: &str,
+        sink: &EventSink,
+        handle: Option<&str>,
+    ) -> Result<Option<String>, UpstreamError> {
+        self.seen.lock().unwrap().push(handle.map(str::to_owned));
+        let handle = match handle {
+            Some(h) => h.to_owned(),
+            None => format!("thread-{}", self.opened.fetch_add(1, Ordering::SeqCst)),
+        };
+        sink.send(ChatEvent::TextDelta("answer".into())).await?;
+        sink.send(ChatEvent::Stop(StopReason::End)).await?;
+        Ok(Some(handle))
+    }
+}
+
+#[actix::test]
+async fn conversations_continue_on_their_session_and_upstream_thread() {
+    use crate::canonical::{Conversation, Message, Role};
+    let rig = Rig::new();
+    let threads = [
+        Arc::new(Threads {
+            seen: Default::default(),
+            opened: AtomicU32::new(0),
+        }),
+        Arc::new(Threads {
+            seen: Default::default(),
+            opened: AtomicU32::new(100),
+        }),
+    ];
+    rig.session(1, threads[0].clone());
+    rig.session(2, threads[1].clone());
+    settle().await;
+    let turn = |msgs: Vec<Message>| {
+        let mut r = ChatRequest {
+            messages: msgs,
+            ..Default::default()
+        };
+        r.conversation = Some(Conversation::of(&r, Some("client-key"), None));
+        Arc::new(r)
+    };
+    async fn send(rig: &Rig, req: Arc<ChatRequest>) -> SessionId {
+        let (tx, rx) = oneshot::channel();
+        let affinity = req.conversation.and_then(|c| c.route_key());
+        rig.router.do_send(Acquire {
+            model: Arc::from("m"),
+            exclude: None,
+            affinity,
+            reply: tx,
+        });
+        let lease = rx.await.unwrap().unwrap();
+        let (tx, mut rx) = mpsc::channel(8);
+        lease.session.do_send(Chat {
+            request: req,
+            model: lease.upstream_model.clone(),
+            reply: tx,
+        });
+        while rx.recv().await.is_some() {}
+        settle().await;
+        lease.id
+    }
+    let first = send(&rig, turn(vec![Message::text(Role::User, "hi")])).await;
+    // The second turn carries the first answer back: same session, same thread,
+    // however many times it is asked.
+    for _ in 0..3 {
+        let again = send(
+            &rig,
+            turn(vec![
+                Message::text(Role::User, "hi"),
+                Message::text(Role::Assistant, "answer"),
+                Message::text(Role::User, "more"),
+            ]),
+        )
+        .await;
+        assert_eq!(again, first);
+    }
+    let t = &threads[(first.0 - 1) as usize];
+    let seen = t.seen.lock().unwrap().clone();
+    assert_eq!(seen[0], None);
+    let opened = if first.0 == 1 {
+        "thread-0"
+    } else {
+        "thread-100"
+    };
+    assert!(
+        seen[1..].iter().all(|h| h.as_deref() == Some(opened)),
+        "{seen:?}"
+    );
+    // Another client's identical conversation starts its own thread.
+    let mut other = ChatRequest {
+        messages: vec![
+            Message::text(Role::User, "hi"),
+            Message::text(Role::Assistant, "answer"),
+            Message::text(Role::User, "more"),
+        ],
+        ..Default::default()
+    };
+    other.conversation = Some(Conversation::of(&other, Some("another-key"), None));
+    let id = send(&rig, Arc::new(other)).await;
+    let seen = threads[(id.0 - 1) as usize].seen.lock().unwrap().clone();
+    assert_eq!(seen.last().unwrap(), &None);
 }

@@ -3,11 +3,13 @@
 //! first and produces the second. Nothing here knows a wire format.
 
 pub mod answer;
+pub mod conversation;
 mod event;
 mod request;
 pub mod tokens;
 
 pub use answer::{Answer, ToolCallAcc, UsageTally};
+pub use conversation::Conversation;
 pub use event::{ChatEvent, ErrorKind, StopReason, UpstreamError, Usage};
 pub use request::{
     ChatRequest, ContentPart, ImageSource, Message, Role, Sampling, Tool, ToolChoice,

@@ -25,8 +25,10 @@ pub struct ChatRequest {
     pub include_usage: bool,
     /// End-user id given by the client (OpenAI `user`, Anthropic `metadata.user_id`).
     pub user: Option<String>,
-    /// Key that ties this turn to earlier ones (thread id, user, conversation hash).
+    /// The conversation id the client named (thread id, user), if any.
     pub affinity: Option<String>,
+    /// Conversation keys, set by the HTTP layer once the caller is known.
+    pub conversation: Option<super::Conversation>,
     /// OpenAI `response_format`, passed through to upstreams that understand it.
     pub response_format: Option<Value>,
     /// OpenAI `reasoning_effort`, passed through to upstreams that understand it.

@@ -75,11 +75,13 @@ impl Dispatcher {
         &self,
         model: &Arc<str>,
         exclude: Option<SessionId>,
+        affinity: Option<u64>,
     ) -> Result<Lease, ApiError> {
         let (tx, rx) = oneshot::channel();
         self.router.do_send(Acquire {
             model: model.clone(),
             exclude,
+            affinity,
             reply: tx,
         });
         let wait = self.server.queue_timeout;
@@ -102,7 +104,8 @@ impl Dispatcher {
         attempts: &mut Attempts,
         deadline: tokio::time::Instant,
     ) -> Result<Result<Opened, (SessionId, UpstreamError)>, ApiError> {
-        let lease = match self.acquire(model, attempts.exclude).await {
+        let affinity = req.conversation.and_then(|c| c.route_key());
+        let lease = match self.acquire(model, attempts.exclude, affinity).await {
             Ok(l) => l,
             // Nobody else can take it: the last upstream error says more.
             Err(e @ ApiError::Unavailable(_)) => {

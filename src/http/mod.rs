@@ -18,7 +18,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::actors::router::Router;
-use crate::canonical::{Answer, ChatRequest};
+use crate::canonical::{Answer, ChatRequest, Conversation};
+
+/// A client names its conversation with this header (it wins over body
+/// fields such as `thread_id` or `user`).
+pub const CONVERSATION_HEADER: &str = "x-troupe-conversation";
 use crate::config::Config;
 use auth::Auth;
 use dispatch::Dispatcher;
@@ -96,9 +100,14 @@ pub async fn accept(
 ) -> Result<Arc<ChatRequest>, ApiError> {
     state.auth.check(req)?;
     let body = body::read_body(req, payload, state.dispatcher.server.body_limit.0).await?;
-    let chat = decode(&body)?;
+    let mut chat = decode(&body)?;
     drop(body);
     state.check_model(&chat.model)?;
+    let header = req
+        .headers()
+        .get(CONVERSATION_HEADER)
+        .and_then(|v| v.to_str().ok());
+    chat.conversation = Some(Conversation::of(&chat, Auth::presented(req), header));
     Ok(Arc::new(chat))
 }
 

@@ -47,6 +47,28 @@ pub trait Upstream: Send + Sync + 'static {
         false
     }
 
+    /// Whether this kind keeps conversations upstream (threads, upstream
+    /// sessions), so a turn should continue the upstream conversation of
+    /// the turns before it.
+    fn stateful(&self) -> bool {
+        false
+    }
+
+    /// Runs one turn of a conversation. `handle` is the upstream
+    /// conversation (thread id, session id) the earlier turns used, when
+    /// known; the returned handle is what the next turn continues.
+    /// Stateless kinds need not implement it.
+    async fn chat_turn(
+        &self,
+        request: &ChatRequest,
+        model: &str,
+        sink: &EventSink,
+        handle: Option<&str>,
+    ) -> Result<Option<String>, UpstreamError> {
+        let _ = handle;
+        self.chat(request, model, sink).await.map(|()| None)
+    }
+
     /// Runs one request, sending its events to `sink`, and returns when the
     /// upstream's answer is over. `model` is the upstream's model name.
     /// A returned error is delivered to the client by the caller.
@@ -63,16 +85,42 @@ pub trait Upstream: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct EventSink {
     tx: mpsc::Sender<ChatEvent>,
+    /// The answer's text, kept only when a conversation key depends on it.
+    transcript: Option<std::sync::Mutex<String>>,
 }
 
 impl EventSink {
     pub fn new(tx: mpsc::Sender<ChatEvent>) -> Self {
-        EventSink { tx }
+        EventSink {
+            tx,
+            transcript: None,
+        }
+    }
+
+    /// Also keeps the answer's text, for [`EventSink::transcript`].
+    pub fn keeping_transcript(mut self) -> Self {
+        self.transcript = Some(std::sync::Mutex::new(String::new()));
+        self
+    }
+
+    /// The text sent so far, if kept.
+    pub fn transcript(&self) -> Option<String> {
+        let t = self.transcript.as_ref()?;
+        Some(match t.lock() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        })
     }
 
     /// Sends one event; fails with [`ErrorKind::Cancelled`] when the client
     /// is gone, so the upstream call stops.
     pub async fn send(&self, ev: ChatEvent) -> Result<(), UpstreamError> {
+        if let (Some(t), ChatEvent::TextDelta(text)) = (&self.transcript, &ev) {
+            match t.lock() {
+                Ok(mut g) => g.push_str(text),
+                Err(poisoned) => poisoned.into_inner().push_str(text),
+            }
+        }
         self.tx
             .send(ev)
             .await

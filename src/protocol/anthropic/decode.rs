@@ -118,6 +118,7 @@ fn from_wire(w: MessagesRequest) -> Result<ChatRequest, DecodeError> {
         stream: w.stream.unwrap_or(false),
         include_usage: false,
         affinity: user.clone(),
+        conversation: None,
         user,
         response_format: None,
         reasoning_effort: None,

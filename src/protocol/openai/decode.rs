@@ -137,6 +137,7 @@ fn from_wire(w: ChatCompletionRequest) -> Result<ChatRequest, DecodeError> {
         include_usage,
         user,
         affinity,
+        conversation: None,
         response_format: w.response_format,
         reasoning_effort: w.reasoning_effort,
         thinking_budget: None,
