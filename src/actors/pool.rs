@@ -166,7 +166,11 @@ impl Actor for PoolSupervisor {
                     EventKind::Respawn,
                     reason,
                 ));
-                let addr = act.spawn(&m.registration, &m.upstream, m.arbiter.as_ref());
+                // An arbiter whose thread died takes no more actors: move
+                // the session to the pool's own.
+                let arbiter = m.arbiter.clone().filter(|a| a.spawn(async {}));
+                let addr = act.spawn(&m.registration, &m.upstream, arbiter.as_ref());
+                act.members[i].arbiter = arbiter;
                 act.members[i].addr = addr;
             }
         });

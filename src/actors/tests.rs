@@ -438,3 +438,49 @@ async fn conversations_continue_on_their_session_and_upstream_thread() {
     let seen = threads[(id.0 - 1) as usize].seen.lock().unwrap().clone();
     assert_eq!(seen.last().unwrap(), &None);
 }
+
+#[actix::test]
+async fn the_watchdog_recreates_a_session_whose_actor_died() {
+    use super::pool::PoolSupervisor;
+    let rig = Rig::new();
+    let cfg: crate::config::Config = serde_json::from_value(serde_json::json!({
+        "pools": [{"name": "w", "kind": "demo", "models": ["m"], "sessions": 1, "chunk_delay": "0s"}]
+    }))
+    .unwrap();
+    // The session lives on its own thread; that thread dies under it.
+    let doomed = actix::Arbiter::new();
+    let arbiters = Arc::new(vec![doomed.handle()]);
+    PoolSupervisor::new(
+        cfg.pools[0].clone(),
+        &cfg.supervisor,
+        rig.router.clone(),
+        rig.log.clone(),
+        arbiters,
+    )
+    .start();
+    let ready = |snap: Vec<super::SessionInfo>| {
+        snap.first().is_some_and(|s| s.state == SessionState::Ready)
+    };
+    for _ in 0..100 {
+        if ready(rig.router.send(Snapshot).await.unwrap()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(ready(rig.router.send(Snapshot).await.unwrap()));
+    doomed.stop();
+    let _ = doomed.join();
+    let mut respawned = false;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if rig.events().await.contains(&EventKind::Respawn)
+            && ready(rig.router.send(Snapshot).await.unwrap())
+        {
+            respawned = true;
+            break;
+        }
+    }
+    assert!(respawned, "events: {:?}", rig.events().await);
+    // And it serves again.
+    assert!(rig.run().await.is_none());
+}
