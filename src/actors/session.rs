@@ -67,6 +67,10 @@ pub struct Session {
     /// Pending timer for the end of a cool-down or a credential refresh.
     timer: Option<SpawnHandle>,
     refreshing: bool,
+    /// Requests running on this session now.
+    in_flight: u32,
+    /// A fault wants a restart once `in_flight` drops to zero.
+    stopping: bool,
     credentials: Option<CredentialStore>,
     /// Conversation key → upstream conversation handle, for stateful kinds.
     conversations: lru::LruCache<u64, (String, Instant)>,
@@ -113,6 +117,8 @@ impl Session {
             last_error: None,
             timer: None,
             refreshing: false,
+            in_flight: 0,
+            stopping: false,
             credentials: None,
             conversations: lru::LruCache::new(
                 std::num::NonZeroUsize::new(CONVERSATIONS).unwrap_or(std::num::NonZeroUsize::MIN),
@@ -189,13 +195,33 @@ impl Session {
                 .into_actor(self)
                 .map(|res, act, ctx| match res {
                     Ok(()) => {
-                        act.attempt = 0;
                         act.save_credentials();
                         act.set_state(SessionState::Ready);
                         act.schedule_refresh(ctx);
+                        act.watch_connection(ctx);
                         tracing::info!(pool = %act.pool, session = %act.name, "session ready");
                     }
                     Err(e) => act.fault(e.to_string(), ctx),
+                }),
+        );
+    }
+
+    /// Restarts the session when its upstream connection goes away, even
+    /// with no request running. A restart drops this watcher with the
+    /// actor's other futures.
+    fn watch_connection(&mut self, ctx: &mut Context<Self>) {
+        let upstream = self.upstream.clone();
+        ctx.spawn(
+            async move { upstream.lost().await }
+                .into_actor(self)
+                .map(|reason, act, ctx| {
+                    // A fault already under way (or given up) needs no second one.
+                    if !matches!(
+                        act.state,
+                        SessionState::Starting | SessionState::Failed { .. }
+                    ) {
+                        act.fault(reason, ctx);
+                    }
                 }),
         );
     }
@@ -242,6 +268,11 @@ impl Session {
     /// The session cannot serve: restart it, or give up after too many
     /// restarts within the window.
     fn fault(&mut self, reason: String, ctx: &mut Context<Self>) {
+        if self.stopping {
+            // Already on its way to a restart: one fault, one restart.
+            self.last_error = Some(Arc::from(reason.as_str()));
+            return;
+        }
         let now = Instant::now();
         while self
             .restarts
@@ -264,7 +295,12 @@ impl Session {
         self.record(EventKind::Restart, &reason, self.attempt, Some(delay));
         self.set_state(SessionState::Starting);
         // The supervisor restarts the actor; `started` waits out the backoff.
-        ctx.stop();
+        // Requests already running were accepted with working credentials
+        // or a live connection: let them end on their own first.
+        self.stopping = true;
+        if self.in_flight == 0 {
+            ctx.stop();
+        }
     }
 
     fn cool_down(&mut self, until_in: Duration, reason: String, ctx: &mut Context<Self>) {
@@ -364,6 +400,8 @@ impl Session {
 
     fn succeeded(&mut self) {
         self.failures = 0;
+        // Served a request: the run of restarts is over, backoff starts afresh.
+        self.attempt = 0;
         if self.state == SessionState::Trial {
             self.opened = 0;
             self.record(EventKind::CooldownEnd, "trial request succeeded", 0, None);
@@ -412,6 +450,8 @@ impl actix::Supervised for Session {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
         self.timer = None;
         self.refreshing = false;
+        self.stopping = false;
+        self.in_flight = 0;
     }
 }
 
@@ -493,10 +533,14 @@ impl Handler<Chat> for Session {
                 refreshed,
             }
         };
-        ctx.spawn(
-            fut.into_actor(self)
-                .map(|out, act, ctx| act.on_outcome(out, ctx)),
-        );
+        self.in_flight += 1;
+        ctx.spawn(fut.into_actor(self).map(|out, act, ctx| {
+            act.in_flight = act.in_flight.saturating_sub(1);
+            act.on_outcome(out, ctx);
+            if act.stopping && act.in_flight == 0 {
+                ctx.stop();
+            }
+        }));
     }
 }
 
@@ -505,6 +549,7 @@ impl Handler<Reset> for Session {
 
     fn handle(&mut self, _: Reset, ctx: &mut Self::Context) {
         self.restarts.clear();
+        self.total_restarts = 0;
         self.attempt = 0;
         self.failures = 0;
         self.opened = 0;
