@@ -343,3 +343,10 @@ def test_body_limit_413(gateway_factory):
         assert small.status_code == 200, small.text
         big = c.post(CHAT, json=chat_body("demo", "x" * 4096))
         expect_error(big, 413)
+
+
+def test_base_url_answers_get_and_head(gateway):
+    with gateway.http(auth=False) as c:
+        r = c.get("/")
+        assert r.status_code == 200 and r.json()["name"] == "troupe", r.text
+        assert c.head("/").status_code == 200

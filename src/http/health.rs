@@ -9,6 +9,16 @@ use super::AppState;
 use crate::actors::messages::Snapshot;
 use crate::actors::SessionState;
 
+/// `GET /`: says what answers here.
+pub async fn root() -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "name": "troupe",
+        "version": env!("CARGO_PKG_VERSION"),
+        "openai": "/v1/chat/completions",
+        "anthropic": "/v1/messages",
+    }))
+}
+
 /// `GET /healthz`: the process is up.
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))

@@ -169,6 +169,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     }
     cfg.route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
+        // Clients probe the base URL (Claude Code sends `HEAD /`).
+        .route(
+            "/",
+            web::route()
+                .guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head()))
+                .to(health::root),
+        )
         .default_service(web::to(not_found));
 }
 
