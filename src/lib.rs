@@ -26,6 +26,7 @@ pub mod admin;
 pub mod canonical;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod upstream;

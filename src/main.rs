@@ -120,7 +120,9 @@ fn check(cfg: &Config) {
         }
     );
     for pool in &cfg.pools {
-        let sessions = if pool.accounts.is_empty() {
+        let sessions = if pool.kind == config::Kind::Socketio {
+            pool.max_accounts.or(pool.min_accounts).unwrap_or(2) as usize
+        } else if pool.accounts.is_empty() {
             pool.sessions.unwrap_or(2) as usize
         } else {
             pool.accounts.len()

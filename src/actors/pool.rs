@@ -74,6 +74,11 @@ impl PoolSupervisor {
         }
         let n = match self.cfg.kind {
             Kind::Demo => self.cfg.sessions.unwrap_or(2),
+            // A local agent server needs no key: one connection unless told.
+            Kind::Langgraph => self.cfg.sessions.unwrap_or(1),
+            // One anonymous account per session; a session whose sign-up
+            // fails restarts with backoff, which refills the pool.
+            Kind::Socketio => self.cfg.max_accounts.or(self.cfg.min_accounts).unwrap_or(2),
             _ => 0,
         };
         (1..=n).map(|i| format!("{}-{i}", self.cfg.name)).collect()

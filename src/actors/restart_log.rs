@@ -88,6 +88,16 @@ impl RestartEvent {
     }
 }
 
+/// A JSON text for live viewers (the admin dashboard's WebSocket).
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Push(pub std::sync::Arc<str>);
+
+/// A live viewer wants every new event as it is written.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribe(pub Recipient<Push>);
+
 /// The restart log actor: appends lines, rotates, remembers the newest.
 pub struct RestartLog {
     dir: PathBuf,
@@ -97,6 +107,7 @@ pub struct RestartLog {
     size: u64,
     recent: VecDeque<RestartEvent>,
     recent_cap: usize,
+    viewers: Vec<Recipient<Push>>,
 }
 
 impl RestartLog {
@@ -111,6 +122,7 @@ impl RestartLog {
             size: 0,
             recent: VecDeque::with_capacity(recent_cap),
             recent_cap,
+            viewers: Vec::new(),
         };
         if let Err(e) = std::fs::create_dir_all(dir) {
             tracing::error!(dir = %dir.display(), error = %e, "cannot create data_dir; restart log kept in memory only");
@@ -195,9 +207,36 @@ impl Handler<RestartEvent> for RestartLog {
     type Result = ();
 
     fn handle(&mut self, ev: RestartEvent, _: &mut Self::Context) {
+        if let Some(m) = crate::metrics::get() {
+            m.session_events
+                .with_label_values(&[&ev.pool, ev.event.as_str()])
+                .inc();
+        }
         tracing::info!(pool = %ev.pool, session = %ev.session, event = ev.event.as_str(), reason = %ev.reason, attempt = ev.attempt, backoff_ms = ev.backoff_ms, "session event");
         self.append(&ev);
+        if !self.viewers.is_empty() {
+            let mut msg = serde_json::json!({"type": "event"});
+            if let (Ok(serde_json::Value::Object(fields)), Some(obj)) =
+                (serde_json::to_value(&ev), msg.as_object_mut())
+            {
+                obj.extend(fields);
+            }
+            let text: std::sync::Arc<str> = std::sync::Arc::from(msg.to_string().as_str());
+            self.viewers.retain(|v| v.connected());
+            for v in &self.viewers {
+                v.do_send(Push(text.clone()));
+            }
+        }
         self.remember(ev);
+    }
+}
+
+impl Handler<Subscribe> for RestartLog {
+    type Result = ();
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) {
+        self.viewers.retain(|v| v.connected());
+        self.viewers.push(msg.0);
     }
 }
 

@@ -70,6 +70,8 @@ pub struct Router {
     /// Conversation key → the session that served its last turn.
     affinity: lru::LruCache<u64, (SessionId, Instant)>,
     affinity_ttl: Duration,
+    /// Rotates the choice among equally good sessions.
+    turn: std::cell::Cell<usize>,
 }
 
 /// Conversations remembered by default, and for how long.
@@ -88,6 +90,7 @@ impl Router {
             known: Default::default(),
             affinity: lru::LruCache::new(capacity(AFFINITY_CAPACITY)),
             affinity_ttl: AFFINITY_TTL,
+            turn: std::cell::Cell::new(0),
         }
     }
 
@@ -123,17 +126,28 @@ impl Router {
         let routes = self.routes.get(model)?;
         let now = Instant::now();
         let preferred = self.preferred(affinity);
+        // Equal candidates take turns, so idle accounts share the load
+        // (and their rate limits) instead of the first one taking it all.
+        let turn = self.turn.get();
+        self.turn.set(turn.wrapping_add(1));
+        let n = routes.len().max(1);
         routes
             .iter()
-            .filter(|r| {
+            .enumerate()
+            .filter(|(_, r)| {
                 let s = &self.slots[r.slot];
                 s.has_room() && Some(s.id) != exclude && r.cool_until.is_none_or(|t| t <= now)
             })
-            .min_by_key(|r| {
+            .min_by_key(|(i, r)| {
                 let s = &self.slots[r.slot];
-                (Some(s.id) != preferred, r.priority, s.in_flight)
+                (
+                    Some(s.id) != preferred,
+                    r.priority,
+                    s.in_flight,
+                    (i + n - turn % n) % n,
+                )
             })
-            .map(|r| (r.slot, r.upstream_model.clone()))
+            .map(|(_, r)| (r.slot, r.upstream_model.clone()))
     }
 
     fn lease(&mut self, slot: usize, upstream_model: Arc<str>, router: Addr<Router>) -> Lease {
@@ -174,6 +188,13 @@ impl Router {
 
     /// Hands freed slots to waiting requests, oldest first.
     fn drain_queue(&mut self, ctx: &mut Context<Self>) {
+        self.drain_queue_inner(ctx);
+        if let Some(m) = crate::metrics::get() {
+            m.queue_depth.set(self.queue.len() as i64);
+        }
+    }
+
+    fn drain_queue_inner(&mut self, ctx: &mut Context<Self>) {
         let mut i = 0;
         while i < self.queue.len() {
             if self.queue[i].reply.is_closed() {
@@ -285,6 +306,9 @@ impl Handler<Acquire> for Router {
         if self.queue.len() >= self.max_queue {
             let _ = msg.reply.send(Err(AcquireError::QueueFull));
             return;
+        }
+        if let Some(m) = crate::metrics::get() {
+            m.queue_depth.set(self.queue.len() as i64 + 1);
         }
         self.queue.push_back(Waiter {
             model: msg.model,

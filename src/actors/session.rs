@@ -348,6 +348,13 @@ impl Session {
             self.succeeded();
             return;
         };
+        if err.kind != ErrorKind::Cancelled {
+            if let Some(m) = crate::metrics::get() {
+                m.upstream_errors
+                    .with_label_values(&[&self.pool, err.kind.as_str()])
+                    .inc();
+            }
+        }
         match err.kind {
             // The client's own fault or the client leaving says nothing
             // about the upstream's health.

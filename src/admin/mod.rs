@@ -4,8 +4,11 @@
 
 use std::time::{Duration, SystemTime};
 
+mod events;
+
 use actix::Addr;
 use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_actors::ws;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -52,6 +55,9 @@ impl AdminState {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/admin")
+            .route("", web::get().to(dashboard))
+            .route("/", web::get().to(dashboard))
+            .route("/events", web::get().to(live_events))
             .route("/sessions", web::get().to(sessions))
             .route("/restarts", web::get().to(restarts))
             .route("/sessions/{pool}/{session}/reset", web::post().to(reset)),
@@ -90,6 +96,45 @@ pub fn session_json(s: &SessionInfo) -> serde_json::Value {
             .collect();
     }
     v
+}
+
+/// The dashboard page: static, it holds no data; it asks for the admin key
+/// and reads everything through the API and the live feed.
+async fn dashboard() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("Cache-Control", "no-cache"))
+        .body(include_str!("dashboard.html"))
+}
+
+#[derive(Deserialize)]
+struct KeyQuery {
+    key: Option<String>,
+}
+
+/// `/admin/events`: the live feed. Browsers cannot set headers on a
+/// WebSocket, so the key may also come as `?key=`.
+async fn live_events(
+    req: HttpRequest,
+    stream: web::Payload,
+    q: web::Query<KeyQuery>,
+    state: web::Data<AdminState>,
+) -> HttpResponse {
+    let by_query = match (&state.auth, q.key.as_deref()) {
+        (Some(auth), Some(k)) => auth.accepts(k),
+        _ => false,
+    };
+    if !by_query {
+        if let Some(resp) = state.refuse(&req) {
+            return resp;
+        }
+    }
+    let viewer = events::Viewer::new(state.router.clone(), state.log.clone());
+    ws::start(viewer, &req, stream).unwrap_or_else(|e| {
+        HttpResponse::BadRequest().json(json!({
+            "error": {"message": format!("not a WebSocket request: {e}"), "type": "invalid_request_error"}
+        }))
+    })
 }
 
 async fn sessions(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {

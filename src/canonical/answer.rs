@@ -95,20 +95,31 @@ impl UsageTally {
 
     /// Looks at one event on its way to the client.
     pub fn observe(&mut self, ev: &ChatEvent) {
+        if let ChatEvent::Usage(u) = ev {
+            // Always kept: it costs nothing and feeds the metrics.
+            self.reported.get_or_insert_with(Usage::default).merge(u);
+            return;
+        }
         if !self.enabled {
             return;
         }
         let text = match ev {
-            ChatEvent::Usage(u) => {
-                self.reported.get_or_insert_with(Usage::default).merge(u);
-                return;
-            }
             ChatEvent::TextDelta(t) | ChatEvent::ThinkingDelta(t) => t,
             ChatEvent::ToolCallStart { name, .. } => name,
             ChatEvent::ToolCallArgsDelta { json, .. } => json,
             _ => return,
         };
         self.generated.push_str(text);
+    }
+
+    /// The usage if it is known without extra work: counted when enabled,
+    /// else what the upstream reported.
+    pub fn known(&self, req: &ChatRequest) -> Option<Usage> {
+        if self.enabled {
+            Some(self.finish(req))
+        } else {
+            self.reported
+        }
     }
 
     fn has_output(&self) -> bool {
@@ -206,6 +217,13 @@ mod tests {
         let mut t = UsageTally::new(false);
         t.observe(&ChatEvent::TextDelta("hello".into()));
         assert!(t.generated.is_empty());
+        assert_eq!(t.known(&ChatRequest::default()), None);
+        t.observe(&ChatEvent::Usage(Usage {
+            input: 3,
+            output: 4,
+            ..Default::default()
+        }));
+        assert_eq!(t.known(&ChatRequest::default()).map(|u| u.output), Some(4));
         let mut t = UsageTally::new(true);
         t.observe(&ChatEvent::TextDelta("hello ".into()));
         t.observe(&ChatEvent::TextDelta("world".into()));

@@ -124,6 +124,23 @@ pub struct UpstreamError {
     pub retry_after: Option<Duration>,
 }
 
+impl ErrorKind {
+    /// A stable snake_case name, for metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Connect => "connect",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Auth => "auth",
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::SessionLost => "session_lost",
+            ErrorKind::Cancelled => "cancelled",
+        }
+    }
+}
+
 impl UpstreamError {
     /// An error of `kind` with a message and nothing else.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {

@@ -143,6 +143,13 @@ fn resolve_files(cfg: &mut Config) -> Result<(), ConfigError> {
                 acct.api_key = Some(read_secret(&file, &key)?);
             }
         }
+        if let Some(file) = pool.anon_key_file.clone() {
+            let key = format!("pools[{p}].anon_key_file");
+            if pool.anon_key.is_some() {
+                return Err(invalid(key, "give anon_key or anon_key_file, not both"));
+            }
+            pool.anon_key = Some(read_secret(&file, &key)?);
+        }
     }
     Ok(())
 }
@@ -240,6 +247,8 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 "only the demo kind uses chunk_delay",
             ));
         }
+        validate_kind_keys(pool, &at)?;
+        validate_socketio_keys(pool, &at)?;
         match pool.kind {
             Kind::Demo => {
                 if pool.sessions == Some(0) {
@@ -297,6 +306,275 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
                     }
                 }
             }
+            Kind::Ondemand => validate_ondemand(pool, &at)?,
+            Kind::Langgraph => validate_langgraph(pool, &at)?,
+            Kind::Socketio => validate_socketio(pool, &at)?,
+        }
+    }
+    Ok(())
+}
+
+/// Keys only the `ondemand` or `langgraph` kind reads are refused
+/// elsewhere, so a key in the wrong pool is noticed rather than ignored.
+fn validate_kind_keys(
+    pool: &super::schema::PoolConfig,
+    at: &dyn Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    if pool.kind != Kind::Langgraph {
+        if pool.assistant_id.is_some() {
+            return Err(invalid(
+                at("assistant_id"),
+                "only the langgraph kind uses assistant_id",
+            ));
+        }
+        if !pool.assistants.is_empty() {
+            return Err(invalid(
+                at("assistants"),
+                "only the langgraph kind uses assistants",
+            ));
+        }
+    }
+    if pool.kind == Kind::Ondemand {
+        return Ok(());
+    }
+    if !pool.endpoints.is_empty() {
+        return Err(invalid(
+            at("endpoints"),
+            "only the ondemand kind uses endpoints",
+        ));
+    }
+    if pool.response_mode.is_some() {
+        return Err(invalid(
+            at("response_mode"),
+            "only the ondemand kind uses response_mode",
+        ));
+    }
+    Ok(())
+}
+
+/// A `langgraph` pool: an http(s) base_url; accounts are optional (local
+/// servers want no key) and their keys too; `sessions` only without
+/// accounts; every `assistants` entry names a model the pool serves.
+fn validate_langgraph(
+    pool: &super::schema::PoolConfig,
+    at: &dyn Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    match &pool.base_url {
+        None => return Err(invalid(at("base_url"), "the langgraph kind needs base_url")),
+        Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+            return Err(invalid(
+                at("base_url"),
+                format!("`{u}` is not an http(s) URL"),
+            ))
+        }
+        Some(_) => {}
+    }
+    if pool.sessions == Some(0) {
+        return Err(invalid(at("sessions"), "must be at least 1"));
+    }
+    if pool.sessions.is_some() && !pool.accounts.is_empty() {
+        return Err(invalid(
+            at("sessions"),
+            "a langgraph pool with accounts has one session per account",
+        ));
+    }
+    if pool
+        .assistant_id
+        .as_deref()
+        .is_some_and(|a| a.trim().is_empty())
+    {
+        return Err(invalid(at("assistant_id"), "must not be empty"));
+    }
+    for (model, assistant) in &pool.assistants {
+        if !pool.models.iter().any(|m| &m.upstream == model) {
+            return Err(invalid(
+                at(&format!("assistants.{model}")),
+                format!("`{model}` is not an upstream model name of this pool"),
+            ));
+        }
+        if assistant.trim().is_empty() {
+            return Err(invalid(
+                at(&format!("assistants.{model}")),
+                "must not be empty",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An `ondemand` pool: keys per account, an http(s) base_url if given, and
+/// an endpoint id for every model it serves, so an unmapped model fails at
+/// `troupe check` instead of at a client's first request.
+fn validate_ondemand(
+    pool: &super::schema::PoolConfig,
+    at: &dyn Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    if let Some(u) = &pool.base_url {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            return Err(invalid(
+                at("base_url"),
+                format!("`{u}` is not an http(s) URL"),
+            ));
+        }
+    }
+    if pool.sessions.is_some() {
+        return Err(invalid(
+            at("sessions"),
+            "the ondemand kind has one session per account",
+        ));
+    }
+    if pool.accounts.is_empty() {
+        return Err(invalid(
+            at("accounts"),
+            "the ondemand kind needs at least one account",
+        ));
+    }
+    for (a, acct) in pool.accounts.iter().enumerate() {
+        if acct.api_key.is_none() {
+            return Err(invalid(
+                at(&format!("accounts[{a}].api_key")),
+                "an ondemand account needs api_key or api_key_file",
+            ));
+        }
+    }
+    for (model, id) in &pool.endpoints {
+        if id.trim().is_empty() {
+            return Err(invalid(
+                at(&format!("endpoints.{model}")),
+                "must not be empty",
+            ));
+        }
+    }
+    for (m, model) in pool.models.iter().enumerate() {
+        if crate::upstream::ondemand::endpoint_id(&pool.endpoints, &model.upstream).is_none() {
+            return Err(invalid(
+                at(&format!("models[{m}]")),
+                format!(
+                    "no OnDemand endpoint id for `{}`: add it to endpoints (like `{} = \"predefined-...\"`) or name the endpoint id itself",
+                    model.upstream, model.upstream
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Keys only the `socketio` kind reads are refused elsewhere, naming the key.
+fn validate_socketio_keys(
+    pool: &super::schema::PoolConfig,
+    at: &dyn Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    if pool.kind == Kind::Socketio {
+        return Ok(());
+    }
+    let set = [
+        ("preset", pool.preset.is_some()),
+        ("supabase_url", pool.supabase_url.is_some()),
+        ("socket_url", pool.socket_url.is_some()),
+        ("socket_path", pool.socket_path.is_some()),
+        ("anon_key", pool.anon_key.is_some()),
+        ("prompt_id", pool.prompt_id.is_some()),
+        ("chunk_event", pool.chunk_event.is_some()),
+        ("finish_event", pool.finish_event.is_some()),
+        ("min_accounts", pool.min_accounts.is_some()),
+        ("max_accounts", pool.max_accounts.is_some()),
+    ];
+    if let Some((key, _)) = set.iter().find(|(_, present)| *present) {
+        return Err(invalid(
+            at(key),
+            format!("only the socketio kind uses {key}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A `socketio` pool: anonymous accounts (no `accounts`, no `sessions`),
+/// the backend's URLs, anon key and prompt id, and event names unless a
+/// preset supplies them.
+fn validate_socketio(
+    pool: &super::schema::PoolConfig,
+    at: &dyn Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    if let Some(preset) = &pool.preset {
+        if !crate::upstream::socketio::PRESETS.contains(&preset.as_str()) {
+            return Err(invalid(
+                at("preset"),
+                format!(
+                    "unknown preset `{preset}` (known: {})",
+                    crate::upstream::socketio::PRESETS.join(", ")
+                ),
+            ));
+        }
+    }
+    for (key, present) in [
+        ("base_url", pool.base_url.is_some()),
+        ("sessions", pool.sessions.is_some()),
+        ("accounts", !pool.accounts.is_empty()),
+    ] {
+        if present {
+            return Err(invalid(
+                at(key),
+                "the socketio kind signs up its own accounts: use supabase_url, min_accounts and max_accounts",
+            ));
+        }
+    }
+    let url = |key: &str, v: &Option<String>, ws: bool| -> Result<(), ConfigError> {
+        match v {
+            None => Err(invalid(at(key), format!("the socketio kind needs {key}"))),
+            Some(u)
+                if u.starts_with("http://")
+                    || u.starts_with("https://")
+                    || (ws && (u.starts_with("ws://") || u.starts_with("wss://"))) =>
+            {
+                Ok(())
+            }
+            Some(u) => Err(invalid(at(key), format!("`{u}` is not an http(s) URL"))),
+        }
+    };
+    url("supabase_url", &pool.supabase_url, false)?;
+    url("socket_url", &pool.socket_url, true)?;
+    if pool.anon_key.as_ref().is_none_or(|k| k.expose().is_empty()) {
+        return Err(invalid(
+            at("anon_key"),
+            "the socketio kind needs anon_key or anon_key_file",
+        ));
+    }
+    if pool
+        .prompt_id
+        .as_deref()
+        .is_none_or(|p| p.trim().is_empty())
+    {
+        return Err(invalid(
+            at("prompt_id"),
+            "the socketio kind needs prompt_id",
+        ));
+    }
+    if pool.preset.is_none() && pool.chunk_event.is_none() {
+        return Err(invalid(
+            at("chunk_event"),
+            "the socketio kind needs chunk_event (or preset = \"langfast\")",
+        ));
+    }
+    for (key, v) in [
+        ("chunk_event", &pool.chunk_event),
+        ("finish_event", &pool.finish_event),
+    ] {
+        if v.as_deref().is_some_and(|e| e.trim().is_empty()) {
+            return Err(invalid(at(key), "must not be empty"));
+        }
+    }
+    if pool.min_accounts == Some(0) {
+        return Err(invalid(at("min_accounts"), "must be at least 1"));
+    }
+    if pool.max_accounts == Some(0) {
+        return Err(invalid(at("max_accounts"), "must be at least 1"));
+    }
+    if let (Some(min), Some(max)) = (pool.min_accounts, pool.max_accounts) {
+        if min > max {
+            return Err(invalid(
+                at("max_accounts"),
+                format!("must be at least min_accounts ({min})"),
+            ));
         }
     }
     Ok(())
@@ -385,5 +663,78 @@ mod tests {
         let mut v = json!({"server": {"admin_key": "${TROUPE_TEST_SURELY_UNSET}"}});
         let e = expand_env(&mut v, &mut String::new()).unwrap_err();
         assert!(e.to_string().starts_with("server.admin_key:"), "{e}");
+    }
+
+    #[test]
+    fn ondemand_pools_need_endpoint_ids_and_keep_their_keys() {
+        let pool = |extra: Value| {
+            let mut p = json!({"name": "od", "kind": "ondemand", "models": ["gpt-4o"],
+                "accounts": [{"name": "k", "api_key": "x"}]});
+            if let (Some(p), Some(e)) = (p.as_object_mut(), extra.as_object()) {
+                p.extend(e.clone());
+            }
+            json!({"pools": [p]})
+        };
+        let cfg = from_value(pool(json!({"response_mode": "sync"}))).unwrap();
+        assert_eq!(cfg.pools[0].kind.as_str(), "ondemand");
+        assert_eq!(
+            cfg.pools[0].response_mode,
+            Some(super::super::ResponseMode::Sync)
+        );
+        from_value(pool(json!({"models": ["predefined-xai-grok3"]}))).unwrap();
+        from_value(pool(
+            json!({"models": ["mine"], "endpoints": {"mine": "custom-1"}}),
+        ))
+        .unwrap();
+        let e = from_value(pool(json!({"models": ["gpt-4o", "llama"]}))).unwrap_err();
+        assert!(e.to_string().starts_with("pools[0].models[1]:"), "{e}");
+        let e = from_value(pool(json!({"accounts": [{"name": "k"}]}))).unwrap_err();
+        assert!(
+            e.to_string().starts_with("pools[0].accounts[0].api_key:"),
+            "{e}"
+        );
+        let e = from_value(pool(json!({"response_mode": "later"}))).unwrap_err();
+        assert!(e.to_string().starts_with("pools[0].response_mode:"), "{e}");
+        let e = from_value(
+            json!({"pools": [{"name": "d", "kind": "demo", "models": ["demo"],
+            "endpoints": {"demo": "predefined-x"}}]}),
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("pools[0].endpoints:"), "{e}");
+    }
+
+    #[test]
+    fn langgraph_pools_may_go_without_keys_and_check_their_assistants() {
+        let pool = |extra: Value| {
+            let mut p = json!({"name": "lg", "kind": "langgraph",
+                "base_url": "http://127.0.0.1:2024", "models": ["agent-model"]});
+            if let (Some(p), Some(e)) = (p.as_object_mut(), extra.as_object()) {
+                p.extend(e.clone());
+            }
+            json!({"pools": [p]})
+        };
+        let cfg = from_value(pool(json!({}))).unwrap();
+        assert_eq!(cfg.pools[0].kind.as_str(), "langgraph");
+        from_value(pool(json!({"accounts": [{"name": "local"}]}))).unwrap();
+        from_value(pool(json!({"accounts": [{"name": "k", "api_key": "lsv2"}],
+            "assistant_id": "researcher", "assistants": {"agent-model": "writer"}})))
+        .unwrap();
+        let e = from_value(pool(json!({"assistants": {"other": "writer"}}))).unwrap_err();
+        assert!(
+            e.to_string().starts_with("pools[0].assistants.other:"),
+            "{e}"
+        );
+        let e = from_value(pool(json!({"base_url": null}))).unwrap_err();
+        assert!(e.to_string().starts_with("pools[0].base_url:"), "{e}");
+        let e = from_value(pool(json!({"sessions": 2, "accounts": [{"name": "a"}]}))).unwrap_err();
+        assert!(e.to_string().starts_with("pools[0].sessions:"), "{e}");
+        let e = from_value(pool(json!({"endpoints": {"agent-model": "x"}}))).unwrap_err();
+        assert!(e.to_string().starts_with("pools[0].endpoints:"), "{e}");
+        let e = from_value(
+            json!({"pools": [{"name": "d", "kind": "demo", "models": ["demo"],
+            "assistant_id": "agent"}]}),
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("pools[0].assistant_id:"), "{e}");
     }
 }

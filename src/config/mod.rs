@@ -8,6 +8,6 @@ mod schema;
 
 pub use load::{load, ConfigError};
 pub use schema::{
-    AccountConfig, ByteSize, Config, Kind, LogFormat, ModelMapping, PoolConfig, Secret,
-    ServerConfig, SupervisorConfig, SupervisorOverrides,
+    AccountConfig, ByteSize, Config, Kind, LogFormat, ModelMapping, PoolConfig, ResponseMode,
+    Secret, ServerConfig, SupervisorConfig, SupervisorOverrides,
 };

@@ -25,6 +25,8 @@ pub struct ServerConfig {
     pub api_keys: Vec<Secret>,
     pub admin_key: Option<Secret>,
     pub admin_key_file: Option<PathBuf>,
+    /// When set, `GET /metrics` needs `Authorization: Bearer <metrics_key>`.
+    pub metrics_key: Option<Secret>,
     pub data_dir: PathBuf,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -55,6 +57,7 @@ impl Default for ServerConfig {
             api_keys: Vec::new(),
             admin_key: None,
             admin_key_file: None,
+            metrics_key: None,
             data_dir: PathBuf::from("data"),
             request_timeout: Duration::from_secs(300),
             first_token_timeout: Duration::from_secs(60),
@@ -161,6 +164,9 @@ pub enum Kind {
     Demo,
     Openai,
     Anthropic,
+    Ondemand,
+    Socketio,
+    Langgraph,
 }
 
 impl Kind {
@@ -169,6 +175,9 @@ impl Kind {
             Kind::Demo => "demo",
             Kind::Openai => "openai",
             Kind::Anthropic => "anthropic",
+            Kind::Ondemand => "ondemand",
+            Kind::Socketio => "socketio",
+            Kind::Langgraph => "langgraph",
         }
     }
 }
@@ -208,6 +217,62 @@ pub struct PoolConfig {
     pub connect_timeout: Option<Duration>,
     #[serde(default)]
     pub supervisor: SupervisorOverrides,
+    /// `ondemand`: model name → OnDemand endpoint id, over the built-in ones.
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, String>,
+    /// `ondemand`: whether answers are streamed upstream (default) or fetched whole.
+    #[serde(default)]
+    pub response_mode: Option<ResponseMode>,
+    /// `langgraph`: the assistant (graph) runs use (default `agent`).
+    #[serde(default)]
+    pub assistant_id: Option<String>,
+    /// `langgraph`: upstream model name → assistant, over `assistant_id`.
+    #[serde(default)]
+    pub assistants: BTreeMap<String, String>,
+    /// `socketio`: a named set of defaults; `langfast` is the one known.
+    #[serde(default)]
+    pub preset: Option<String>,
+    /// `socketio`: the Supabase-style backend that signs accounts up and
+    /// starts runs.
+    #[serde(default)]
+    pub supabase_url: Option<String>,
+    /// `socketio`: origin of the socket.io server (http(s) or ws(s)).
+    #[serde(default)]
+    pub socket_url: Option<String>,
+    /// `socketio`: the Engine.IO path (default `/socket.io/`).
+    #[serde(default)]
+    pub socket_path: Option<String>,
+    /// `socketio`: the backend's public anon key, sent as `apikey`.
+    #[serde(default)]
+    pub anon_key: Option<Secret>,
+    #[serde(default)]
+    pub anon_key_file: Option<PathBuf>,
+    /// `socketio`: the prompt every run is filed under.
+    #[serde(default)]
+    pub prompt_id: Option<String>,
+    /// `socketio`: the event carrying answer text (langfast: `execution:chunk`).
+    #[serde(default)]
+    pub chunk_event: Option<String>,
+    /// `socketio`: an event that ends a run (langfast: `completion_finished`).
+    #[serde(default)]
+    pub finish_event: Option<String>,
+    /// `socketio`: anonymous accounts (one session each) the pool keeps;
+    /// it runs `max_accounts` if set, else `min_accounts`, else 2.
+    #[serde(default)]
+    pub min_accounts: Option<u32>,
+    #[serde(default)]
+    pub max_accounts: Option<u32>,
+}
+
+/// How an `ondemand` pool asks for answers. Streaming is the default so the
+/// first token reaches the client early; `sync` is for servers or proxies
+/// that cannot stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResponseMode {
+    #[default]
+    Stream,
+    Sync,
 }
 
 fn default_concurrency() -> u32 {

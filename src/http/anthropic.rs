@@ -8,6 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use super::error::{ApiError, Protocol};
+use super::trace::Trace;
 use super::{AppState, ModelEntry};
 use crate::canonical::tokens;
 use crate::protocol::anthropic::wire::{ModelList, ModelOut};
@@ -19,18 +20,21 @@ pub async fn messages(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    match message(&req, payload, &state).await {
+    let mut trace = Trace::start(&req, "anthropic");
+    let resp = match message(&req, payload, &state, &mut trace).await {
         Ok(resp) => resp,
         Err(e) => e.render(Protocol::Anthropic),
-    }
+    };
+    trace.respond(resp)
 }
 
 async fn message(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
+    trace: &mut Trace,
 ) -> Result<HttpResponse, ApiError> {
-    let chat = super::accept(req, payload, state, decode_request).await?;
+    let chat = super::accept(req, payload, state, decode_request, trace).await?;
     let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
     let stream_id = id.clone();
     super::respond(
@@ -38,6 +42,7 @@ async fn message(
         chat,
         |c| StreamEncoder::new(stream_id, c.clone()),
         |answer, c| completion_body(answer, c, &id),
+        trace,
     )
     .await
 }
@@ -62,7 +67,10 @@ async fn count(
     payload: web::Payload,
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
-    let chat = super::accept(req, payload, state, decode_request).await?;
+    // Counting is not a chat request: it is not traced as one.
+    let mut trace = Trace::start(req, "count_tokens");
+    trace.disarm();
+    let chat = super::accept(req, payload, state, decode_request, &mut trace).await?;
     let input_tokens = tokens::count_request(&chat).max(1);
     Ok(HttpResponse::Ok().json(json!({ "input_tokens": input_tokens })))
 }

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout_at;
 
 use super::error::ApiError;
+use super::trace::Trace;
 use crate::actors::messages::{Acquire, Chat};
 use crate::actors::router::Router;
 use crate::actors::{Lease, SessionId};
@@ -103,10 +104,15 @@ impl Dispatcher {
         model: &Arc<str>,
         attempts: &mut Attempts,
         deadline: tokio::time::Instant,
+        trace: &mut Trace,
     ) -> Result<Result<Opened, (SessionId, UpstreamError)>, ApiError> {
         let affinity = req.conversation.and_then(|c| c.route_key());
+        let asked = Instant::now();
         let lease = match self.acquire(model, attempts.exclude, affinity).await {
-            Ok(l) => l,
+            Ok(l) => {
+                trace.queued(asked.elapsed());
+                l
+            }
             // Nobody else can take it: the last upstream error says more.
             Err(e @ ApiError::Unavailable(_)) => {
                 return Err(attempts.last.take().map_or(e, ApiError::Upstream));
@@ -114,6 +120,7 @@ impl Dispatcher {
             Err(e) => return Err(e),
         };
         let (tx, mut rx) = mpsc::channel(MAILBOX);
+        trace.upstream_begin(&lease.pool, &lease.session_name);
         lease.session.do_send(Chat {
             request: req.clone(),
             model: lease.upstream_model.clone(),
@@ -122,9 +129,9 @@ impl Dispatcher {
         let first_deadline =
             (tokio::time::Instant::now() + self.server.first_token_timeout).min(deadline);
         let mut head = Vec::new();
-        loop {
+        let result = loop {
             match timeout_at(first_deadline, rx.recv()).await {
-                Ok(Some(ChatEvent::Error(e))) => return Ok(Err((lease.id, e))),
+                Ok(Some(ChatEvent::Error(e))) => break Err((lease.id, e)),
                 Ok(Some(ev)) if ev.is_preamble() => head.push(ev),
                 Ok(Some(ev)) => {
                     head.push(ev);
@@ -136,38 +143,44 @@ impl Dispatcher {
                     }));
                 }
                 Ok(None) => {
-                    return Ok(Err((
+                    break Err((
                         lease.id,
                         UpstreamError::new(
                             ErrorKind::SessionLost,
                             "the session ended before answering",
                         ),
-                    )))
+                    ))
                 }
                 Err(_) => {
                     let secs = self.server.first_token_timeout.as_secs();
-                    return Ok(Err((
+                    break Err((
                         lease.id,
                         UpstreamError::new(
                             ErrorKind::Timeout,
                             format!("no first token within {secs}s"),
                         ),
-                    )));
+                    ));
                 }
             }
-        }
+        };
+        trace.upstream_end();
+        Ok(result)
     }
 
     /// Starts an answer, retrying on other sessions while nothing has been
     /// committed to the client.
-    pub async fn open(&self, req: &Arc<ChatRequest>) -> Result<Opened, ApiError> {
+    pub async fn open(
+        &self,
+        req: &Arc<ChatRequest>,
+        trace: &mut Trace,
+    ) -> Result<Opened, ApiError> {
         let mut attempts = Attempts {
             left: self.retry_budget,
             exclude: None,
             last: None,
         };
         let deadline = tokio::time::Instant::now() + self.server.request_timeout;
-        self.open_with(req, &mut attempts, deadline).await
+        self.open_with(req, &mut attempts, deadline, trace).await
     }
 
     async fn open_with(
@@ -175,10 +188,11 @@ impl Dispatcher {
         req: &Arc<ChatRequest>,
         attempts: &mut Attempts,
         deadline: tokio::time::Instant,
+        trace: &mut Trace,
     ) -> Result<Opened, ApiError> {
         let model: Arc<str> = Arc::from(req.model.as_str());
         loop {
-            match self.attempt(req, &model, attempts, deadline).await? {
+            match self.attempt(req, &model, attempts, deadline, trace).await? {
                 Ok(opened) => return Ok(opened),
                 Err((session, err)) => {
                     if !err.is_retryable() || !attempts.retry(session, err.clone()) {
@@ -191,8 +205,11 @@ impl Dispatcher {
 
     /// Runs a non-streaming request to its end. Nothing reaches the client
     /// before the end, so a retryable failure anywhere is retried.
-    pub async fn complete(&self, req: &Arc<ChatRequest>) -> Result<Answer, ApiError> {
-        let started = Instant::now();
+    pub async fn complete(
+        &self,
+        req: &Arc<ChatRequest>,
+        trace: &mut Trace,
+    ) -> Result<Answer, ApiError> {
         let mut attempts = Attempts {
             left: self.retry_budget,
             exclude: None,
@@ -200,7 +217,8 @@ impl Dispatcher {
         };
         let deadline = tokio::time::Instant::now() + self.server.request_timeout;
         loop {
-            let mut opened = self.open_with(req, &mut attempts, deadline).await?;
+            // The attempt's upstream clock keeps running until the answer ends.
+            let mut opened = self.open_with(req, &mut attempts, deadline, trace).await?;
             let mut answer = Answer::default();
             let mut failure = None;
             for ev in opened.head.drain(..) {
@@ -223,10 +241,8 @@ impl Dispatcher {
                         }
                     }
                     Ok(None) if answer.stop.is_some() => {
-                        tracing::debug!(
-                            elapsed_ms = started.elapsed().as_millis() as u64,
-                            "answer complete"
-                        );
+                        trace.upstream_end();
+                        trace.usage = Some(answer.usage(req));
                         return Ok(answer);
                     }
                     Ok(None) => {
@@ -242,6 +258,7 @@ impl Dispatcher {
                     }
                 }
             }
+            trace.upstream_end();
             if let Some(err) = failure {
                 let session = opened.lease.id;
                 drop(opened);

@@ -24,6 +24,33 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
+/// `GET /metrics`: Prometheus text format, behind `server.metrics_key` when
+/// one is set.
+pub async fn metrics(req: actix_web::HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if state.metrics_auth.check(&req).is_err() {
+        return HttpResponse::Unauthorized()
+            .content_type("text/plain")
+            .body("metrics need Authorization: Bearer <server.metrics_key>\n");
+    }
+    let Some(m) = crate::metrics::get() else {
+        return HttpResponse::ServiceUnavailable().finish();
+    };
+    if let Ok(sessions) = state.dispatcher.router.send(Snapshot).await {
+        m.sessions.reset();
+        for s in &sessions {
+            let name = if s.state == SessionState::Ready && s.in_flight >= s.max_concurrency {
+                "busy"
+            } else {
+                s.state.name()
+            };
+            m.sessions.with_label_values(&[&s.pool, name]).inc();
+        }
+    }
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(m.render())
+}
+
 /// `GET /readyz`: every configured model has at least one ready session.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let sessions = match state.dispatcher.router.send(Snapshot).await {

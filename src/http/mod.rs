@@ -10,6 +10,7 @@ pub mod error;
 pub mod health;
 pub mod openai;
 pub mod sse;
+pub mod trace;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::config::Config;
 use auth::Auth;
 use dispatch::Dispatcher;
 use error::{ApiError, Protocol};
+use trace::Trace;
 
 /// A model as `/v1/models` lists it.
 #[derive(Debug, Clone)]
@@ -40,6 +42,8 @@ pub struct ModelEntry {
 pub struct AppState {
     pub dispatcher: Dispatcher,
     pub auth: Auth,
+    /// Who may read `/metrics` (empty: anyone).
+    pub metrics_auth: Auth,
     pub models: Vec<ModelEntry>,
     model_names: HashSet<String>,
     /// Process start, shown as the models' `created`.
@@ -74,6 +78,7 @@ impl AppState {
                 shutdown,
             },
             auth: Auth::new(cfg.server.api_keys.clone()),
+            metrics_auth: Auth::new(cfg.server.metrics_key.iter().cloned().collect()),
             models,
             model_names,
             started: unix_now(),
@@ -97,12 +102,14 @@ pub async fn accept(
     payload: web::Payload,
     state: &AppState,
     decode: fn(&[u8]) -> Result<ChatRequest, crate::protocol::DecodeError>,
+    trace: &mut Trace,
 ) -> Result<Arc<ChatRequest>, ApiError> {
     state.auth.check(req)?;
     let body = body::read_body(req, payload, state.dispatcher.server.body_limit.0).await?;
     let mut chat = decode(&body)?;
     drop(body);
     state.check_model(&chat.model)?;
+    trace.model = Some(chat.model.clone());
     let header = req
         .headers()
         .get(CONVERSATION_HEADER)
@@ -118,15 +125,25 @@ pub async fn respond<E: sse::EventEncoder>(
     chat: Arc<ChatRequest>,
     encoder: impl FnOnce(&Arc<ChatRequest>) -> E,
     body: impl FnOnce(&Answer, &ChatRequest) -> Vec<u8>,
+    trace: &mut Trace,
 ) -> Result<HttpResponse, ApiError> {
     let d = &state.dispatcher;
     if chat.stream {
-        let opened = d.open(&chat).await?;
+        let opened = d.open(&chat, trace).await?;
         let enc = encoder(&chat);
-        let stream = sse::body(opened, enc, chat, d.server.keepalive, d.shutdown.clone());
+        trace.first_byte();
+        let stream = sse::body(
+            opened,
+            enc,
+            chat,
+            d.server.keepalive,
+            d.shutdown.clone(),
+            trace.hand_off(),
+        );
         Ok(sse::response(stream))
     } else {
-        let answer = d.complete(&chat).await?;
+        let answer = d.complete(&chat, trace).await?;
+        trace.first_byte();
         Ok(HttpResponse::Ok()
             .content_type("application/json")
             .body(body(&answer, &chat)))
@@ -169,6 +186,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     }
     cfg.route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(health::metrics))
         // Clients probe the base URL (Claude Code sends `HEAD /`).
         .route(
             "/",

@@ -3,6 +3,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::error::{ApiError, Protocol};
+use super::trace::Trace;
 use super::AppState;
 use crate::protocol::openai::wire::{ModelList, ModelOut};
 use crate::protocol::openai::{completion_body, decode_request, StreamEncoder};
@@ -13,18 +14,21 @@ pub async fn chat_completions(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    match chat(&req, payload, &state).await {
+    let mut trace = Trace::start(&req, "openai");
+    let resp = match chat(&req, payload, &state, &mut trace).await {
         Ok(resp) => resp,
         Err(e) => e.render(Protocol::OpenAi),
-    }
+    };
+    trace.respond(resp)
 }
 
 async fn chat(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
+    trace: &mut Trace,
 ) -> Result<HttpResponse, ApiError> {
-    let chat = super::accept(req, payload, state, decode_request).await?;
+    let chat = super::accept(req, payload, state, decode_request, trace).await?;
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let created = super::unix_now();
     let stream_id = id.clone();
@@ -33,6 +37,7 @@ async fn chat(
         chat,
         |c| StreamEncoder::new(stream_id, created, c.model.clone(), c.include_usage),
         |answer, c| completion_body(answer, c, &id, created),
+        trace,
     )
     .await
 }

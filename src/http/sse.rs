@@ -12,6 +12,7 @@ use futures_util::Stream;
 use tokio::time::{Instant, Sleep};
 
 use super::dispatch::Opened;
+use super::trace::Trace;
 use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, UpstreamError};
 
 /// A protocol's way of writing events into an SSE body.
@@ -23,6 +24,10 @@ pub trait EventEncoder: 'static {
     fn stopped(&self) -> bool;
     /// Appends the protocol's normal end.
     fn finish(&mut self, req: &ChatRequest, out: &mut BytesMut);
+    /// The answer's usage, when the encoder knows it (for metrics).
+    fn usage(&self, _req: &ChatRequest) -> Option<crate::canonical::Usage> {
+        None
+    }
     /// The keep-alive written after a silence.
     fn keepalive(&self) -> &'static [u8] {
         b": ping\n\n"
@@ -39,6 +44,9 @@ impl EventEncoder for crate::protocol::openai::StreamEncoder {
     fn finish(&mut self, req: &ChatRequest, out: &mut BytesMut) {
         crate::protocol::openai::StreamEncoder::finish(self, req, out)
     }
+    fn usage(&self, req: &ChatRequest) -> Option<crate::canonical::Usage> {
+        self.known_usage(req)
+    }
 }
 
 /// Most events written in one body chunk when several are waiting.
@@ -52,6 +60,8 @@ struct State<E> {
     deadline: Pin<Box<Sleep>>,
     /// Turns true when a shutdown's drain time is over.
     shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Recorded when the stream ends (or, if the client leaves, when dropped).
+    trace: Trace,
     head: Vec<ChatEvent>,
     rx_done: bool,
     enc: E,
@@ -63,8 +73,15 @@ struct State<E> {
 impl<E: EventEncoder> State<E> {
     fn write(&mut self, ev: &ChatEvent) {
         self.enc.event(ev, &mut self.buf);
-        if matches!(ev, ChatEvent::Error(_)) {
+        if let ChatEvent::Error(e) = ev {
             self.end();
+            self.trace.usage = self.enc.usage(&self.req);
+            let status = if e.kind == crate::canonical::ErrorKind::Cancelled {
+                "client_closed"
+            } else {
+                "stream_error"
+            };
+            self.trace.finish(status);
         }
     }
 
@@ -78,6 +95,7 @@ impl<E: EventEncoder> State<E> {
     fn fail(&mut self, e: UpstreamError) {
         self.enc.event(&ChatEvent::Error(e), &mut self.buf);
         self.end();
+        self.trace.finish("stream_error");
     }
 }
 
@@ -96,6 +114,7 @@ pub fn body<E: EventEncoder>(
     req: Arc<ChatRequest>,
     keepalive: Duration,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    trace: Trace,
 ) -> impl Stream<Item = Result<Bytes, actix_web::Error>> {
     let head = std::mem::take(&mut opened.head);
     let deadline = Box::pin(tokio::time::sleep_until(opened.deadline));
@@ -103,6 +122,7 @@ pub fn body<E: EventEncoder>(
         idle: Box::pin(tokio::time::sleep(keepalive)),
         deadline,
         shutdown,
+        trace,
         opened: Some(opened),
         head,
         rx_done: false,
@@ -164,6 +184,8 @@ pub fn body<E: EventEncoder>(
                     let req = st.req.clone();
                     st.enc.finish(&req, &mut st.buf);
                     st.end();
+                    st.trace.usage = st.enc.usage(&req);
+                    st.trace.finish("200");
                 } else {
                     st.fail(UpstreamError::new(
                         ErrorKind::SessionLost,

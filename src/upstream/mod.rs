@@ -4,8 +4,12 @@
 
 pub mod anthropic;
 pub mod demo;
+pub mod langgraph;
+pub mod ondemand;
 pub mod openai;
+pub mod socketio;
 pub mod stream;
+pub mod tool_emulation;
 
 use std::sync::Arc;
 
@@ -45,6 +49,13 @@ pub trait Upstream: Send + Sync + 'static {
     /// Takes back cached login state before `establish`; false if unusable.
     fn import_credentials(&self, _cached: serde_json::Value) -> bool {
         false
+    }
+
+    /// Resolves, with the reason, when the long-lived connection made by
+    /// `establish` is gone, so the session restarts at once rather than
+    /// on the next request's failure. Kinds without one never resolve.
+    async fn lost(&self) -> String {
+        std::future::pending().await
     }
 
     /// Whether this kind keeps conversations upstream (threads, upstream
@@ -206,5 +217,8 @@ pub fn build(ctx: UpstreamContext<'_>) -> Result<Arc<dyn Upstream>, String> {
         Kind::Demo => Ok(Arc::new(demo::Demo::new(ctx.pool))),
         Kind::Openai => Ok(Arc::new(openai::OpenAi::new(&ctx)?)),
         Kind::Anthropic => Ok(Arc::new(anthropic::Anthropic::new(&ctx)?)),
+        Kind::Ondemand => Ok(Arc::new(ondemand::OnDemand::new(&ctx)?)),
+        Kind::Langgraph => Ok(Arc::new(langgraph::LangGraph::new(&ctx)?)),
+        Kind::Socketio => Ok(Arc::new(socketio::SocketIo::new(&ctx)?)),
     }
 }

@@ -513,6 +513,10 @@ impl StreamEncoder {
 }
 
 impl EventEncoder for StreamEncoder {
+    fn usage(&self, req: &ChatRequest) -> Option<Usage> {
+        Some(self.tally.finish(req))
+    }
+
     fn event(&mut self, ev: &ChatEvent, out: &mut BytesMut) {
         if self.failed {
             return;

@@ -438,6 +438,11 @@ impl StreamEncoder {
         }
     }
 
+    /// The usage, if known without extra counting.
+    pub fn known_usage(&self, req: &ChatRequest) -> Option<Usage> {
+        self.tally.known(req)
+    }
+
     /// Whether the answer has stopped (a normal end may follow).
     pub fn stopped(&self) -> bool {
         self.stop.is_some()

@@ -1,0 +1,155 @@
+//! Prometheus metrics. Labels are low-cardinality by construction: the
+//! frontend, a configured model or pool name, a status code, a state name,
+//! an event or error kind; never a client-chosen string.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+/// Every metric troupe exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by frontend, model, pool and final status.
+    pub requests: IntCounterVec,
+    /// Whole request time, by frontend.
+    pub duration: HistogramVec,
+    /// Time to the first byte of the answer, by frontend.
+    pub first_token: HistogramVec,
+    /// Time spent in troupe itself: total minus the time waiting on upstreams.
+    pub overhead: HistogramVec,
+    /// Tokens by direction (`in`, `out`) and model.
+    pub tokens: IntCounterVec,
+    /// Requests waiting for a free session now.
+    pub queue_depth: IntGauge,
+    /// How long requests waited for a session.
+    pub queue_wait: Histogram,
+    /// Sessions by pool and state, refreshed at each scrape.
+    pub sessions: IntGaugeVec,
+    /// Restarts, give-ups, cool-downs, refreshes... by pool and event.
+    pub session_events: IntCounterVec,
+    /// Upstream failures by pool and kind.
+    pub upstream_errors: IntCounterVec,
+}
+
+/// Latency buckets from 1 ms to 5 min.
+const LATENCY: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0,
+];
+/// troupe's own overhead is small: finer buckets from 50 µs.
+const OVERHEAD: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+fn build() -> Result<Metrics, prometheus::Error> {
+    let registry = Registry::new_custom(Some("troupe".into()), None)?;
+    let counter =
+        |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+    let histogram = |name: &str,
+                     help: &str,
+                     buckets: &[f64],
+                     labels: &[&str]|
+     -> Result<HistogramVec, prometheus::Error> {
+        let h = HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+            labels,
+        )?;
+        registry.register(Box::new(h.clone()))?;
+        Ok(h)
+    };
+    let requests = counter(
+        "requests_total",
+        "Requests by frontend, model, pool and status.",
+        &["frontend", "model", "pool", "status"],
+    )?;
+    let duration = histogram(
+        "request_duration_seconds",
+        "Whole request time.",
+        LATENCY,
+        &["frontend"],
+    )?;
+    let first_token = histogram(
+        "time_to_first_token_seconds",
+        "Time to the first byte of the answer.",
+        LATENCY,
+        &["frontend"],
+    )?;
+    let overhead = histogram(
+        "overhead_seconds",
+        "Request time not spent waiting on upstreams.",
+        OVERHEAD,
+        &["frontend"],
+    )?;
+    let tokens = counter(
+        "tokens_total",
+        "Tokens by direction and model.",
+        &["direction", "model"],
+    )?;
+    let session_events = counter(
+        "session_events_total",
+        "Restarts, give-ups, cool-downs, credential refreshes, resets.",
+        &["pool", "event"],
+    )?;
+    let upstream_errors = counter(
+        "upstream_errors_total",
+        "Upstream failures by kind.",
+        &["pool", "kind"],
+    )?;
+    let queue_depth = IntGauge::new("queue_depth", "Requests waiting for a free session.")?;
+    registry.register(Box::new(queue_depth.clone()))?;
+    let queue_wait = Histogram::with_opts(
+        HistogramOpts::new("queue_wait_seconds", "Time waiting for a session.")
+            .buckets(LATENCY.to_vec()),
+    )?;
+    registry.register(Box::new(queue_wait.clone()))?;
+    let sessions = IntGaugeVec::new(
+        Opts::new("sessions", "Sessions by pool and state."),
+        &["pool", "state"],
+    )?;
+    registry.register(Box::new(sessions.clone()))?;
+    Ok(Metrics {
+        registry,
+        requests,
+        duration,
+        first_token,
+        overhead,
+        tokens,
+        queue_depth,
+        queue_wait,
+        sessions,
+        session_events,
+        upstream_errors,
+    })
+}
+
+static METRICS: OnceLock<Option<Metrics>> = OnceLock::new();
+
+/// The process's metrics; `None` only if they could not be registered,
+/// which leaves the gateway serving without them.
+pub fn get() -> Option<&'static Metrics> {
+    METRICS
+        .get_or_init(|| match build() {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::error!(error = %e, "metrics unavailable");
+                None
+            }
+        })
+        .as_ref()
+}
+
+impl Metrics {
+    /// The text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}

@@ -1,0 +1,640 @@
+//! The `ondemand` upstream: OnDemand-style REST chat sessions, one gateway
+//! session per API key. OnDemand keeps conversation state in its own
+//! sessions, so this kind is stateful: every conversation gets its own
+//! upstream session (never one shared by all clients), created on its first
+//! turn and continued on the next ones with only the newest turn sent.
+//!
+//! Model names map to OnDemand endpoint ids. OnDemand has no native tools,
+//! so tools are emulated with `<function_call>` blocks
+//! (see [`super::tool_emulation`]).
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE};
+use serde_json::{json, Value};
+
+use super::openai::{extra_headers, status_error, transport_error};
+use super::stream::{pump, StreamDecoder};
+use super::tool_emulation::{self, Piece, ToolCallParser};
+use super::{ApiKey, EventSink, Upstream, UpstreamContext};
+use crate::canonical::{
+    ChatEvent, ChatRequest, ContentPart, ErrorKind, Message, Role, StopReason, UpstreamError,
+};
+use crate::config::{PoolConfig, ResponseMode};
+use crate::protocol::sse::SseEvent;
+
+/// Where OnDemand's chat API lives when a pool gives no `base_url`.
+pub const DEFAULT_BASE_URL: &str = "https://api.on-demand.io/chat/v1";
+
+/// Endpoint ids of well-known models, so a pool can list `gpt-4o` without
+/// an `endpoints` table. A pool's own `endpoints` win over these.
+pub const DEFAULT_ENDPOINTS: &[(&str, &str)] = &[
+    ("gpt-4o", "predefined-openai-gpt4o"),
+    ("claude-4-sonnet", "predefined-claude-4-sonnet"),
+    ("deepseek-r1", "predefined-deepseek-r1"),
+];
+
+/// Upstream names starting with this are taken as endpoint ids as they are:
+/// every built-in OnDemand endpoint is named so, and a typo still fails at
+/// `troupe check` instead of at the first request. Other ids (custom
+/// endpoints) go in the pool's `endpoints` table.
+pub const ENDPOINT_ID_PREFIX: &str = "predefined-";
+
+/// The endpoint id for an upstream model name: the pool's `endpoints`, then
+/// the defaults, then the name itself when it already is an endpoint id.
+pub fn endpoint_id(endpoints: &BTreeMap<String, String>, model: &str) -> Option<String> {
+    if let Some(id) = endpoints.get(model) {
+        return Some(id.clone());
+    }
+    if let Some((_, id)) = DEFAULT_ENDPOINTS.iter().find(|(m, _)| *m == model) {
+        return Some((*id).to_owned());
+    }
+    model
+        .starts_with(ENDPOINT_ID_PREFIX)
+        .then(|| model.to_owned())
+}
+
+/// One API key on one OnDemand server.
+pub struct OnDemand {
+    http: reqwest::Client,
+    base: String,
+    key: ApiKey,
+    headers: HeaderMap,
+    endpoints: BTreeMap<String, String>,
+    mode: ResponseMode,
+}
+
+impl OnDemand {
+    pub fn new(ctx: &UpstreamContext<'_>) -> Result<Self, String> {
+        let pool: &PoolConfig = ctx.pool;
+        let base = pool.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
+        let key =
+            ApiKey::of(ctx.account).ok_or("the ondemand kind needs an api_key per account")?;
+        Ok(OnDemand {
+            http: ctx.http.clone(),
+            base: base.trim_end_matches('/').to_owned(),
+            key,
+            headers: extra_headers(&pool.headers)?,
+            endpoints: pool.endpoints.clone(),
+            mode: pool.response_mode.unwrap_or_default(),
+        })
+    }
+
+    fn post(&self, url: String) -> reqwest::RequestBuilder {
+        self.http
+            .post(url)
+            .headers(self.headers.clone())
+            .header("apikey", &*self.key.get())
+            .header(CONTENT_TYPE, "application/json")
+    }
+
+    /// Sends one turn to `session` and relays the answer. `continuing`:
+    /// the session holds the earlier turns, so only the newest is sent.
+    async fn query(
+        &self,
+        req: &ChatRequest,
+        model: &str,
+        endpoint: &str,
+        session: &str,
+        continuing: bool,
+        sink: &EventSink,
+    ) -> Result<(), UpstreamError> {
+        let mode = match self.mode {
+            ResponseMode::Stream => "stream",
+            ResponseMode::Sync => "sync",
+        };
+        let body = json!({
+            "query": build_query(req, continuing),
+            "endpointId": endpoint,
+            "pluginIds": [],
+            "responseMode": mode,
+        });
+        let mut call = self
+            .post(format!("{}/sessions/{}/query", self.base, session))
+            .json(&body);
+        if self.mode == ResponseMode::Stream {
+            call = call.header(ACCEPT, "text/event-stream");
+        }
+        let resp = call.send().await.map_err(|e| transport_error(&e))?;
+        if !resp.status().is_success() {
+            return Err(status_error(resp).await);
+        }
+        pump(resp, model, Decoder::new(tool_emulation::wanted(req)), sink).await
+    }
+
+    /// Opens a fresh upstream session, one per conversation.
+    async fn create_session(&self) -> Result<String, UpstreamError> {
+        let body = json!({ "externalUserId": uuid::Uuid::new_v4().to_string() });
+        let resp = self
+            .post(format!("{}/sessions", self.base))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| transport_error(&e))?;
+        if !resp.status().is_success() {
+            return Err(status_error(resp).await);
+        }
+        let v: Value = resp.json().await.map_err(|e| {
+            UpstreamError::new(
+                ErrorKind::Protocol,
+                format!("session reply is not JSON: {e}"),
+            )
+        })?;
+        match v.pointer("/data/id") {
+            Some(Value::String(id)) if !id.is_empty() => Ok(id.clone()),
+            _ => Err(UpstreamError::new(
+                ErrorKind::Protocol,
+                "session reply has no data.id",
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl Upstream for OnDemand {
+    async fn refresh(&self) -> Result<bool, UpstreamError> {
+        self.key.reload()
+    }
+
+    fn stateful(&self) -> bool {
+        true
+    }
+
+    async fn chat_turn(
+        &self,
+        req: &ChatRequest,
+        model: &str,
+        sink: &EventSink,
+        handle: Option<&str>,
+    ) -> Result<Option<String>, UpstreamError> {
+        let Some(endpoint) = endpoint_id(&self.endpoints, model) else {
+            // `troupe check` refuses such pools; this guards a config that
+            // changed under a running session.
+            let mut e = UpstreamError::new(
+                ErrorKind::InvalidRequest,
+                format!("model `{model}` has no OnDemand endpoint id"),
+            );
+            e.status = Some(404);
+            e.code = Some("model_not_found".into());
+            return Err(e);
+        };
+        if let Some(session) = handle {
+            match self.query(req, model, &endpoint, session, true, sink).await {
+                Ok(()) => return Ok(Some(session.to_owned())),
+                // The upstream forgot the session (expired, deleted): start
+                // a new one with the whole conversation. A 404 comes before
+                // any byte of the answer, so nothing is repeated.
+                Err(e) if e.status == Some(404) => {
+                    tracing::info!(error = %e, "ondemand session gone; starting a new one");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let session = self.create_session().await?;
+        self.query(req, model, &endpoint, &session, false, sink)
+            .await?;
+        Ok(Some(session))
+    }
+
+    async fn chat(
+        &self,
+        req: &ChatRequest,
+        model: &str,
+        sink: &EventSink,
+    ) -> Result<(), UpstreamError> {
+        self.chat_turn(req, model, sink, None).await.map(|_| ())
+    }
+}
+
+/// The query text of one turn. A continued upstream session already holds
+/// the earlier turns, so it gets only the newest turn (the user's message
+/// and any tool results); a new one gets the conversation so far flattened
+/// into one text, the system prompt first. The tool instruction goes with
+/// every turn that offers tools, since tools may change between turns.
+pub fn build_query(req: &ChatRequest, continuing: bool) -> String {
+    // The newest turn is everything after the last assistant message.
+    let start = req
+        .messages
+        .iter()
+        .rposition(|m| m.role == Role::Assistant)
+        .map_or(0, |i| i + 1);
+    let (history, newest) = req.messages.split_at(start);
+    let newest: Vec<String> = newest
+        .iter()
+        .map(|m| render(req, m))
+        .filter(|t| !t.is_empty())
+        .collect();
+    let newest = newest.join("\n\n");
+    let mut sections: Vec<String> = Vec::new();
+    if !continuing {
+        if let Some(system) = req.system.as_deref().filter(|s| !s.trim().is_empty()) {
+            sections.push(system.to_owned());
+        }
+    }
+    if tool_emulation::wanted(req) {
+        sections.push(tool_emulation::instruction(req));
+    }
+    if !continuing && !history.is_empty() {
+        let mut lines = String::from("Conversation so far:");
+        for m in history {
+            let text = render(req, m);
+            if text.is_empty() {
+                continue;
+            }
+            let who = match m.role {
+                Role::System => "System",
+                Role::User => "User",
+                Role::Assistant => "Assistant",
+                Role::Tool => "Tool",
+            };
+            lines.push_str(&format!("\n{who}: {text}"));
+        }
+        sections.push(lines);
+    }
+    if sections.is_empty() {
+        return newest;
+    }
+    sections.push(newest);
+    sections.join("\n\n")
+}
+
+/// A message as text: tool calls and results in the emulation's markup,
+/// images noted (the query is text only), thinking left out.
+fn render(req: &ChatRequest, m: &Message) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for p in &m.content {
+        match p {
+            ContentPart::Text(t) => parts.push(t.clone()),
+            ContentPart::ToolCall {
+                name, arguments, ..
+            } => parts.push(tool_emulation::render_call(name, arguments)),
+            ContentPart::ToolResult {
+                call_id,
+                content,
+                is_error,
+            } => {
+                let text = Message {
+                    role: Role::Tool,
+                    content: content.clone(),
+                    name: None,
+                }
+                .joined_text();
+                parts.push(tool_emulation::render_result(
+                    req, call_id, &text, *is_error,
+                ));
+            }
+            ContentPart::Image(_) => parts.push("[image omitted]".to_owned()),
+            ContentPart::Thinking { .. } | ContentPart::RedactedThinking { .. } => {}
+        }
+    }
+    parts.join("\n")
+}
+
+/// Reads OnDemand's answer, streamed (`eventType` events) or not
+/// (`data.answer`), into events.
+pub struct Decoder {
+    /// Present when tools are emulated: answer text goes through it.
+    tools: Option<ToolCallParser>,
+    next_call: u32,
+    done: bool,
+    stopped: bool,
+}
+
+impl Decoder {
+    pub fn new(emulate_tools: bool) -> Self {
+        Decoder {
+            tools: emulate_tools.then(ToolCallParser::default),
+            next_call: 0,
+            done: false,
+            stopped: false,
+        }
+    }
+
+    fn text(&mut self, text: &str, out: &mut Vec<ChatEvent>) {
+        if text.is_empty() {
+            return;
+        }
+        let Some(parser) = self.tools.as_mut() else {
+            out.push(ChatEvent::TextDelta(text.to_owned()));
+            return;
+        };
+        let mut pieces = Vec::new();
+        parser.feed(text, &mut pieces);
+        self.pieces(pieces, out);
+    }
+
+    fn pieces(&mut self, pieces: Vec<Piece>, out: &mut Vec<ChatEvent>) {
+        for p in pieces {
+            match p {
+                Piece::Text(t) => out.push(ChatEvent::TextDelta(t)),
+                Piece::Call { name, args } => {
+                    let index = self.next_call;
+                    self.next_call += 1;
+                    out.push(ChatEvent::ToolCallStart {
+                        index,
+                        id: format!("call_{}", uuid::Uuid::new_v4().simple()),
+                        name,
+                    });
+                    out.push(ChatEvent::ToolCallArgsDelta { index, json: args });
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<ChatEvent>) {
+        if let Some(parser) = self.tools.as_mut() {
+            let mut pieces = Vec::new();
+            parser.finish(&mut pieces);
+            self.pieces(pieces, out);
+        }
+        let reason = if self.next_call > 0 {
+            StopReason::ToolUse
+        } else {
+            StopReason::End
+        };
+        out.push(ChatEvent::Stop(reason));
+        self.done = true;
+        self.stopped = true;
+    }
+}
+
+/// Whether an `eventType` carries reasoning rather than answer text.
+/// OnDemand names these per model family; all of them mention reasoning or
+/// thinking.
+fn is_reasoning(event_type: &str) -> bool {
+    let t = event_type.to_ascii_lowercase();
+    t.contains("reason") || t.contains("think")
+}
+
+/// The text of an event: `answer`, else the fields reasoning events use.
+fn event_text(v: &Value) -> &str {
+    ["answer", "reasoning", "thinking", "content"]
+        .iter()
+        .find_map(|k| v.get(*k).and_then(Value::as_str))
+        .unwrap_or("")
+}
+
+impl StreamDecoder for Decoder {
+    fn event(&mut self, ev: &SseEvent, out: &mut Vec<ChatEvent>) -> Result<(), UpstreamError> {
+        let data = ev.data.trim();
+        if data.is_empty() {
+            return Ok(());
+        }
+        if data == "[DONE]" {
+            self.finish(out);
+            return Ok(());
+        }
+        if let Some(rest) = data.strip_prefix("[ERROR]") {
+            let message = rest.trim_start_matches(':').trim();
+            return Err(UpstreamError::new(
+                ErrorKind::Unavailable,
+                format!("upstream error: {message}"),
+            ));
+        }
+        let v: Value = serde_json::from_str(data).map_err(|e| {
+            UpstreamError::new(ErrorKind::Protocol, format!("bad stream event: {e}"))
+        })?;
+        let event_type = v.get("eventType").and_then(Value::as_str).unwrap_or("");
+        if event_type == "fulfillment" {
+            self.text(event_text(&v), out);
+        } else if is_reasoning(event_type) {
+            let text = event_text(&v);
+            if !text.is_empty() {
+                out.push(ChatEvent::ThinkingDelta(text.to_owned()));
+            }
+        }
+        // Other events (metricsLog, plugin progress) carry no answer text.
+        Ok(())
+    }
+
+    fn body(&mut self, body: &[u8], out: &mut Vec<ChatEvent>) -> Result<(), UpstreamError> {
+        let v: Value = serde_json::from_slice(body).map_err(|e| {
+            UpstreamError::new(ErrorKind::Protocol, format!("answer is not JSON: {e}"))
+        })?;
+        let Some(answer) = v.pointer("/data/answer").and_then(Value::as_str) else {
+            return Err(UpstreamError::new(
+                ErrorKind::Protocol,
+                "answer has no data.answer",
+            ));
+        };
+        self.text(answer, out);
+        self.finish(out);
+        Ok(())
+    }
+
+    fn done(&self) -> bool {
+        self.done
+    }
+
+    fn stopped(&self) -> bool {
+        self.stopped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::canonical::Tool;
+
+    fn sse(data: &str) -> SseEvent {
+        SseEvent {
+            event: None,
+            data: data.to_owned(),
+        }
+    }
+
+    fn decode(events: &[&str], tools: bool) -> Result<Vec<ChatEvent>, UpstreamError> {
+        let mut d = Decoder::new(tools);
+        let mut out = Vec::new();
+        for e in events {
+            d.event(&sse(e), &mut out)?;
+        }
+        assert!(d.done(), "stream not ended");
+        Ok(out)
+    }
+
+    #[test]
+    fn endpoint_ids_resolve_from_config_defaults_or_the_name() {
+        let mut map = BTreeMap::new();
+        map.insert("mine".to_owned(), "custom-123".to_owned());
+        map.insert("gpt-4o".to_owned(), "predefined-other".to_owned());
+        assert_eq!(endpoint_id(&map, "mine").as_deref(), Some("custom-123"));
+        assert_eq!(
+            endpoint_id(&map, "gpt-4o").as_deref(),
+            Some("predefined-other")
+        );
+        assert_eq!(
+            endpoint_id(&BTreeMap::new(), "deepseek-r1").as_deref(),
+            Some("predefined-deepseek-r1")
+        );
+        assert_eq!(
+            endpoint_id(&BTreeMap::new(), "predefined-xai-grok3").as_deref(),
+            Some("predefined-xai-grok3")
+        );
+        assert_eq!(endpoint_id(&BTreeMap::new(), "llama"), None);
+    }
+
+    #[test]
+    fn fulfillment_is_text_and_reasoning_is_thinking() {
+        let out = decode(
+            &[
+                r#"{"eventType":"reasoning","answer":"let me think"}"#,
+                r#"{"eventType":"fulfillment","answer":"Hello "}"#,
+                r#"{"eventType":"metricsLog","publicMetrics":{"inputTokens":3}}"#,
+                r#"{"eventType":"fulfillment","answer":"world"}"#,
+                "[DONE]",
+            ],
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            vec![
+                ChatEvent::ThinkingDelta("let me think".into()),
+                ChatEvent::TextDelta("Hello ".into()),
+                ChatEvent::TextDelta("world".into()),
+                ChatEvent::Stop(StopReason::End),
+            ]
+        );
+    }
+
+    #[test]
+    fn error_events_fail_the_answer() {
+        let e = decode(&["[ERROR]: model overloaded"], false).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unavailable);
+        assert!(e.message.contains("model overloaded"), "{}", e.message);
+        let mut d = Decoder::new(false);
+        let e = d.event(&sse("{not json"), &mut Vec::new()).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Protocol);
+    }
+
+    #[test]
+    fn tool_blocks_become_calls_with_tool_use_stop() {
+        let out = decode(
+            &[
+                r#"{"eventType":"fulfillment","answer":"Sure. <function_"}"#,
+                r#"{"eventType":"fulfillment","answer":"call><tool>search</tool><args>{\"q\":"}"#,
+                r#"{"eventType":"fulfillment","answer":"\"rust\"}</args></function_call>"}"#,
+                "[DONE]",
+            ],
+            true,
+        )
+        .unwrap();
+        assert_eq!(out[0], ChatEvent::TextDelta("Sure. ".into()));
+        match &out[1] {
+            ChatEvent::ToolCallStart { index, id, name } => {
+                assert_eq!((*index, name.as_str()), (0, "search"));
+                assert!(id.starts_with("call_"), "{id}");
+            }
+            other => panic!("expected a tool call, got {other:?}"),
+        }
+        assert_eq!(
+            out[2],
+            ChatEvent::ToolCallArgsDelta {
+                index: 0,
+                json: r#"{"q":"rust"}"#.into()
+            }
+        );
+        assert_eq!(out[3], ChatEvent::Stop(StopReason::ToolUse));
+        assert_eq!(out.len(), 4);
+    }
+
+    #[test]
+    fn without_tools_markup_is_plain_text() {
+        let block = "<function_call><tool>a</tool></function_call>";
+        let ev = json!({"eventType": "fulfillment", "answer": block}).to_string();
+        let out = decode(&[&ev, "[DONE]"], false).unwrap();
+        assert_eq!(out[0], ChatEvent::TextDelta(block.into()));
+    }
+
+    #[test]
+    fn sync_bodies_decode() {
+        let mut d = Decoder::new(false);
+        let mut out = Vec::new();
+        d.body(
+            br#"{"data":{"answer":"hi there","sessionId":"s"}}"#,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            vec![
+                ChatEvent::TextDelta("hi there".into()),
+                ChatEvent::Stop(StopReason::End)
+            ]
+        );
+        assert!(d.body(br#"{"data":{}}"#, &mut Vec::new()).is_err());
+    }
+
+    fn conversation() -> ChatRequest {
+        ChatRequest {
+            system: Some("Be brief.".into()),
+            messages: vec![
+                Message::text(Role::User, "first"),
+                Message::text(Role::Assistant, "answer one"),
+                Message::text(Role::User, "second"),
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_new_session_gets_the_whole_conversation() {
+        let q = build_query(&conversation(), false);
+        assert!(q.starts_with("Be brief.\n\n"), "{q}");
+        assert!(q.contains("User: first\nAssistant: answer one"), "{q}");
+        assert!(q.ends_with("\n\nsecond"), "{q}");
+        let single = ChatRequest {
+            messages: vec![Message::text(Role::User, "hello")],
+            ..Default::default()
+        };
+        assert_eq!(build_query(&single, false), "hello");
+    }
+
+    #[test]
+    fn a_continued_session_gets_only_the_newest_turn() {
+        assert_eq!(build_query(&conversation(), true), "second");
+    }
+
+    #[test]
+    fn tool_results_are_sent_with_the_tool_name() {
+        let mut req = conversation();
+        req.tools = vec![Tool {
+            name: "search".into(),
+            description: None,
+            parameters: json!({"type": "object"}),
+        }];
+        req.messages.push(Message {
+            role: Role::Assistant,
+            content: vec![ContentPart::ToolCall {
+                id: "call_1".into(),
+                name: "search".into(),
+                arguments: r#"{"q":"x"}"#.into(),
+            }],
+            name: None,
+        });
+        req.messages.push(Message {
+            role: Role::Tool,
+            content: vec![ContentPart::ToolResult {
+                call_id: "call_1".into(),
+                content: vec![ContentPart::Text("42".into())],
+                is_error: false,
+            }],
+            name: None,
+        });
+        let q = build_query(&req, true);
+        assert!(q.contains("You can call tools"), "{q}");
+        assert!(
+            q.ends_with(
+                "<function_result><tool>search</tool><result>42</result></function_result>"
+            ),
+            "{q}"
+        );
+        let q = build_query(&req, false);
+        assert!(
+            q.contains("Assistant: <function_call><tool>search</tool><args>{\"q\":\"x\"}</args></function_call>"),
+            "{q}"
+        );
+    }
+}
