@@ -42,6 +42,10 @@ if [ ! -f "$STAMP" ] || [ "$REQS" -nt "$STAMP" ]; then
     touch "$STAMP"
 fi
 
+step "container files (hadolint, yamllint; no Docker engine needed)"
+"$VENV/bin/hadolint" Dockerfile
+"$VENV/bin/yamllint" -d "{extends: default, rules: {line-length: {max: 120}, document-start: disable, truthy: disable}}" docker-compose.yml
+
 # The dashboard test drives Debian's Chromium; install it where we can.
 if ! command -v chromium >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
