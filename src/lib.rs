@@ -28,5 +28,6 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod protocol;
+pub mod reload;
 pub mod server;
 pub mod upstream;

@@ -204,7 +204,8 @@ fn main() -> ExitCode {
         }
         Command::Serve => {
             init_logging(&cfg);
-            let result = actix_web::rt::System::new().block_on(troupe::server::serve(cfg));
+            let result = actix_web::rt::System::new()
+                .block_on(troupe::server::serve(cfg, cli.config.clone()));
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

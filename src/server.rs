@@ -9,18 +9,33 @@ use actix::prelude::*;
 use actix_cors::Cors;
 use actix_web::{web, App, HttpServer};
 
-use crate::actors::credentials::CredentialStore;
-use crate::actors::pool::PoolSupervisor;
 use crate::actors::restart_log::RestartLog;
 use crate::actors::router::Router;
 use crate::admin::{self, AdminState};
 use crate::canonical::tokens;
 use crate::config::Config;
 use crate::http::{self, AppState};
+use crate::reload::{Reload, Reloader};
 
 /// Time given to streams to write their error event after the drain
 /// deadline, before connections are closed.
 const DRAIN_GRACE_SECS: u64 = 2;
+
+/// Reloads the configuration on every SIGHUP.
+async fn reload_on_sighup(reloader: Addr<Reloader>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            reloader.do_send(Reload { source: "SIGHUP" });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = reloader;
+}
 
 /// Waits for SIGTERM or SIGINT (Ctrl-C).
 async fn wait_for_signal() -> &'static str {
@@ -52,7 +67,7 @@ async fn wait_for_signal() -> &'static str {
 const RECENT_EVENTS: usize = 1000;
 
 /// Runs the gateway until it is told to stop.
-pub async fn serve(cfg: Config) -> std::io::Result<()> {
+pub async fn serve(cfg: Config, config_path: std::path::PathBuf) -> std::io::Result<()> {
     tokens::init();
     let listen: SocketAddr = cfg
         .server
@@ -91,24 +106,23 @@ pub async fn serve(cfg: Config) -> std::io::Result<()> {
     // HTTP workers or the Router.
     let arbiters: Vec<Arbiter> = (0..workers).map(|_| Arbiter::new()).collect();
     let handles = Arc::new(arbiters.iter().map(Arbiter::handle).collect::<Vec<_>>());
-    for pool in &cfg.pools {
-        PoolSupervisor::new(
-            pool.clone(),
-            &cfg.supervisor,
-            router.clone(),
-            log.clone(),
-            handles.clone(),
-        )
-        .with_credentials(CredentialStore::new(&cfg.server.data_dir))
-        .start();
-    }
-    let admin = web::Data::new(AdminState::new(
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let state = web::Data::new(AppState::new(&cfg, router.clone(), shutdown_rx));
+    // Starts every pool, and later applies reloads.
+    let reloader = Reloader::new(
+        config_path,
+        cfg.clone(),
         router.clone(),
         log.clone(),
-        cfg.server.admin_key.clone(),
-    ));
-    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let state = web::Data::new(AppState::new(&cfg, router, shutdown_rx));
+        handles.clone(),
+        state.catalog.clone(),
+    )
+    .start();
+    let admin = web::Data::new(
+        AdminState::new(router, log.clone(), cfg.server.admin_key.clone())
+            .with_reloader(reloader.clone()),
+    );
+    actix_web::rt::spawn(reload_on_sighup(reloader));
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())

@@ -34,6 +34,9 @@ pub enum SessionState {
     /// Gave up after too many restarts; `reason` is the last failure. Stays
     /// so until an operator resets it or the configuration changes.
     Failed { reason: String },
+    /// Removed by a configuration reload: finishing its requests, taking
+    /// no new ones.
+    Draining,
 }
 
 impl SessionState {
@@ -45,6 +48,7 @@ impl SessionState {
             SessionState::Trial => "trial",
             SessionState::CoolingDown { .. } => "cooling_down",
             SessionState::Failed { .. } => "failed",
+            SessionState::Draining => "draining",
         }
     }
 }
@@ -102,6 +106,21 @@ pub struct Remember {
 pub struct ResetSession {
     pub pool: String,
     pub session: String,
+}
+
+/// A reload removed a session: it takes no new requests, and leaves once
+/// the ones it runs are over. Sent to the Router and to the session.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Retire {
+    pub id: SessionId,
+}
+
+/// A reload changed which models the configuration serves.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetModels {
+    pub models: Vec<Arc<str>>,
 }
 
 /// Sent to a session by the Router on an operator reset.

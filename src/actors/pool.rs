@@ -10,7 +10,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use super::credentials::CredentialStore;
-use super::messages::SessionId;
+use super::messages::{Retire, SessionId};
 use super::restart_log::{EventKind, RestartEvent, RestartLog};
 use super::router::Router;
 use super::session::{Registration, Session};
@@ -39,6 +39,9 @@ pub struct PoolSupervisor {
     arbiters: Arc<Vec<ArbiterHandle>>,
     members: Vec<Member>,
     credentials: Option<CredentialStore>,
+    http: Option<reqwest::Client>,
+    /// Sessions started so far, to spread them over the arbiters.
+    started_count: usize,
 }
 
 impl PoolSupervisor {
@@ -58,6 +61,8 @@ impl PoolSupervisor {
             arbiters,
             members: Vec::new(),
             credentials: None,
+            http: None,
+            started_count: 0,
         }
     }
 
@@ -103,6 +108,118 @@ impl PoolSupervisor {
     }
 }
 
+impl PoolSupervisor {
+    /// Builds and starts the session called `name` (an account, or a numbered
+    /// session of an account-less kind).
+    fn start_session(&mut self, name: &str) {
+        let Some(http) = self.http.clone() else {
+            return;
+        };
+        let account = self.cfg.accounts.iter().find(|a| a.name == name);
+        let upstream = match upstream::build(UpstreamContext {
+            pool: &self.cfg,
+            account,
+            http,
+        }) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::error!(pool = %self.cfg.name, session = %name, error = %e, "cannot build session");
+                return;
+            }
+        };
+        let registration = Registration {
+            id: SessionId(NEXT_ID.fetch_add(1, Ordering::Relaxed)),
+            pool: Arc::from(self.cfg.name.as_str()),
+            name: Arc::from(name),
+            max_concurrency: self.cfg.max_concurrency,
+            priority: self.cfg.priority,
+            models: self
+                .cfg
+                .models
+                .iter()
+                .map(|m| (Arc::from(m.public.as_str()), Arc::from(m.upstream.as_str())))
+                .collect(),
+        };
+        let i = self.started_count;
+        self.started_count += 1;
+        let arbiter = self.arbiters.get(i % self.arbiters.len().max(1)).cloned();
+        let addr = self.spawn(&registration, &upstream, arbiter.as_ref());
+        self.members.push(Member {
+            registration,
+            upstream,
+            arbiter,
+            addr,
+        });
+    }
+
+    /// Takes a session out: no new requests; it leaves once drained.
+    fn retire(&mut self, index: usize) {
+        let m = self.members.remove(index);
+        self.router.do_send(Retire {
+            id: m.registration.id,
+        });
+        m.addr.do_send(Retire {
+            id: m.registration.id,
+        });
+    }
+}
+
+/// A reload changed only this pool's accounts: sessions of removed or
+/// changed accounts are retired, new ones started, the rest keep running
+/// (and keep their conversations).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UpdateAccounts {
+    pub cfg: PoolConfig,
+}
+
+/// A reload removed this pool (or changed more than its accounts).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RetirePool;
+
+impl Handler<UpdateAccounts> for PoolSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: UpdateAccounts, _: &mut Self::Context) {
+        let old = std::mem::replace(&mut self.cfg, msg.cfg);
+        let mut i = 0;
+        while i < self.members.len() {
+            let name = &*self.members[i].registration.name;
+            let before = old.accounts.iter().find(|a| a.name == name);
+            let after = self.cfg.accounts.iter().find(|a| a.name == name);
+            if after.is_none() || before != after {
+                tracing::info!(pool = %self.cfg.name, session = %name, "account removed or changed by a reload");
+                self.retire(i);
+            } else {
+                i += 1;
+            }
+        }
+        let names: Vec<String> = self
+            .cfg
+            .accounts
+            .iter()
+            .filter(|a| !self.members.iter().any(|m| *m.registration.name == a.name))
+            .map(|a| a.name.clone())
+            .collect();
+        for name in names {
+            tracing::info!(pool = %self.cfg.name, session = %name, "account added by a reload");
+            self.start_session(&name);
+        }
+    }
+}
+
+impl Handler<RetirePool> for PoolSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: RetirePool, ctx: &mut Self::Context) {
+        while !self.members.is_empty() {
+            self.retire(0);
+        }
+        ctx.stop();
+    }
+}
+
 impl Actor for PoolSupervisor {
     type Context = Context<Self>;
 
@@ -119,42 +236,9 @@ impl Actor for PoolSupervisor {
                 return;
             }
         };
-        let pool_name: Arc<str> = Arc::from(self.cfg.name.as_str());
-        let models: Vec<(Arc<str>, Arc<str>)> = self
-            .cfg
-            .models
-            .iter()
-            .map(|m| (Arc::from(m.public.as_str()), Arc::from(m.upstream.as_str())))
-            .collect();
-        for (i, name) in self.session_names().into_iter().enumerate() {
-            let account = self.cfg.accounts.iter().find(|a| a.name == name);
-            let upstream = match upstream::build(UpstreamContext {
-                pool: &self.cfg,
-                account,
-                http: http.clone(),
-            }) {
-                Ok(u) => u,
-                Err(e) => {
-                    tracing::error!(pool = %self.cfg.name, session = %name, error = %e, "cannot build session");
-                    continue;
-                }
-            };
-            let registration = Registration {
-                id: SessionId(NEXT_ID.fetch_add(1, Ordering::Relaxed)),
-                pool: pool_name.clone(),
-                name: Arc::from(name.as_str()),
-                max_concurrency: self.cfg.max_concurrency,
-                priority: self.cfg.priority,
-                models: models.clone(),
-            };
-            let arbiter = self.arbiters.get(i % self.arbiters.len().max(1)).cloned();
-            let addr = self.spawn(&registration, &upstream, arbiter.as_ref());
-            self.members.push(Member {
-                registration,
-                upstream,
-                arbiter,
-                addr,
-            });
+        self.http = Some(http);
+        for name in self.session_names() {
+            self.start_session(&name);
         }
         tracing::info!(pool = %self.cfg.name, kind = self.cfg.kind.as_str(), sessions = self.members.len(), "pool started");
         ctx.run_interval(WATCHDOG_EVERY, |act, _| {

@@ -33,6 +33,10 @@ pub enum EventKind {
     Reset,
     /// The watchdog found a dead session actor and re-created it.
     Respawn,
+    /// The configuration was reloaded (pool and session are `*`).
+    Reload,
+    /// A new configuration was invalid and the running one stayed.
+    ReloadRejected,
 }
 
 impl EventKind {
@@ -45,6 +49,8 @@ impl EventKind {
             EventKind::Refresh => "refresh",
             EventKind::Reset => "reset",
             EventKind::Respawn => "respawn",
+            EventKind::Reload => "reload",
+            EventKind::ReloadRejected => "reload_rejected",
         }
     }
 }

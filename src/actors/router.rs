@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use super::messages::{
     Acquire, AcquireError, Lease, ModelCooldown, Permit, Register, Release, Remember, Reset,
-    ResetSession, SessionId, SessionInfo, SessionState, Snapshot, StateChanged,
+    ResetSession, Retire, SessionId, SessionInfo, SessionState, SetModels, Snapshot, StateChanged,
 };
 use super::session::Session;
 
@@ -20,7 +20,10 @@ struct Slot {
     id: SessionId,
     pool: Arc<str>,
     name: Arc<str>,
-    addr: Addr<Session>,
+    /// `None` once a retired session has left.
+    addr: Option<Addr<Session>>,
+    /// A reload removed it: no new leases; it leaves once drained.
+    retiring: bool,
     state: SessionState,
     in_flight: u32,
     max: u32,
@@ -32,6 +35,9 @@ struct Slot {
 impl Slot {
     /// Whether the session can take one more request now.
     fn has_room(&self) -> bool {
+        if self.retiring || self.addr.is_none() {
+            return false;
+        }
         match self.state {
             SessionState::Ready => self.in_flight < self.max,
             // One trial request decides whether the cool-down is over.
@@ -150,16 +156,36 @@ impl Router {
             .map(|(_, r)| (r.slot, r.upstream_model.clone()))
     }
 
-    fn lease(&mut self, slot: usize, upstream_model: Arc<str>, router: Addr<Router>) -> Lease {
+    /// A lease on a picked slot (`None` only for a slot that has left,
+    /// which `pick` never returns).
+    fn lease(
+        &mut self,
+        slot: usize,
+        upstream_model: Arc<str>,
+        router: Addr<Router>,
+    ) -> Option<Lease> {
         let s = &mut self.slots[slot];
+        let session = s.addr.clone()?;
         s.in_flight += 1;
-        Lease {
-            session: s.addr.clone(),
+        Some(Lease {
+            session,
             id: s.id,
             pool: s.pool.clone(),
             session_name: s.name.clone(),
             upstream_model,
             _permit: Permit { router, id: s.id },
+        })
+    }
+
+    /// Drops a retired session once its last request is over.
+    fn leave_if_drained(&mut self, slot: usize) {
+        let s = &mut self.slots[slot];
+        if s.retiring && s.in_flight == 0 && s.addr.is_some() {
+            s.addr = None;
+            for routes in self.routes.values_mut() {
+                routes.retain(|r| r.slot != slot);
+            }
+            self.routes.retain(|_, rs| !rs.is_empty());
         }
     }
 
@@ -171,9 +197,21 @@ impl Router {
             }
             return Some(AcquireError::UnknownModel(model.to_owned()));
         };
-        let alive = |r: &&Route| !matches!(self.slots[r.slot].state, SessionState::Failed { .. });
+        let alive = |r: &&Route| {
+            let s = &self.slots[r.slot];
+            !s.retiring && !matches!(s.state, SessionState::Failed { .. })
+        };
         if !routes.iter().any(|r| alive(&r)) {
-            return Some(AcquireError::NoSessions(model.to_owned()));
+            // Failed sessions stay failed until reset: nothing to wait for.
+            // Retiring ones are being replaced by a reload: wait for those.
+            let all_failed = routes.iter().all(|r| {
+                let s = &self.slots[r.slot];
+                s.retiring || matches!(s.state, SessionState::Failed { .. })
+            }) && routes.iter().any(|r| !self.slots[r.slot].retiring);
+            if all_failed || !self.known.contains(model) {
+                return Some(AcquireError::NoSessions(model.to_owned()));
+            }
+            return None;
         }
         if exclude.is_some()
             && !routes
@@ -215,9 +253,13 @@ impl Router {
             match self.pick(&model, exclude, affinity) {
                 Some((slot, upstream)) => {
                     if let Some(w) = self.queue.remove(i) {
-                        let lease = self.lease(slot, upstream, ctx.address());
-                        // A waiter that gave up drops the lease, which frees the slot again.
-                        let _ = w.reply.send(Ok(lease));
+                        match self.lease(slot, upstream, ctx.address()) {
+                            // A waiter that gave up drops the lease, which frees the slot again.
+                            Some(lease) => {
+                                let _ = w.reply.send(Ok(lease));
+                            }
+                            None => self.queue.push_front(w),
+                        }
                     }
                 }
                 None => i += 1,
@@ -245,8 +287,10 @@ impl Handler<Register> for Router {
         if let Some(&slot) = self.index.get(&msg.id) {
             // The watchdog re-created a dead session actor.
             let s = &mut self.slots[slot];
-            s.addr = msg.addr;
-            s.state = SessionState::Starting;
+            if !s.retiring {
+                s.addr = Some(msg.addr);
+                s.state = SessionState::Starting;
+            }
             return;
         }
         let slot = self.slots.len();
@@ -264,7 +308,8 @@ impl Handler<Register> for Router {
             id: msg.id,
             pool: msg.pool,
             name: msg.name,
-            addr: msg.addr,
+            addr: Some(msg.addr),
+            retiring: false,
             state: SessionState::Starting,
             in_flight: 0,
             max: msg.max_concurrency,
@@ -299,9 +344,10 @@ impl Handler<Acquire> for Router {
             return;
         }
         if let Some((slot, upstream)) = self.pick(&msg.model, msg.exclude, msg.affinity) {
-            let lease = self.lease(slot, upstream, ctx.address());
-            let _ = msg.reply.send(Ok(lease));
-            return;
+            if let Some(lease) = self.lease(slot, upstream, ctx.address()) {
+                let _ = msg.reply.send(Ok(lease));
+                return;
+            }
         }
         if self.queue.len() >= self.max_queue {
             let _ = msg.reply.send(Err(AcquireError::QueueFull));
@@ -326,6 +372,7 @@ impl Handler<Release> for Router {
         if let Some(&slot) = self.index.get(&msg.id) {
             let s = &mut self.slots[slot];
             s.in_flight = s.in_flight.saturating_sub(1);
+            self.leave_if_drained(slot);
             if !self.queue.is_empty() {
                 self.drain_queue(ctx);
             }
@@ -335,6 +382,28 @@ impl Handler<Release> for Router {
 
 fn capacity(n: usize) -> std::num::NonZeroUsize {
     std::num::NonZeroUsize::new(n.max(1)).unwrap_or(std::num::NonZeroUsize::MIN)
+}
+
+impl Handler<Retire> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: Retire, ctx: &mut Self::Context) {
+        if let Some(&slot) = self.index.get(&msg.id) {
+            self.slots[slot].retiring = true;
+            self.leave_if_drained(slot);
+            // Waiters that only this session could serve learn it now.
+            self.drain_queue(ctx);
+        }
+    }
+}
+
+impl Handler<SetModels> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetModels, ctx: &mut Self::Context) {
+        self.known = msg.models.into_iter().collect();
+        self.drain_queue(ctx);
+    }
 }
 
 impl Handler<Remember> for Router {
@@ -385,8 +454,13 @@ impl Handler<ResetSession> for Router {
                 r.cool_until = None;
             }
         }
-        self.slots[slot].addr.do_send(Reset);
-        true
+        match &self.slots[slot].addr {
+            Some(addr) => {
+                addr.do_send(Reset);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -399,6 +473,7 @@ impl Handler<Snapshot> for Router {
             self.slots
                 .iter()
                 .enumerate()
+                .filter(|(_, s)| s.addr.is_some())
                 .map(|(i, s)| SessionInfo {
                     id: s.id,
                     pool: s.pool.clone(),

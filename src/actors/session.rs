@@ -16,7 +16,7 @@ use rand::Rng as _;
 
 use super::credentials::CredentialStore;
 use super::messages::{
-    Chat, ModelCooldown, Register, Remember, Reset, SessionId, SessionState, StateChanged,
+    Chat, ModelCooldown, Register, Remember, Reset, Retire, SessionId, SessionState, StateChanged,
 };
 use super::restart_log::{EventKind, RestartEvent, RestartLog};
 use super::router::Router;
@@ -153,6 +153,10 @@ impl Session {
     }
 
     fn set_state(&mut self, state: SessionState) {
+        // A retired session never comes back.
+        if self.state == SessionState::Draining {
+            return;
+        }
         if self.state != state {
             self.state = state;
             self.report();
@@ -268,7 +272,7 @@ impl Session {
     /// The session cannot serve: restart it, or give up after too many
     /// restarts within the window.
     fn fault(&mut self, reason: String, ctx: &mut Context<Self>) {
-        if self.stopping {
+        if self.stopping || self.state == SessionState::Draining {
             // Already on its way to a restart: one fault, one restart.
             self.last_error = Some(Arc::from(reason.as_str()));
             return;
@@ -440,7 +444,12 @@ impl Actor for Session {
                 models: r.models,
             });
         }
-        if matches!(self.state, SessionState::Failed { .. }) {
+        if matches!(
+            self.state,
+            SessionState::Failed { .. } | SessionState::Draining
+        ) {
+            // A retired session starts nothing: once the last address to it
+            // is gone, it stops for good.
             return;
         }
         self.set_state(SessionState::Starting);
@@ -548,6 +557,22 @@ impl Handler<Chat> for Session {
                 ctx.stop();
             }
         }));
+    }
+}
+
+impl Handler<Retire> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: Retire, ctx: &mut Self::Context) {
+        if let Some(t) = self.timer.take() {
+            ctx.cancel_future(t);
+        }
+        self.set_state(SessionState::Draining);
+        tracing::info!(pool = %self.pool, session = %self.name, in_flight = self.in_flight, "session retired by a reload");
+        self.stopping = true;
+        if self.in_flight == 0 {
+            ctx.stop();
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use crate::actors::router::Router;
 use crate::actors::{SessionInfo, SessionState};
 use crate::config::Secret;
 use crate::http::auth::Auth;
+use crate::reload::{Reload, Reloader};
 
 /// What the admin routes need.
 pub struct AdminState {
@@ -25,6 +26,7 @@ pub struct AdminState {
     pub log: Addr<RestartLog>,
     /// `None` disables the admin API.
     pub auth: Option<Auth>,
+    pub reloader: Option<Addr<Reloader>>,
 }
 
 impl AdminState {
@@ -33,7 +35,14 @@ impl AdminState {
             router,
             log,
             auth: key.map(|k| Auth::new(vec![k])),
+            reloader: None,
         }
+    }
+
+    /// Enables `POST /admin/reload`.
+    pub fn with_reloader(mut self, reloader: Addr<Reloader>) -> Self {
+        self.reloader = Some(reloader);
+        self
     }
 
     /// The refusal to send, if the request may not use the admin API.
@@ -59,6 +68,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/", web::get().to(dashboard))
             .route("/events", web::get().to(live_events))
             .route("/sessions", web::get().to(sessions))
+            .route("/reload", web::post().to(reload))
             .route("/restarts", web::get().to(restarts))
             .route("/sessions/{pool}/{session}/reset", web::post().to(reset)),
     );
@@ -68,6 +78,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 pub fn session_json(s: &SessionInfo) -> serde_json::Value {
     let busy = s.state == SessionState::Ready && s.in_flight >= s.max_concurrency;
     let mut v = json!({
+        "id": s.id.0,
         "pool": &*s.pool,
         "session": &*s.name,
         "state": if busy { "busy" } else { s.state.name() },
@@ -135,6 +146,24 @@ async fn live_events(
             "error": {"message": format!("not a WebSocket request: {e}"), "type": "invalid_request_error"}
         }))
     })
+}
+
+/// `POST /admin/reload`: applies the configuration file now; 400 with the
+/// reason if it is invalid (the running configuration stays).
+async fn reload(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
+    if let Some(resp) = state.refuse(&req) {
+        return resp;
+    }
+    let Some(reloader) = &state.reloader else {
+        return HttpResponse::ServiceUnavailable().finish();
+    };
+    match reloader.send(Reload { source: "admin" }).await {
+        Ok(Ok(summary)) => HttpResponse::Ok().json(json!({"reloaded": true, "changes": summary})),
+        Ok(Err(reason)) => HttpResponse::BadRequest().json(json!({
+            "error": {"message": format!("configuration rejected, the running one stays: {reason}"), "type": "invalid_request_error"}
+        })),
+        Err(_) => HttpResponse::ServiceUnavailable().finish(),
+    }
 }
 
 async fn sessions(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {

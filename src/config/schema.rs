@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -17,7 +17,7 @@ pub struct Config {
 }
 
 /// `[server]`: the listener and request limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: String,
@@ -83,7 +83,7 @@ pub enum LogFormat {
 }
 
 /// `[supervisor]`: restart and retry policy, defaults for every pool.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SupervisorConfig {
     #[serde(with = "humantime_serde")]
@@ -121,7 +121,7 @@ impl Default for SupervisorConfig {
 }
 
 /// Per-pool overrides of `[supervisor]`; unset fields inherit.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SupervisorOverrides {
     #[serde(default, with = "humantime_serde")]
@@ -183,7 +183,7 @@ impl Kind {
 }
 
 /// `[[pools]]`: accounts of one upstream kind serving a set of models.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     pub name: String,
@@ -280,7 +280,7 @@ fn default_concurrency() -> u32 {
 }
 
 /// One upstream account.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountConfig {
     pub name: String,

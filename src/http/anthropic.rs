@@ -98,14 +98,15 @@ fn created_at(state: &AppState) -> String {
 /// `GET /v1/models` in Anthropic's shape (one page holding every model).
 pub fn list_models(state: &AppState) -> HttpResponse {
     let created = created_at(state);
-    let data: Vec<ModelOut<'_>> = state
+    let catalog = state.catalog();
+    let data: Vec<ModelOut<'_>> = catalog
         .models
         .iter()
         .map(|m| model_out(m, &created))
         .collect();
     HttpResponse::Ok().json(ModelList {
-        first_id: state.models.first().map(|m| m.id.as_str()),
-        last_id: state.models.last().map(|m| m.id.as_str()),
+        first_id: catalog.models.first().map(|m| m.id.as_str()),
+        last_id: catalog.models.last().map(|m| m.id.as_str()),
         has_more: false,
         data,
     })
@@ -113,7 +114,8 @@ pub fn list_models(state: &AppState) -> HttpResponse {
 
 /// `GET /v1/models/{id}` in Anthropic's shape.
 pub fn get_model(state: &AppState, id: String) -> HttpResponse {
-    match state.models.iter().find(|m| m.id == id) {
+    let catalog = state.catalog();
+    match catalog.models.iter().find(|m| m.id == id) {
         Some(m) => {
             let created = created_at(state);
             HttpResponse::Ok().json(model_out(m, &created))

@@ -27,7 +27,7 @@ pub async fn healthz() -> HttpResponse {
 /// `GET /metrics`: Prometheus text format, behind `server.metrics_key` when
 /// one is set.
 pub async fn metrics(req: actix_web::HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if state.metrics_auth.check(&req).is_err() {
+    if state.catalog().metrics_auth.check(&req).is_err() {
         return HttpResponse::Unauthorized()
             .content_type("text/plain")
             .body("metrics need Authorization: Bearer <server.metrics_key>\n");
@@ -60,8 +60,9 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
                 .json(json!({"status": "not_ready", "reason": "router unavailable"}))
         }
     };
+    let catalog = state.catalog();
     let mut ready: BTreeMap<&str, usize> =
-        state.models.iter().map(|m| (m.id.as_str(), 0)).collect();
+        catalog.models.iter().map(|m| (m.id.as_str(), 0)).collect();
     for s in &sessions {
         if s.state == SessionState::Ready {
             for m in &s.models {

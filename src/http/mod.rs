@@ -13,6 +13,8 @@ pub mod sse;
 pub mod trace;
 
 use std::collections::HashSet;
+
+use arc_swap::ArcSwap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -38,24 +40,18 @@ pub struct ModelEntry {
     pub owned_by: String,
 }
 
-/// State shared by every handler.
-pub struct AppState {
-    pub dispatcher: Dispatcher,
+/// What a configuration reload may change while requests run: the models
+/// served and the keys that may use them. Swapped whole, read lock-free.
+pub struct Catalog {
     pub auth: Auth,
     /// Who may read `/metrics` (empty: anyone).
     pub metrics_auth: Auth,
     pub models: Vec<ModelEntry>,
     model_names: HashSet<String>,
-    /// Process start, shown as the models' `created`.
-    pub started: u64,
 }
 
-impl AppState {
-    pub fn new(
-        cfg: &Config,
-        router: actix::Addr<Router>,
-        shutdown: tokio::sync::watch::Receiver<bool>,
-    ) -> Self {
+impl Catalog {
+    pub fn new(cfg: &Config) -> Self {
         let mut models: Vec<ModelEntry> = Vec::new();
         let mut pools: Vec<_> = cfg.pools.iter().collect();
         pools.sort_by_key(|p| p.priority);
@@ -70,6 +66,29 @@ impl AppState {
             }
         }
         let model_names = models.iter().map(|m| m.id.clone()).collect();
+        Catalog {
+            auth: Auth::new(cfg.server.api_keys.clone()),
+            metrics_auth: Auth::new(cfg.server.metrics_key.iter().cloned().collect()),
+            models,
+            model_names,
+        }
+    }
+}
+
+/// State shared by every handler.
+pub struct AppState {
+    pub dispatcher: Dispatcher,
+    pub catalog: Arc<ArcSwap<Catalog>>,
+    /// Process start, shown as the models' `created`.
+    pub started: u64,
+}
+
+impl AppState {
+    pub fn new(
+        cfg: &Config,
+        router: actix::Addr<Router>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         AppState {
             dispatcher: Dispatcher {
                 router,
@@ -77,17 +96,19 @@ impl AppState {
                 retry_budget: cfg.supervisor.retry_budget,
                 shutdown,
             },
-            auth: Auth::new(cfg.server.api_keys.clone()),
-            metrics_auth: Auth::new(cfg.server.metrics_key.iter().cloned().collect()),
-            models,
-            model_names,
+            catalog: Arc::new(ArcSwap::from_pointee(Catalog::new(cfg))),
             started: unix_now(),
         }
     }
 
+    /// The current models and keys.
+    pub fn catalog(&self) -> arc_swap::Guard<Arc<Catalog>> {
+        self.catalog.load()
+    }
+
     /// 404 for a model no pool serves, before any session is touched.
     pub fn check_model(&self, model: &str) -> Result<(), ApiError> {
-        if self.model_names.contains(model) {
+        if self.catalog().model_names.contains(model) {
             Ok(())
         } else {
             Err(ApiError::ModelNotFound(model.to_owned()))
@@ -104,7 +125,7 @@ pub async fn accept(
     decode: fn(&[u8]) -> Result<ChatRequest, crate::protocol::DecodeError>,
     trace: &mut Trace,
 ) -> Result<Arc<ChatRequest>, ApiError> {
-    state.auth.check(req)?;
+    state.catalog().auth.check(req)?;
     let body = body::read_body(req, payload, state.dispatcher.server.body_limit.0).await?;
     let mut chat = decode(&body)?;
     drop(body);

@@ -45,15 +45,16 @@ async fn chat(
 /// `GET /v1/models`, in Anthropic's shape for Anthropic clients.
 pub async fn list_models(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let anthropic = super::anthropic::wants_anthropic(&req);
-    if let Err(e) = state.auth.check(&req) {
+    if let Err(e) = state.catalog().auth.check(&req) {
         return e.render(protocol(anthropic));
     }
     if anthropic {
         return super::anthropic::list_models(&state);
     }
+    let catalog = state.catalog();
     let list = ModelList {
         object: "list",
-        data: state
+        data: catalog
             .models
             .iter()
             .map(|m| ModelOut {
@@ -74,14 +75,15 @@ pub async fn get_model(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let anthropic = super::anthropic::wants_anthropic(&req);
-    if let Err(e) = state.auth.check(&req) {
+    if let Err(e) = state.catalog().auth.check(&req) {
         return e.render(protocol(anthropic));
     }
     let id = path.into_inner();
     if anthropic {
         return super::anthropic::get_model(&state, id);
     }
-    match state.models.iter().find(|m| m.id == id) {
+    let catalog = state.catalog();
+    match catalog.models.iter().find(|m| m.id == id) {
         Some(m) => HttpResponse::Ok().json(ModelOut {
             id: &m.id,
             object: "model",
