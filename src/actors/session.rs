@@ -73,7 +73,16 @@ pub struct Session {
     stopping: bool,
     credentials: Option<CredentialStore>,
     /// Conversation key → upstream conversation handle, for stateful kinds.
-    conversations: lru::LruCache<u64, (String, Instant)>,
+    /// Shared with running requests, which record their turn before the
+    /// client sees the answer end, so an immediate next turn finds it.
+    conversations: Arc<std::sync::Mutex<lru::LruCache<u64, (String, Instant)>>>,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
 }
 
 /// Upstream conversations a session remembers, and for how long.
@@ -84,9 +93,6 @@ const CONVERSATION_TTL: Duration = Duration::from_secs(3600);
 struct Outcome {
     model: Arc<str>,
     error: Option<UpstreamError>,
-    /// After a successful turn: the key the next turn of the conversation
-    /// will carry, and the upstream conversation handle to continue.
-    remember: Option<(u64, Option<String>)>,
     /// Credentials were refreshed during the request (and with what result).
     refreshed: Option<Result<bool, String>>,
 }
@@ -120,9 +126,9 @@ impl Session {
             in_flight: 0,
             stopping: false,
             credentials: None,
-            conversations: lru::LruCache::new(
+            conversations: Arc::new(std::sync::Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(CONVERSATIONS).unwrap_or(std::num::NonZeroUsize::MIN),
-            ),
+            ))),
         }
     }
 
@@ -342,12 +348,6 @@ impl Session {
                 Err(e) => self.record(EventKind::Refresh, &format!("refresh failed: {e}"), 0, None),
             }
         }
-        if let Some((key, handle)) = out.remember {
-            if let Some(h) = handle {
-                self.conversations.put(key, (h, Instant::now()));
-            }
-            self.router.do_send(Remember { key, id: self.id });
-        }
         let Some(err) = out.error else {
             self.succeeded();
             return;
@@ -491,13 +491,14 @@ impl Handler<Chat> for Session {
             return;
         }
         let handle = match conversation.and_then(|c| c.route_key()) {
-            Some(key) if stateful => self
-                .conversations
+            Some(key) if stateful => lock(&self.conversations)
                 .get(&key)
                 .filter(|(_, at)| at.elapsed() <= CONVERSATION_TTL)
                 .map(|(h, _)| h.clone()),
             _ => None,
         };
+        let (conversations, router, id) =
+            (self.conversations.clone(), self.router.clone(), self.id);
         let upstream = self.upstream.clone();
         let model = msg.model.clone();
         let fut = async move {
@@ -521,9 +522,10 @@ impl Handler<Chat> for Session {
                 _ = sink.closed() => (Err(UpstreamError::new(ErrorKind::Cancelled, "client went away")), None),
                 r = run => r,
             };
-            let (error, remember) = match result {
+            let error = match result {
                 // Only a finished turn is remembered; a cancelled or failed
-                // one leaves no entry.
+                // one leaves no entry. Recorded while the mailbox is still
+                // open: the client cannot start its next turn before this.
                 Ok(new_handle) => {
                     let remember = conversation.and_then(|c| match (c.explicit, stateful) {
                         (Some(k), _) => Some((k, new_handle)),
@@ -533,19 +535,25 @@ impl Handler<Chat> for Session {
                         }
                         (None, false) => None,
                     });
-                    (None, remember)
+                    if let Some((key, handle)) = remember {
+                        if let Some(h) = handle {
+                            lock(&conversations).put(key, (h, Instant::now()));
+                        }
+                        router.do_send(Remember { key, id });
+                    }
+                    None
                 }
                 Err(e) => {
                     if e.kind != ErrorKind::Cancelled {
                         let _ = sink.send(ChatEvent::Error(e.clone())).await;
                     }
-                    (Some(e), None)
+                    Some(e)
                 }
             };
+            drop(sink);
             Outcome {
                 model,
                 error,
-                remember,
                 refreshed,
             }
         };
