@@ -139,6 +139,13 @@ pub async fn serve(cfg: Config, config_path: std::path::PathBuf) -> std::io::Res
             .configure(http::routes)
     })
     .workers(workers)
+    // Answers are written in pieces (headers, then chunks): without
+    // TCP_NODELAY, Nagle's algorithm and delayed ACKs add ~40 ms to them.
+    .on_connect(|conn, _| {
+        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            let _ = tcp.set_nodelay(true);
+        }
+    })
     // Signals are handled below, so streams still open at the drain
     // deadline end with an error event rather than a cut connection.
     .disable_signals()
@@ -173,6 +180,8 @@ pub async fn serve(cfg: Config, config_path: std::path::PathBuf) -> std::io::Res
         stopped.await;
     });
     let result = server.await;
+    // Local agent processes belong to this gateway: none outlives it.
+    crate::upstream::lingma::kill_all_agents();
     for a in &arbiters {
         a.stop();
     }

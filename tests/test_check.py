@@ -63,7 +63,7 @@ def test_shipped_configs_are_valid():
 
     configs = sorted((support.REPO_ROOT / "config").rglob("*.toml"))
     assert len(configs) >= 3, configs
-    env = {k: "dummy-secret" for k in ("OPENAI_KEY_1", "OPENAI_KEY_2", "ANTHROPIC_KEY_1", "TROUPE_CLIENT_KEY", "ONDEMAND_KEY_1", "ONDEMAND_KEY_2", "LANGFAST_ANON_KEY", "LANGGRAPH_API_KEY")}
+    env = {k: "dummy-secret" for k in ("OPENAI_KEY_1", "OPENAI_KEY_2", "ANTHROPIC_KEY_1", "TROUPE_CLIENT_KEY", "ONDEMAND_KEY_1", "ONDEMAND_KEY_2", "LANGFAST_ANON_KEY", "LANGGRAPH_API_KEY", "LINGMA_SESSION_BUNDLE")}
     for path in configs:
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)

@@ -21,6 +21,12 @@ impl CredentialStore {
         }
     }
 
+    /// The `server.data_dir` this store lives in, for other per-session
+    /// files (agent work directories).
+    pub fn data_dir(&self) -> &Path {
+        self.dir.parent().unwrap_or(&self.dir)
+    }
+
     fn path(&self, pool: &str, session: &str) -> PathBuf {
         self.dir
             .join(sanitize(pool))

@@ -81,6 +81,11 @@ impl PoolSupervisor {
             Kind::Demo => self.cfg.sessions.unwrap_or(2),
             // A local agent server needs no key: one connection unless told.
             Kind::Langgraph => self.cfg.sessions.unwrap_or(1),
+            // A local program needs no login: one session unless told;
+            // `max_concurrency` is how many processes each one runs.
+            Kind::Cli => self.cfg.sessions.unwrap_or(1),
+            // One agent process per session.
+            Kind::Lingma => self.cfg.sessions.unwrap_or(1),
             // One anonymous account per session; a session whose sign-up
             // fails restarts with backoff, which refills the pool.
             Kind::Socketio => self.cfg.max_accounts.or(self.cfg.min_accounts).unwrap_or(2),
@@ -116,11 +121,22 @@ impl PoolSupervisor {
             return;
         };
         let account = self.cfg.accounts.iter().find(|a| a.name == name);
-        let upstream = match upstream::build(UpstreamContext {
-            pool: &self.cfg,
-            account,
-            http,
-        }) {
+        let data_dir = self.credentials.as_ref().map_or_else(
+            || std::path::PathBuf::from("data"),
+            |c| c.data_dir().to_path_buf(),
+        );
+        let place = upstream::Place {
+            session: name,
+            data_dir: &data_dir,
+        };
+        let upstream = match upstream::build_session(
+            UpstreamContext {
+                pool: &self.cfg,
+                account,
+                http,
+            },
+            &place,
+        ) {
             Ok(u) => u,
             Err(e) => {
                 tracing::error!(pool = %self.cfg.name, session = %name, error = %e, "cannot build session");

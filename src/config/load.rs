@@ -249,6 +249,8 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
         }
         validate_kind_keys(pool, &at)?;
         validate_socketio_keys(pool, &at)?;
+        validate_cli_keys(pool, &at)?;
+        validate_lingma_keys(pool, &at)?;
         match pool.kind {
             Kind::Demo => {
                 if pool.sessions == Some(0) {
@@ -309,6 +311,8 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
             Kind::Ondemand => validate_ondemand(pool, &at)?,
             Kind::Langgraph => validate_langgraph(pool, &at)?,
             Kind::Socketio => validate_socketio(pool, &at)?,
+            Kind::Cli => validate_cli(pool, &at)?,
+            Kind::Lingma => validate_lingma(pool, &at)?,
         }
     }
     Ok(())
@@ -459,6 +463,144 @@ fn validate_ondemand(
     Ok(())
 }
 
+/// Keys only the `cli` kind reads are refused elsewhere, naming the key.
+fn validate_cli_keys(
+    pool: &super::schema::PoolConfig,
+    at: &dyn Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    if pool.kind == Kind::Cli {
+        return Ok(());
+    }
+    let set = [
+        ("binary", pool.binary.is_some()),
+        ("extra_args", !pool.extra_args.is_empty()),
+        ("cwd", pool.cwd.is_some()),
+        ("env", !pool.env.is_empty()),
+        ("max_line", pool.max_line.is_some()),
+        ("command", !pool.command.is_empty()),
+        ("output_format", pool.output_format.is_some()),
+    ];
+    if let Some((key, _)) = set.iter().find(|(_, present)| *present) {
+        return Err(invalid(at(key), format!("only the cli kind uses {key}")));
+    }
+    Ok(())
+}
+
+/// A `cli` pool: a known preset; `command` (with `{prompt}`) exactly for
+/// `custom`, `binary` and `output_format` only where they mean something;
+/// accounts carry only a name, `sessions` only without accounts.
+fn validate_cli(
+    pool: &super::schema::PoolConfig,
+    at: &dyn Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    use crate::upstream::cli::{OUTPUT_FORMATS, PRESETS};
+    let Some(preset) = pool.preset.as_deref() else {
+        return Err(invalid(
+            at("preset"),
+            format!("the cli kind needs a preset ({})", PRESETS.join(", ")),
+        ));
+    };
+    if !PRESETS.contains(&preset) {
+        return Err(invalid(
+            at("preset"),
+            format!(
+                "unknown cli preset `{preset}` (known: {})",
+                PRESETS.join(", ")
+            ),
+        ));
+    }
+    let custom = preset == "custom";
+    if custom {
+        if pool.command.is_empty() {
+            return Err(invalid(
+                at("command"),
+                "the custom preset needs command, like [\"my-llm\", \"--ask\", \"{prompt}\"]",
+            ));
+        }
+        if pool.command[0].trim().is_empty() {
+            return Err(invalid(at("command[0]"), "must name a program"));
+        }
+        if !pool.command.iter().any(|a| a.contains("{prompt}")) {
+            return Err(invalid(
+                at("command"),
+                "must contain {prompt}, where the prompt goes",
+            ));
+        }
+        if pool.binary.is_some() {
+            return Err(invalid(
+                at("binary"),
+                "the custom preset names its program as the first element of command",
+            ));
+        }
+        if let Some(f) = pool.output_format.as_deref() {
+            if !OUTPUT_FORMATS.contains(&f) {
+                return Err(invalid(
+                    at("output_format"),
+                    format!(
+                        "unknown output format `{f}` (known: {})",
+                        OUTPUT_FORMATS.join(", ")
+                    ),
+                ));
+            }
+        }
+    } else {
+        if !pool.command.is_empty() {
+            return Err(invalid(
+                at("command"),
+                format!("only the custom preset uses command; the {preset} preset builds its own"),
+            ));
+        }
+        if pool.output_format.is_some() {
+            return Err(invalid(
+                at("output_format"),
+                format!("only the custom preset uses output_format; {preset} has its own"),
+            ));
+        }
+    }
+    if pool
+        .binary
+        .as_ref()
+        .is_some_and(|b| b.as_os_str().is_empty())
+    {
+        return Err(invalid(at("binary"), "must not be empty"));
+    }
+    if pool.max_line.is_some_and(|m| m.0 < 1024) {
+        return Err(invalid(at("max_line"), "must be at least 1KiB"));
+    }
+    if pool.base_url.is_some() {
+        return Err(invalid(
+            at("base_url"),
+            "the cli kind runs a local program: point it at a server with env instead",
+        ));
+    }
+    if pool.sessions == Some(0) {
+        return Err(invalid(at("sessions"), "must be at least 1"));
+    }
+    if pool.sessions.is_some() && !pool.accounts.is_empty() {
+        return Err(invalid(
+            at("sessions"),
+            "a cli pool with accounts has one session per account",
+        ));
+    }
+    for (a, acct) in pool.accounts.iter().enumerate() {
+        if acct.api_key.is_some() {
+            return Err(invalid(
+                at(&format!("accounts[{a}].api_key")),
+                "cli accounts carry only a name: give the program its key in env",
+            ));
+        }
+    }
+    for key in pool.env.keys() {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(invalid(
+                at(&format!("env.{key}")),
+                "is not an environment variable name",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Keys only the `socketio` kind reads are refused elsewhere, naming the key.
 fn validate_socketio_keys(
     pool: &super::schema::PoolConfig,
@@ -468,7 +610,8 @@ fn validate_socketio_keys(
         return Ok(());
     }
     let set = [
-        ("preset", pool.preset.is_some()),
+        // The cli kind names its program with `preset` too.
+        ("preset", pool.preset.is_some() && pool.kind != Kind::Cli),
         ("supabase_url", pool.supabase_url.is_some()),
         ("socket_url", pool.socket_url.is_some()),
         ("socket_path", pool.socket_path.is_some()),
@@ -576,6 +719,123 @@ fn validate_socketio(
                 format!("must be at least min_accounts ({min})"),
             ));
         }
+    }
+    Ok(())
+}
+
+/// Keys only the `lingma` kind reads are refused elsewhere, naming the key.
+fn validate_lingma_keys(
+    pool: &super::schema::PoolConfig,
+    at: &dyn Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    if pool.kind == Kind::Lingma {
+        return Ok(());
+    }
+    let set = [
+        ("agent_binary", pool.agent_binary.is_some()),
+        ("agent_args", !pool.agent_args.is_empty()),
+        ("agent_env", !pool.agent_env.is_empty()),
+        ("work_dir", pool.work_dir.is_some()),
+        ("info_file", pool.info_file.is_some()),
+        ("ws_path", pool.ws_path.is_some()),
+        ("startup_timeout", pool.startup_timeout.is_some()),
+        ("session_type", pool.session_type.is_some()),
+        ("agent_mode", pool.agent_mode.is_some()),
+        ("session_bundle", pool.session_bundle.is_some()),
+        ("session_bundle_file", pool.session_bundle_file.is_some()),
+        ("agent_request_result", pool.agent_request_result.is_some()),
+    ];
+    if let Some((key, _)) = set.iter().find(|(_, present)| *present) {
+        return Err(invalid(at(key), format!("only the lingma kind uses {key}")));
+    }
+    Ok(())
+}
+
+/// A `lingma` pool: an agent program, numbered sessions (one agent
+/// process each, no accounts), an info file inside the work directory, a
+/// known session type, and at most one source of login state.
+fn validate_lingma(
+    pool: &super::schema::PoolConfig,
+    at: &dyn Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    match &pool.agent_binary {
+        None => {
+            return Err(invalid(
+                at("agent_binary"),
+                "the lingma kind needs agent_binary (the agent program to spawn)",
+            ))
+        }
+        Some(b) if b.as_os_str().is_empty() => {
+            return Err(invalid(at("agent_binary"), "must not be empty"))
+        }
+        Some(_) => {}
+    }
+    for (key, present) in [
+        ("base_url", pool.base_url.is_some()),
+        ("accounts", !pool.accounts.is_empty()),
+    ] {
+        if present {
+            return Err(invalid(
+                at(key),
+                "the lingma kind spawns local agents: use sessions (one agent each) and session_bundle for login state",
+            ));
+        }
+    }
+    if pool.sessions == Some(0) {
+        return Err(invalid(at("sessions"), "must be at least 1"));
+    }
+    if let Some(info) = &pool.info_file {
+        let p = std::path::Path::new(info);
+        if info.trim().is_empty()
+            || p.is_absolute()
+            || p.components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(invalid(
+                at("info_file"),
+                format!("`{info}` must be a plain path inside the work directory"),
+            ));
+        }
+    }
+    if let Some(t) = &pool.session_type {
+        if !crate::upstream::lingma::SESSION_TYPES.contains(&t.as_str()) {
+            return Err(invalid(
+                at("session_type"),
+                format!(
+                    "unknown session type `{t}` (known: {})",
+                    crate::upstream::lingma::SESSION_TYPES.join(", ")
+                ),
+            ));
+        }
+    }
+    if pool
+        .agent_mode
+        .as_deref()
+        .is_some_and(|m| m.trim().is_empty())
+    {
+        return Err(invalid(at("agent_mode"), "must not be empty"));
+    }
+    if pool.startup_timeout.is_some_and(|t| t.is_zero()) {
+        return Err(invalid(at("startup_timeout"), "must be more than 0"));
+    }
+    match (&pool.session_bundle, &pool.session_bundle_file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                at("session_bundle_file"),
+                "give session_bundle or session_bundle_file, not both",
+            ))
+        }
+        (Some(b), None) => {
+            crate::upstream::lingma::bundle::decode(b.expose())
+                .map_err(|e| invalid(at("session_bundle"), e.to_string()))?;
+        }
+        (None, Some(f)) if !f.is_file() => {
+            return Err(invalid(
+                at("session_bundle_file"),
+                format!("{} is not a readable file", f.display()),
+            ))
+        }
+        _ => {}
     }
     Ok(())
 }
@@ -736,5 +996,47 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().starts_with("pools[0].assistant_id:"), "{e}");
+    }
+
+    #[test]
+    fn lingma_pools_need_an_agent_and_name_their_keys() {
+        let pool = |extra: Value| {
+            let mut p = json!({"name": "lm", "kind": "lingma", "models": ["lingma"],
+                "agent_binary": "/opt/lingma/bin/Lingma"});
+            if let (Some(p), Some(e)) = (p.as_object_mut(), extra.as_object()) {
+                p.extend(e.clone());
+            }
+            json!({"pools": [p]})
+        };
+        let cfg = from_value(pool(json!({"sessions": 3, "session_type": "developer",
+            "agent_args": ["--workDir", "{work_dir}"], "info_file": "run/.info",
+            "session_bundle": "H4sIAAAAAAAAA2NgGAWjYBSMgtELAA=="})))
+        .unwrap();
+        assert_eq!(cfg.pools[0].kind.as_str(), "lingma");
+        let bad = |extra: Value, key: &str| {
+            let e = from_value(pool(extra)).unwrap_err();
+            assert!(
+                e.to_string().starts_with(&format!("pools[0].{key}:")),
+                "{e}"
+            );
+        };
+        bad(json!({"agent_binary": null}), "agent_binary");
+        bad(json!({"session_type": "pair"}), "session_type");
+        bad(json!({"info_file": "../.info"}), "info_file");
+        bad(json!({"info_file": "/tmp/.info"}), "info_file");
+        bad(json!({"sessions": 0}), "sessions");
+        bad(json!({"accounts": [{"name": "a"}]}), "accounts");
+        bad(json!({"session_bundle": "not base64!"}), "session_bundle");
+        bad(
+            json!({"session_bundle_file": "/surely/missing/bundle"}),
+            "session_bundle_file",
+        );
+        bad(json!({"startup_timeout": "0s"}), "startup_timeout");
+        let e = from_value(
+            json!({"pools": [{"name": "d", "kind": "demo", "models": ["demo"],
+            "agent_binary": "x"}]}),
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("pools[0].agent_binary:"), "{e}");
     }
 }

@@ -167,6 +167,8 @@ pub enum Kind {
     Ondemand,
     Socketio,
     Langgraph,
+    Cli,
+    Lingma,
 }
 
 impl Kind {
@@ -178,6 +180,8 @@ impl Kind {
             Kind::Ondemand => "ondemand",
             Kind::Socketio => "socketio",
             Kind::Langgraph => "langgraph",
+            Kind::Cli => "cli",
+            Kind::Lingma => "lingma",
         }
     }
 }
@@ -262,6 +266,74 @@ pub struct PoolConfig {
     pub min_accounts: Option<u32>,
     #[serde(default)]
     pub max_accounts: Option<u32>,
+    /// `cli`: the program to run (default: the preset's name, looked up on
+    /// `PATH`). A `custom` preset names its program in `command` instead.
+    #[serde(default)]
+    pub binary: Option<PathBuf>,
+    /// `cli`: arguments added to every run, after the preset's own options
+    /// and before the prompt (like `--permission-mode plan`).
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+    /// `cli`: the directory the program runs in (default: the gateway's).
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    /// `cli`: environment variables set for the program, over the gateway's
+    /// own (like `ANTHROPIC_BASE_URL` or a separate `HOME`).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// `cli`: the longest stdout line read (default 1MiB); a longer one
+    /// fails the request instead of growing a buffer without end.
+    #[serde(default)]
+    pub max_line: Option<ByteSize>,
+    /// `cli` with `preset = "custom"`: the program and its arguments, with
+    /// `{prompt}`, `{model}` and `{system}` replaced on every run.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// `cli` with `preset = "custom"`: how stdout is read: `text` (every
+    /// line is answer text, the default) or a preset's JSON lines
+    /// (`claude`, `codex`, `gemini`).
+    #[serde(default)]
+    pub output_format: Option<String>,
+    /// `lingma`: the agent program each session spawns (one process per
+    /// session), e.g. `/opt/lingma/bin/Lingma` or `python3`.
+    #[serde(default)]
+    pub agent_binary: Option<PathBuf>,
+    /// `lingma`: arguments passed to `agent_binary`.
+    #[serde(default)]
+    pub agent_args: Vec<String>,
+    /// `lingma`: environment variables set for the agent process.
+    #[serde(default)]
+    pub agent_env: BTreeMap<String, String>,
+    /// `lingma`: base of the per-session work directories
+    /// (`<work_dir>/<pool>/<session>`); default `data_dir/lingma`.
+    #[serde(default)]
+    pub work_dir: Option<PathBuf>,
+    /// `lingma`: the file, relative to the work directory, the agent writes
+    /// its port (and pid) to (default `.info`).
+    #[serde(default)]
+    pub info_file: Option<String>,
+    /// `lingma`: the WebSocket path on the agent's port (default `/`).
+    #[serde(default)]
+    pub ws_path: Option<String>,
+    /// `lingma`: how long to wait for the info file and the WebSocket.
+    #[serde(default, with = "humantime_serde")]
+    pub startup_timeout: Option<Duration>,
+    /// `lingma`: `chat` (default) or `developer`, sent as `sessionType`.
+    #[serde(default)]
+    pub session_type: Option<String>,
+    /// `lingma`: the `mode` sent with every `chat/ask` (default `chat`).
+    #[serde(default)]
+    pub agent_mode: Option<String>,
+    /// `lingma`: login state, base64 of a tar.gz of the agent's cache
+    /// files, unpacked into every work directory before the agent starts.
+    #[serde(default)]
+    pub session_bundle: Option<Secret>,
+    #[serde(default)]
+    pub session_bundle_file: Option<PathBuf>,
+    /// `lingma`: the result sent back to requests the agent makes of the
+    /// gateway (default `null`).
+    #[serde(default)]
+    pub agent_request_result: Option<serde_json::Value>,
 }
 
 /// How an `ondemand` pool asks for answers. Streaming is the default so the

@@ -3,8 +3,10 @@
 //! instance per account or connection.
 
 pub mod anthropic;
+pub mod cli;
 pub mod demo;
 pub mod langgraph;
+pub mod lingma;
 pub mod ondemand;
 pub mod openai;
 pub mod socketio;
@@ -211,6 +213,26 @@ pub struct UpstreamContext<'a> {
     pub http: reqwest::Client,
 }
 
+/// Where a session lives, for kinds that keep files per session (a
+/// `lingma` agent's work directory).
+pub struct Place<'a> {
+    /// The session's name (its account, or `pool-N`).
+    pub session: &'a str,
+    /// `server.data_dir`.
+    pub data_dir: &'a std::path::Path,
+}
+
+/// Builds the upstream instance of session `place`.
+pub fn build_session(
+    ctx: UpstreamContext<'_>,
+    place: &Place<'_>,
+) -> Result<Arc<dyn Upstream>, String> {
+    match ctx.pool.kind {
+        Kind::Lingma => Ok(Arc::new(lingma::Lingma::new(&ctx, place)?)),
+        _ => build(ctx),
+    }
+}
+
 /// Builds the upstream instance for one session.
 pub fn build(ctx: UpstreamContext<'_>) -> Result<Arc<dyn Upstream>, String> {
     match ctx.pool.kind {
@@ -220,5 +242,9 @@ pub fn build(ctx: UpstreamContext<'_>) -> Result<Arc<dyn Upstream>, String> {
         Kind::Ondemand => Ok(Arc::new(ondemand::OnDemand::new(&ctx)?)),
         Kind::Langgraph => Ok(Arc::new(langgraph::LangGraph::new(&ctx)?)),
         Kind::Socketio => Ok(Arc::new(socketio::SocketIo::new(&ctx)?)),
+        Kind::Cli => Ok(Arc::new(cli::Cli::new(&ctx)?)),
+        Kind::Lingma => Err(
+            "a lingma session is built with build_session, which knows its work directory".into(),
+        ),
     }
 }
