@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE};
 
-use super::openai::{extra_headers, status_error, transport_error};
+use super::openai::{extra_headers, send_checked};
 use super::stream::{pump, StreamDecoder};
 use super::{ApiKey, EventSink, Upstream, UpstreamContext};
 use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, UpstreamError};
@@ -80,20 +80,16 @@ impl Upstream for Anthropic {
         })?;
         // Kept out of debug output and HTTP/2 header compression tables.
         key.set_sensitive(true);
-        let resp = self
-            .http
-            .post(&self.url)
-            .headers(self.headers.clone())
-            .header(HeaderName::from_static("x-api-key"), key)
-            .header(CONTENT_TYPE, "application/json")
-            .header(ACCEPT, "text/event-stream")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| transport_error(&e))?;
-        if !resp.status().is_success() {
-            return Err(status_error(resp).await);
-        }
+        let resp = send_checked(
+            self.http
+                .post(&self.url)
+                .headers(self.headers.clone())
+                .header(HeaderName::from_static("x-api-key"), key)
+                .header(CONTENT_TYPE, "application/json")
+                .header(ACCEPT, "text/event-stream")
+                .body(body),
+        )
+        .await?;
         pump(resp, model, EventDecoder::default(), sink).await
     }
 }

@@ -12,7 +12,7 @@ use futures_util::StreamExt as _;
 use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE};
 use serde_json::{json, Value};
 
-use super::openai::{extra_headers, status_error, transport_error};
+use super::openai::{extra_headers, send_checked};
 use super::{ApiKey, EventSink, Upstream, UpstreamContext};
 use crate::canonical::{
     ChatEvent, ChatRequest, ContentPart, ErrorKind, Message, Role, StopReason, UpstreamError,
@@ -89,29 +89,18 @@ impl LangGraph {
             "input": { "messages": input_messages(req, continuing) },
             "stream_mode": "messages-tuple",
         });
-        let resp = self
-            .post(format!("{}/threads/{}/runs/stream", self.base, thread))
-            .header(ACCEPT, "text/event-stream")
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| transport_error(&e))?;
-        if !resp.status().is_success() {
-            return Err(status_error(resp).await);
-        }
+        let resp = send_checked(
+            self.post(format!("{}/threads/{}/runs/stream", self.base, thread))
+                .header(ACCEPT, "text/event-stream")
+                .json(&body),
+        )
+        .await?;
         relay(resp, model, sink).await
     }
 
     async fn create_thread(&self) -> Result<String, UpstreamError> {
-        let resp = self
-            .post(format!("{}/threads", self.base))
-            .json(&json!({}))
-            .send()
-            .await
-            .map_err(|e| transport_error(&e))?;
-        if !resp.status().is_success() {
-            return Err(status_error(resp).await);
-        }
+        let resp =
+            send_checked(self.post(format!("{}/threads", self.base)).json(&json!({}))).await?;
         let v: Value = resp.json().await.map_err(|e| {
             UpstreamError::new(
                 ErrorKind::Protocol,

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE};
 use serde_json::{json, Value};
 
-use super::openai::{extra_headers, status_error, transport_error};
+use super::openai::{extra_headers, send_checked};
 use super::stream::{pump, StreamDecoder};
 use super::tool_emulation::{self, Piece, ToolCallParser};
 use super::{ApiKey, EventSink, Upstream, UpstreamContext};
@@ -116,25 +116,14 @@ impl OnDemand {
         if self.mode == ResponseMode::Stream {
             call = call.header(ACCEPT, "text/event-stream");
         }
-        let resp = call.send().await.map_err(|e| transport_error(&e))?;
-        if !resp.status().is_success() {
-            return Err(status_error(resp).await);
-        }
+        let resp = send_checked(call).await?;
         pump(resp, model, Decoder::new(tool_emulation::wanted(req)), sink).await
     }
 
     /// Opens a fresh upstream session, one per conversation.
     async fn create_session(&self) -> Result<String, UpstreamError> {
         let body = json!({ "externalUserId": uuid::Uuid::new_v4().to_string() });
-        let resp = self
-            .post(format!("{}/sessions", self.base))
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| transport_error(&e))?;
-        if !resp.status().is_success() {
-            return Err(status_error(resp).await);
-        }
+        let resp = send_checked(self.post(format!("{}/sessions", self.base)).json(&body)).await?;
         let v: Value = resp.json().await.map_err(|e| {
             UpstreamError::new(
                 ErrorKind::Protocol,

@@ -63,6 +63,19 @@ pub fn transport_error(e: &reqwest::Error) -> UpstreamError {
     UpstreamError::new(kind, format!("upstream connection failed: {e}"))
 }
 
+/// Sends a request; a transport failure or a non-2xx answer becomes the
+/// classified error every HTTP kind shares.
+pub async fn send_checked(
+    req: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, UpstreamError> {
+    let resp = req.send().await.map_err(|e| transport_error(&e))?;
+    if resp.status().is_success() {
+        Ok(resp)
+    } else {
+        Err(status_error(resp).await)
+    }
+}
+
 /// Classifies a non-2xx upstream response, keeping its error details.
 /// Anthropic's envelope (`{"type":"error","error":{"type","message"}}`) is
 /// OpenAI's with one more field, so both read through `ErrorEnvelope`.
@@ -131,20 +144,16 @@ impl Upstream for OpenAi {
                 format!("cannot encode request: {e}"),
             )
         })?;
-        let resp = self
-            .http
-            .post(&self.url)
-            .headers(self.headers.clone())
-            .bearer_auth(&*self.key.get())
-            .header(CONTENT_TYPE, "application/json")
-            .header(ACCEPT, "text/event-stream")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| transport_error(&e))?;
-        if !resp.status().is_success() {
-            return Err(status_error(resp).await);
-        }
+        let resp = send_checked(
+            self.http
+                .post(&self.url)
+                .headers(self.headers.clone())
+                .bearer_auth(&*self.key.get())
+                .header(CONTENT_TYPE, "application/json")
+                .header(ACCEPT, "text/event-stream")
+                .body(body),
+        )
+        .await?;
         pump(resp, model, ChunkDecoder::default(), sink).await
     }
 }

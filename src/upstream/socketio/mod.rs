@@ -21,7 +21,7 @@ use reqwest::header::{HeaderMap, CONTENT_TYPE};
 use serde_json::{json, Value};
 
 use self::client::{Connection, Endpoint, EventNames};
-use super::openai::{extra_headers, status_error, transport_error};
+use super::openai::{extra_headers, send_checked};
 use super::{EventSink, Upstream, UpstreamContext};
 use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, Role, StopReason, UpstreamError};
 
@@ -185,15 +185,7 @@ impl SocketIo {
     }
 
     async fn auth_call(&self, path: &str, body: Value) -> Result<Account, UpstreamError> {
-        let resp = self
-            .post(path, &self.anon_key)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| transport_error(&e))?;
-        if !resp.status().is_success() {
-            return Err(status_error(resp).await);
-        }
+        let resp = send_checked(self.post(path, &self.anon_key).json(&body)).await?;
         let v: Value = resp.json().await.map_err(|e| {
             UpstreamError::new(ErrorKind::Protocol, format!("bad sign-up reply: {e}"))
         })?;
@@ -415,15 +407,11 @@ impl Upstream for SocketIo {
             "test_cases": [],
             "created_by": account.user_id,
         });
-        let resp = self
-            .post("/functions/v1/initiate-prompt-run", &account.access_token)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| transport_error(&e))?;
-        if !resp.status().is_success() {
-            return Err(status_error(resp).await);
-        }
+        let resp = send_checked(
+            self.post("/functions/v1/initiate-prompt-run", &account.access_token)
+                .json(&body),
+        )
+        .await?;
         let reply: Value = resp.json().await.unwrap_or(Value::Null);
         let id = execution_id(&reply, &run_id);
         let mut sub = if id == run_id {
