@@ -1,5 +1,6 @@
-//! troupe: one OpenAI-compatible API in front of pools of upstream chat
-//! sessions.
+//! troupe: one OpenAI- and Anthropic-compatible API in front of pools of
+//! upstream chat sessions (API keys, web-chat accounts, agent servers, CLIs,
+//! local agents).
 //!
 //! The request flow:
 //!
@@ -16,8 +17,17 @@
 //!    SSE or folds them into one body.
 //!
 //! Each pool's [`actors::pool::PoolSupervisor`] starts its sessions under an
-//! actix `Supervisor`, which restarts a session that stops after a fault.
-//! [`config`] is the TOML schema, a public contract.
+//! actix `Supervisor`, which restarts a session that stops after a fault;
+//! sessions classify every upstream failure once (cool-down, circuit,
+//! credential refresh, restart) and [`actors::restart_log`] records each
+//! such event. Conversation keys ([`canonical::conversation`]) keep a
+//! conversation on the session and upstream thread that served it.
+//!
+//! Around that: [`config`] is the TOML schema, a public contract;
+//! [`reload`] applies a changed configuration without a restart;
+//! [`metrics`] and [`http::trace`] record every request; [`admin`] serves
+//! the admin API, the dashboard and its live feed; [`server`] wires it all
+//! and drains on SIGTERM.
 
 #![forbid(unsafe_code)]
 
