@@ -12,7 +12,7 @@ use futures_util::StreamExt as _;
 use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE};
 use serde_json::{json, Value};
 
-use super::openai::{extra_headers, send_checked};
+use super::openai::{extra_headers, reply_id, send_checked};
 use super::{ApiKey, EventSink, Upstream, UpstreamContext};
 use crate::canonical::{
     ChatEvent, ChatRequest, ContentPart, ErrorKind, Message, Role, StopReason, UpstreamError,
@@ -101,19 +101,7 @@ impl LangGraph {
     async fn create_thread(&self) -> Result<String, UpstreamError> {
         let resp =
             send_checked(self.post(format!("{}/threads", self.base)).json(&json!({}))).await?;
-        let v: Value = resp.json().await.map_err(|e| {
-            UpstreamError::new(
-                ErrorKind::Protocol,
-                format!("thread reply is not JSON: {e}"),
-            )
-        })?;
-        match v.get("thread_id") {
-            Some(Value::String(id)) if !id.is_empty() => Ok(id.clone()),
-            _ => Err(UpstreamError::new(
-                ErrorKind::Protocol,
-                "thread reply has no thread_id",
-            )),
-        }
+        reply_id(resp, "/thread_id", "thread").await
     }
 }
 

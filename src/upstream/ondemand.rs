@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE};
 use serde_json::{json, Value};
 
-use super::openai::{extra_headers, send_checked};
+use super::openai::{extra_headers, reply_id, send_checked};
 use super::stream::{pump, StreamDecoder};
 use super::tool_emulation::{self, Piece, ToolCallParser};
 use super::{ApiKey, EventSink, Upstream, UpstreamContext};
@@ -124,19 +124,7 @@ impl OnDemand {
     async fn create_session(&self) -> Result<String, UpstreamError> {
         let body = json!({ "externalUserId": uuid::Uuid::new_v4().to_string() });
         let resp = send_checked(self.post(format!("{}/sessions", self.base)).json(&body)).await?;
-        let v: Value = resp.json().await.map_err(|e| {
-            UpstreamError::new(
-                ErrorKind::Protocol,
-                format!("session reply is not JSON: {e}"),
-            )
-        })?;
-        match v.pointer("/data/id") {
-            Some(Value::String(id)) if !id.is_empty() => Ok(id.clone()),
-            _ => Err(UpstreamError::new(
-                ErrorKind::Protocol,
-                "session reply has no data.id",
-            )),
-        }
+        reply_id(resp, "/data/id", "session").await
     }
 }
 

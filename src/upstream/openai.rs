@@ -76,6 +76,31 @@ pub async fn send_checked(
     }
 }
 
+/// The non-empty string at `pointer` in a JSON reply: the id of an upstream
+/// object just created (`what` names it in errors).
+pub async fn reply_id(
+    resp: reqwest::Response,
+    pointer: &str,
+    what: &str,
+) -> Result<String, UpstreamError> {
+    let v: serde_json::Value = resp.json().await.map_err(|e| {
+        UpstreamError::new(
+            ErrorKind::Protocol,
+            format!("{what} reply is not JSON: {e}"),
+        )
+    })?;
+    match v.pointer(pointer) {
+        Some(serde_json::Value::String(id)) if !id.is_empty() => Ok(id.clone()),
+        _ => Err(UpstreamError::new(
+            ErrorKind::Protocol,
+            format!(
+                "{what} reply has no {}",
+                pointer.trim_start_matches('/').replace('/', ".")
+            ),
+        )),
+    }
+}
+
 /// Classifies a non-2xx upstream response, keeping its error details.
 /// Anthropic's envelope (`{"type":"error","error":{"type","message"}}`) is
 /// OpenAI's with one more field, so both read through `ErrorEnvelope`.

@@ -82,12 +82,16 @@ import asyncio
 import json
 import re
 import secrets
-import sys
 import time
 import uuid
 from typing import Any
 
 from aiohttp import web
+
+try:  # imported as peers.<name> by tests, or run as a script
+    from ._common import serve, split_list
+except ImportError:
+    from _common import serve, split_list
 
 FAULT_MODES = ("429", "529", "500", "400", "drop", "stream_error", "hang")
 SIGNATURE = "sig-peer-1"
@@ -963,26 +967,11 @@ def build_app(peer: Peer) -> web.Application:
 
 
 async def amain(args: argparse.Namespace) -> None:
-    keys = [k.strip() for k in args.keys.split(",") if k.strip()]
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    keys = split_list(args.keys)
+    models = split_list(args.models)
     peer = Peer(keys, models, args.chunk_delay)
     app = build_app(peer)
-    runner = web.AppRunner(app, access_log=None, handle_signals=True, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port)
-    await site.start()
-    port = None
-    server = getattr(site, "_server", None)
-    if server is not None and server.sockets:
-        port = server.sockets[0].getsockname()[1]
-    if port is None:
-        port = runner.addresses[0][1]
-    sys.stdout.write(f"listening on http://{args.host}:{port}\n")
-    sys.stdout.flush()
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
+    await serve(app, args.host, args.port)
 
 
 def main() -> None:

@@ -57,13 +57,17 @@ import argparse
 import asyncio
 import json
 import re
-import sys
 import time
 import uuid
 from typing import Any
 
 import socketio
 from aiohttp import web
+
+try:  # imported as peers.<name> by tests, or run as a script
+    from ._common import serve
+except ImportError:
+    from _common import serve
 
 PREFIX = "langfast reply to: "
 SAMPLING = ("temperature", "top_p", "top_k", "max_tokens", "frequency_penalty", "presence_penalty", "seed", "stop")
@@ -335,17 +339,7 @@ def build_app(peer: Peer) -> web.Application:
 async def amain(args: argparse.Namespace) -> None:
     peer = Peer(args.anon_key, args.expires_in, args.chunk_delay)
     app = build_app(peer)
-    runner = web.AppRunner(app, access_log=None, handle_signals=True, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port)
-    await site.start()
-    port = runner.addresses[0][1]
-    sys.stdout.write(f"listening on http://{args.host}:{port}\n")
-    sys.stdout.flush()
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
+    await serve(app, args.host, args.port)
 
 
 def main() -> None:

@@ -46,6 +46,11 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+try:  # imported as peers.<name> by tests, or run as a script
+    from ._common import serve
+except ImportError:
+    from _common import serve
+
 APP_DIR = Path(__file__).resolve().parent / "langgraph_app"
 FAULT_MODES = ("401", "429", "500", "drop")
 START_TIMEOUT = 60.0
@@ -215,17 +220,7 @@ async def amain(args: argparse.Namespace) -> None:
         app.router.add_post("/_peer/reset", proxy.post_reset)
         app.router.add_get("/_peer/requests", proxy.get_requests)
         app.router.add_route("*", "/{tail:.*}", proxy.forward)
-        runner = web.AppRunner(app, access_log=None, handle_signals=True, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, args.host, args.port)
-        await site.start()
-        sys.stdout.write(f"listening on http://{args.host}:{runner.addresses[0][1]}\n")
-        sys.stdout.flush()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await proxy.session.close()
-            await runner.cleanup()
+        await serve(app, args.host, args.port)
     finally:
         stop_child(child)
         try:

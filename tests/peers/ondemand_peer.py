@@ -51,12 +51,16 @@ import argparse
 import asyncio
 import json
 import re
-import sys
 import time
 import uuid
 from typing import Any
 
 from aiohttp import web
+
+try:  # imported as peers.<name> by tests, or run as a script
+    from ._common import serve, split_list
+except ImportError:
+    from _common import serve, split_list
 
 FAULT_MODES = ("401", "429", "500", "drop", "error")
 DEFAULT_ENDPOINTS = (
@@ -295,20 +299,10 @@ def build_app(peer: Peer) -> web.Application:
 
 
 async def amain(args: argparse.Namespace) -> None:
-    keys = [k.strip() for k in args.keys.split(",") if k.strip()]
-    endpoints = [e.strip() for e in args.endpoints.split(",") if e.strip()]
+    keys = split_list(args.keys)
+    endpoints = split_list(args.endpoints)
     app = build_app(Peer(keys, endpoints, args.chunk_delay))
-    runner = web.AppRunner(app, access_log=None, handle_signals=True, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port)
-    await site.start()
-    port = runner.addresses[0][1]
-    sys.stdout.write(f"listening on http://{args.host}:{port}\n")
-    sys.stdout.flush()
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
+    await serve(app, args.host, args.port)
 
 
 def main() -> None:

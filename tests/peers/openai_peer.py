@@ -70,12 +70,16 @@ import random
 import re
 import socket
 import struct
-import sys
 import time
 import uuid
 from typing import Any
 
 from aiohttp import web
+
+try:  # imported as peers.<name> by tests, or run as a script
+    from ._common import serve, split_list
+except ImportError:
+    from _common import serve, split_list
 
 FAULT_MODES = ("429", "500", "503", "401", "400", "reset", "hang", "drop", "no_usage", "quirky", "slow")
 DEFAULT_SEED = 20240601
@@ -812,27 +816,11 @@ def build_app(peer: Peer) -> web.Application:
 
 
 async def amain(args: argparse.Namespace) -> None:
-    keys = [k.strip() for k in args.keys.split(",") if k.strip()]
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    keys = split_list(args.keys)
+    models = split_list(args.models)
     peer = Peer(keys, models, args.chunk_delay, args.seed)
     app = build_app(peer)
-    runner = web.AppRunner(app, access_log=None, handle_signals=True, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port)
-    await site.start()
-    port = None
-    server = getattr(site, "_server", None)
-    if server is not None and server.sockets:
-        port = server.sockets[0].getsockname()[1]
-    if port is None:
-        addrs = runner.addresses
-        port = addrs[0][1]
-    sys.stdout.write(f"listening on http://{args.host}:{port}\n")
-    sys.stdout.flush()
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
+    await serve(app, args.host, args.port)
 
 
 def main() -> None:
