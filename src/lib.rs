@@ -27,7 +27,8 @@
 //! [`reload`] applies a changed configuration without a restart;
 //! [`metrics`] and [`http::trace`] record every request; [`admin`] serves
 //! the admin API, the dashboard and its live feed; [`server`] wires it all
-//! and drains on SIGTERM.
+//! and drains on SIGTERM; [`placement`] puts the Router and the sessions on
+//! the HTTP worker threads.
 
 #![forbid(unsafe_code)]
 
@@ -37,6 +38,7 @@ pub mod canonical;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod placement;
 pub mod protocol;
 pub mod reload;
 pub mod server;

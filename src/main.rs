@@ -8,6 +8,11 @@ use clap::{Parser, Subcommand};
 mod ops;
 use troupe::config::{self, Config};
 
+// Requests allocate many small, short-lived buffers; mimalloc serves them
+// with far less bookkeeping than the system allocator.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// One OpenAI-compatible API in front of pools of upstream chat sessions.
 #[derive(Parser)]
 #[command(name = "troupe", version)]

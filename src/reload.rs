@@ -50,7 +50,6 @@ impl Reloader {
         config: Config,
         router: Addr<Router>,
         log: Addr<RestartLog>,
-        arbiters: Arc<Vec<ArbiterHandle>>,
         catalog: Arc<ArcSwap<Catalog>>,
     ) -> Self {
         let modified = modified(&path);
@@ -60,10 +59,15 @@ impl Reloader {
             pools: HashMap::new(),
             router,
             log,
-            arbiters,
+            arbiters: Arc::new(Vec::new()),
             catalog,
             modified,
         }
+    }
+
+    /// The threads sessions are spread over (the HTTP workers').
+    pub fn place(&mut self, arbiters: Vec<ArbiterHandle>) {
+        self.arbiters = Arc::new(arbiters);
     }
 
     fn start_pool(&mut self, pool: &PoolConfig) {

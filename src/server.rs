@@ -1,20 +1,24 @@
-//! Starting the gateway: the Router, one supervisor per pool, session
-//! arbiters, and the HTTP server with graceful drain on SIGTERM.
+//! Starting the gateway: the Router and the sessions on the HTTP worker
+//! threads (see [`crate::placement`]), one supervisor per pool, and the HTTP
+//! server with graceful drain on SIGTERM.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use actix_cors::Cors;
 use actix_web::{web, App, HttpServer};
 
+use crate::actors::messages::Busy;
 use crate::actors::restart_log::RestartLog;
 use crate::actors::router::Router;
 use crate::admin::{self, AdminState};
 use crate::canonical::tokens;
 use crate::config::Config;
 use crate::http::{self, AppState};
+use crate::placement::{Deferred, Placement};
 use crate::reload::{Reload, Reloader};
 
 /// Time given to streams to write their error event after the drain
@@ -63,6 +67,34 @@ async fn wait_for_signal() -> &'static str {
     }
 }
 
+/// Waits until no request holds a session or waits for one; false if
+/// `deadline` came first.
+async fn drained(router: &Addr<Router>, deadline: tokio::time::Instant) -> bool {
+    loop {
+        if let Ok((0, 0)) = router.send(Busy).await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The listening socket. A copy of it is kept to close it at shutdown: once
+/// it no longer listens, new connections are refused rather than left
+/// waiting in the backlog.
+fn listen_on(addr: SocketAddr) -> std::io::Result<(std::net::TcpListener, std::net::TcpListener)> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    let listener: std::net::TcpListener = socket.into();
+    let closer = listener.try_clone()?;
+    Ok((listener, closer))
+}
+
 /// Restart-log lines kept in memory for the admin API.
 const RECENT_EVENTS: usize = 1000;
 
@@ -88,13 +120,20 @@ pub async fn serve(cfg: Config, config_path: std::path::PathBuf) -> std::io::Res
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
     };
-    let router = Router::new(cfg.server.max_queue)
-        .with_models(
+    let (router, router_later) = Deferred::new(
+        Router::new(cfg.server.max_queue).with_models(
             cfg.pools
                 .iter()
                 .flat_map(|p| p.models.iter().map(|m| Arc::from(m.public.as_str()))),
-        )
-        .start();
+        ),
+    );
+    let (placement, placed) = Placement::new(
+        workers,
+        Box::new(move || {
+            router_later.run();
+        }),
+    );
+    let placement = Arc::new(placement);
     let log = RestartLog::open(
         &cfg.server.data_dir,
         cfg.server.restart_log_max_bytes.0 as u64,
@@ -102,28 +141,31 @@ pub async fn serve(cfg: Config, config_path: std::path::PathBuf) -> std::io::Res
         RECENT_EVENTS,
     )
     .start();
-    // Sessions run on their own threads, so upstream I/O never waits on the
-    // HTTP workers or the Router.
-    let arbiters: Vec<Arbiter> = (0..workers).map(|_| Arbiter::new()).collect();
-    let handles = Arc::new(arbiters.iter().map(Arbiter::handle).collect::<Vec<_>>());
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let state = web::Data::new(AppState::new(&cfg, router.clone(), shutdown_rx));
-    // Starts every pool, and later applies reloads.
-    let reloader = Reloader::new(
+    // Starts every pool once the workers run, and later applies reloads.
+    let (reloader, mut reloader_later) = Deferred::new(Reloader::new(
         config_path,
         cfg.clone(),
         router.clone(),
         log.clone(),
-        handles.clone(),
         state.catalog.clone(),
-    )
-    .start();
+    ));
+    actix_web::rt::spawn(async move {
+        if let Ok(arbiters) = placed.await {
+            reloader_later.actor_mut().place(arbiters);
+            reloader_later.run();
+        }
+    });
+    let router_busy = router.clone();
     let admin = web::Data::new(
         AdminState::new(router, log.clone(), cfg.server.admin_key.clone())
             .with_reloader(reloader.clone()),
     );
     actix_web::rt::spawn(reload_on_sighup(reloader));
+    let (listener, closer) = listen_on(listen)?;
     let server = HttpServer::new(move || {
+        placement.join();
         App::new()
             .app_data(state.clone())
             .app_data(admin.clone())
@@ -152,8 +194,10 @@ pub async fn serve(cfg: Config, config_path: std::path::PathBuf) -> std::io::Res
     // A client that closes its side is gone: drop its response at once, which
     // closes the request's mailbox and cancels the upstream call.
     .h1_allow_half_closed(false)
-    .shutdown_timeout(cfg.server.drain_timeout.as_secs() + DRAIN_GRACE_SECS)
-    .bind(listen)?;
+    // Requests are drained below, before the workers are told to stop; what
+    // is left then is idle keep-alive connections.
+    .shutdown_timeout(DRAIN_GRACE_SECS)
+    .listen(listener)?;
     for addr in server.addrs() {
         tracing::info!(%addr, "listening");
         // Scripts and tests read the bound address (port 0 picks one) here.
@@ -171,19 +215,24 @@ pub async fn serve(cfg: Config, config_path: std::path::PathBuf) -> std::io::Res
             drain_secs = drain.as_secs(),
             "stopping: no new connections, draining in-flight requests"
         );
-        let stopped = handle.stop(true);
-        actix_web::rt::spawn(async move {
-            tokio::time::sleep(drain).await;
+        // Sessions live on the worker threads, and each worker stops once
+        // its own connections are done: so every request is drained first,
+        // while all workers still run.
+        handle.pause().await;
+        if let Err(e) = socket2::SockRef::from(&closer).shutdown(std::net::Shutdown::Both) {
+            tracing::warn!(error = %e, "cannot close the listening socket");
+        }
+        let deadline = tokio::time::Instant::now() + drain;
+        if !drained(&router_busy, deadline).await {
             tracing::warn!("drain timeout reached: ending the remaining streams with an error");
             let _ = shutdown_tx.send(true);
-        });
-        stopped.await;
+            let grace = tokio::time::Instant::now() + Duration::from_secs(DRAIN_GRACE_SECS);
+            drained(&router_busy, grace).await;
+        }
+        handle.stop(true).await;
     });
     let result = server.await;
     // Local agent processes belong to this gateway: none outlives it.
     crate::upstream::lingma::kill_all_agents();
-    for a in &arbiters {
-        a.stop();
-    }
     result
 }

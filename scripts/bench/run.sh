@@ -12,13 +12,20 @@
 # first with one request in flight (added latency p50/p99), then under
 # concurrency (requests/s, and troupe as a share of the nginx hop).
 #
-#   scripts/bench/run.sh                    # 5 s per measurement, 32 connections
-#   DURATION=10 CONNECTIONS=64 scripts/bench/run.sh
+# Both proxies get one worker (nginx `worker_processes 1`, troupe
+# `workers = 1`). A shared VM's host takes CPU time away ("steal") in bursts,
+# so the three targets are measured in turn, ROUNDS times, each round's
+# share of the hop is taken from measurements seconds apart, and medians are
+# printed, with the steal seen during the run.
+#
+#   scripts/bench/run.sh                    # 5 rounds of 3 s, 32 connections
+#   ROUNDS=9 DURATION=5 CONNECTIONS=64 scripts/bench/run.sh
 #
 # Needs wrk and nginx (apt-get install wrk nginx-light).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-DURATION="${DURATION:-5}"
+DURATION="${DURATION:-3}"
+ROUNDS="${ROUNDS:-5}"
 CONNECTIONS="${CONNECTIONS:-32}"
 
 for tool in wrk nginx; do
@@ -27,10 +34,13 @@ done
 cargo build --release --quiet
 BIN="$PWD/target/release/troupe"
 TMP="$(mktemp -d)"
+chmod 755 "$TMP" # nginx workers run as another user when started by root
 TROUPE_PID=""
 cleanup() {
     [ -n "$TROUPE_PID" ] && kill "$TROUPE_PID" 2>/dev/null || true
-    [ -f "$TMP/nginx.pid" ] && kill "$(cat "$TMP/nginx.pid")" 2>/dev/null || true
+    for n in upstream hop; do
+        [ -f "$TMP/$n.pid" ] && kill "$(cat "$TMP/$n.pid")" 2>/dev/null || true
+    done
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -49,18 +59,27 @@ FINAL='{"id":"x","object":"chat.completion.chunk","created":1,"model":"m","choic
     printf 'data: [DONE]\n\n'
 } > "$TMP/answer.sse"
 
-cat > "$TMP/nginx.conf" <<NGX
+# Two nginx processes, one worker each: the canned upstream, and the bare
+# proxy hop in front of it. (One process serving both would make the "hop"
+# a function call inside one event loop, not a hop.)
+ngx_conf() { # name, server block
+    cat > "$TMP/$1.conf" <<NGX
 worker_processes 1;
-pid $TMP/nginx.pid;
-error_log $TMP/nginx.err;
+pid $TMP/$1.pid;
+error_log $TMP/$1.err;
 events { worker_connections 4096; }
 http {
     access_log off;
-    client_body_temp_path $TMP;
-    proxy_temp_path $TMP;
+    client_body_temp_path $TMP/$1-body;
+    proxy_temp_path $TMP/$1-proxy;
     keepalive_requests 1000000;
     upstream canned { server 127.0.0.1:$UP_PORT; keepalive 256; }
-    server {
+    $2
+}
+NGX
+    nginx -c "$TMP/$1.conf"
+}
+ngx_conf upstream "server {
         listen 127.0.0.1:$UP_PORT;
         location /v1/chat/completions {
             default_type text/event-stream;
@@ -69,19 +88,16 @@ http {
             error_page 405 =200 /answer.sse;
         }
         location = /answer.sse { root $TMP; default_type text/event-stream; }
-    }
-    server {
+    }"
+ngx_conf hop "server {
         listen 127.0.0.1:$HOP_PORT;
         location / {
             proxy_pass http://canned;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Connection \"\";
             proxy_buffering off;
         }
-    }
-}
-NGX
-nginx -c "$TMP/nginx.conf"
+    }"
 
 cat > "$TMP/troupe.toml" <<TOML
 [server]
@@ -89,6 +105,7 @@ listen = "127.0.0.1:0"
 data_dir = "$TMP/data"
 max_queue = 100000
 queue_timeout = "60s"
+workers = ${WORKERS:-1}
 
 [[pools]]
 name = "canned"
@@ -121,35 +138,90 @@ to_us() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) print n; else if (v ~
 
 measure() { # url threads connections -> "p50_us p99_us rps errors"
     local out p50 p99 rps errs
-    out="$(wrk -t"$2" -c"$3" -d"${DURATION}s" --latency -s "$TMP/post.lua" "$1/v1/chat/completions")"
+    out="$(${PIN:-} wrk -t"$2" -c"$3" -d"${DURATION}s" --latency -s "$TMP/post.lua" "$1/v1/chat/completions")"
     p50="$(to_us "$(awk '$1 == "50%" {print $2}' <<<"$out")")"
     p99="$(to_us "$(awk '$1 == "99%" {print $2}' <<<"$out")")"
     rps="$(awk '/^Requests\/sec/ {print $2}' <<<"$out")"
-    errs="$(awk '/Non-2xx|Socket errors/ {printf "%s ", $0}' <<<"$out")"
+    errs="$(awk '/Non-2xx|Socket errors/ {printf "%s;", $0}' <<<"$out" | tr -s ' ' '_')"
     echo "$p50 $p99 $rps ${errs:-none}"
 }
 
-echo "troupe benchmark: $(nproc) cores, ${DURATION}s per measurement, $(date -u +%FT%TZ)"
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print 0; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# CPU time the host took from this VM, as a share of all CPU time.
+steal_ticks() { awk '/^cpu / { print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
+# With one request in flight the chain client → proxy → upstream → proxy →
+# client runs one step at a time. On a VM, waking a process on the other
+# (idle, halted) CPU costs tens of microseconds, paid twice more by any proxy
+# in its own process: so latency is measured with the load tool, the proxy
+# and the upstream sharing CPU 0 (the proxy's own cost), and also unpinned.
+ALL_CPUS="0-$(( $(nproc) - 1 ))"
+pin() {
+    local p
+    for p in "$TROUPE_PID" $(cat "$TMP/upstream.pid" "$TMP/hop.pid") $(pgrep -P "$(cat "$TMP/upstream.pid")") $(pgrep -P "$(cat "$TMP/hop.pid")"); do
+        taskset -a -pc "$1" "$p" >/dev/null
+    done
+}
+url_of() {
+    case $1 in
+        direct) echo "http://127.0.0.1:$UP_PORT" ;;
+        hop) echo "http://127.0.0.1:$HOP_PORT" ;;
+        troupe) echo "$ADDR" ;;
+    esac
+}
+last() { awk '{print $NF}' <<<"${R[$1]}"; }
+diff_last() { awk -v a="$(last "$1")" -v b="$(last "$2")" 'BEGIN{print a-b}'; }
+
+echo "troupe benchmark: $(nproc) cores, $ROUNDS rounds of ${DURATION}s per measurement, $(date -u +%FT%TZ)"
 # Warm up connections and caches.
 wrk -t1 -c4 -d1s -s "$TMP/post.lua" "$ADDR/v1/chat/completions" >/dev/null
 wrk -t1 -c4 -d1s -s "$TMP/post.lua" "http://127.0.0.1:$HOP_PORT/v1/chat/completions" >/dev/null
 
-echo
-echo "one request in flight (wrk -t1 -c1), streamed answer of 10 chunks:"
-read -r d50 d99 drps _ <<<"$(measure "http://127.0.0.1:$UP_PORT" 1 1)"
-read -r n50 n99 nrps _ <<<"$(measure "http://127.0.0.1:$HOP_PORT" 1 1)"
-read -r t50 t99 trps terr <<<"$(measure "$ADDR" 1 1)"
-printf '  %-12s p50 %8.0f us   p99 %8.0f us   %9.0f req/s\n' direct "$d50" "$d99" "$drps"
-printf '  %-12s p50 %8.0f us   p99 %8.0f us   %9.0f req/s   added p50 %5.0f us, p99 %5.0f us\n' "nginx hop" "$n50" "$n99" "$nrps" "$(awk -v a="$n50" -v b="$d50" 'BEGIN{print a-b}')" "$(awk -v a="$n99" -v b="$d99" 'BEGIN{print a-b}')"
-printf '  %-12s p50 %8.0f us   p99 %8.0f us   %9.0f req/s   added p50 %5.0f us, p99 %5.0f us   errors: %s\n' troupe "$t50" "$t99" "$trps" "$(awk -v a="$t50" -v b="$d50" 'BEGIN{print a-b}')" "$(awk -v a="$t99" -v b="$d99" 'BEGIN{print a-b}')" "$terr"
+read -r steal0 total0 <<<"$(steal_ticks)"
+ERRORS=""
+declare -A R
+note_errors() { [ "$2" = none ] || ERRORS+="$1: $2 "; }
+for round in $(seq 1 "$ROUNDS"); do
+    pin 0
+    for t in direct hop troupe; do
+        read -r p50 p99 _ errs <<<"$(PIN="taskset -c 0" measure "$(url_of $t)" 1 1)"
+        R[$t.p50]+="$p50 "; R[$t.p99]+="$p99 "; note_errors "$t c1 pinned" "$errs"
+    done
+    pin "$ALL_CPUS"
+    for t in direct hop troupe; do
+        read -r p50 p99 _ errs <<<"$(measure "$(url_of $t)" 1 1)"
+        R[$t.u50]+="$p50 "; R[$t.u99]+="$p99 "; note_errors "$t c1" "$errs"
+    done
+    for t in direct hop troupe; do
+        read -r _ _ rps errs <<<"$(measure "$(url_of $t)" 2 "$CONNECTIONS")"
+        R[$t.rps]+="$rps "; note_errors "$t c$CONNECTIONS" "$errs"
+    done
+    # This round's figures, from measurements seconds apart.
+    R[share]+="$(awk -v a="$(last troupe.rps)" -v b="$(last hop.rps)" 'BEGIN{print 100*a/b}') "
+    for k in 50 99; do
+        R[add$k]+="$(diff_last troupe.p$k direct.p$k) "; R[hadd$k]+="$(diff_last hop.p$k direct.p$k) "
+        R[uadd$k]+="$(diff_last troupe.u$k direct.u$k) "; R[huadd$k]+="$(diff_last hop.u$k direct.u$k) "
+    done
+    printf '  round %d: one in flight, added p50 %4.0f us (unpinned %4.0f us); troupe %6.0f req/s = %3.0f%% of the hop (%6.0f req/s)\n' \
+        "$round" "$(last add50)" "$(last uadd50)" "$(last troupe.rps)" "$(last share)" "$(last hop.rps)"
+done
+read -r steal1 total1 <<<"$(steal_ticks)"
+med() { tr ' ' '\n' <<<"${R[$1]}" | grep . | median; }
 
 echo
+echo "medians over $ROUNDS rounds"
+echo "one request in flight (wrk -t1 -c1), streamed answer of 10 chunks, all on CPU 0:"
+printf '  %-10s p50 %6.0f us   p99 %6.0f us\n' direct "$(med direct.p50)" "$(med direct.p99)"
+printf '  %-10s p50 %6.0f us   p99 %6.0f us   added p50 %5.0f us, p99 %5.0f us\n' "nginx hop" "$(med hop.p50)" "$(med hop.p99)" "$(med hadd50)" "$(med hadd99)"
+printf '  %-10s p50 %6.0f us   p99 %6.0f us   added p50 %5.0f us, p99 %5.0f us   (budget: 150 us, 1000 us)\n' troupe "$(med troupe.p50)" "$(med troupe.p99)" "$(med add50)" "$(med add99)"
+echo "the same, unpinned:"
+printf '  %-10s p50 %6.0f us   p99 %6.0f us\n' direct "$(med direct.u50)" "$(med direct.u99)"
+printf '  %-10s p50 %6.0f us   p99 %6.0f us   added p50 %5.0f us, p99 %5.0f us\n' "nginx hop" "$(med hop.u50)" "$(med hop.u99)" "$(med huadd50)" "$(med huadd99)"
+printf '  %-10s p50 %6.0f us   p99 %6.0f us   added p50 %5.0f us, p99 %5.0f us\n' troupe "$(med troupe.u50)" "$(med troupe.u99)" "$(med uadd50)" "$(med uadd99)"
 echo "under concurrency (wrk -t2 -c$CONNECTIONS):"
-read -r _ _ drps _ <<<"$(measure "http://127.0.0.1:$UP_PORT" 2 "$CONNECTIONS")"
-read -r _ _ nrps _ <<<"$(measure "http://127.0.0.1:$HOP_PORT" 2 "$CONNECTIONS")"
-read -r t50 t99 trps terr <<<"$(measure "$ADDR" 2 "$CONNECTIONS")"
-printf '  %-12s %9.0f req/s\n' direct "$drps"
-printf '  %-12s %9.0f req/s   (%3.0f%% of direct)\n' "nginx hop" "$nrps" "$(awk -v a="$nrps" -v b="$drps" 'BEGIN{print 100*a/b}')"
-printf '  %-12s %9.0f req/s   (%3.0f%% of direct, %3.0f%% of the nginx hop)   p50 %.0f us, p99 %.0f us   errors: %s\n' troupe "$trps" "$(awk -v a="$trps" -v b="$drps" 'BEGIN{print 100*a/b}')" "$(awk -v a="$trps" -v b="$nrps" 'BEGIN{print 100*a/b}')" "$t50" "$t99" "$terr"
+printf '  %-10s %7.0f req/s\n' direct "$(med direct.rps)"
+printf '  %-10s %7.0f req/s\n' "nginx hop" "$(med hop.rps)"
+printf '  %-10s %7.0f req/s   %3.0f%% of the nginx hop   (budget: 50%%)\n' troupe "$(med troupe.rps)" "$(med share)"
 echo
+echo "errors: ${ERRORS:-none}"
+echo "CPU time stolen by the host during the run: $(awk -v a="$steal0" -v b="$steal1" -v c="$total0" -v d="$total1" 'BEGIN{ if (d > c) printf "%.0f%%", 100*(b-a)/(d-c); else print "?" }')"
 echo "gateway RSS after the run: $(ps -o rss= -p "$TROUPE_PID") KiB"

@@ -197,6 +197,12 @@ pub struct Chat {
     pub reply: mpsc::Sender<ChatEvent>,
 }
 
+/// How much work is under way: leases held and requests waiting for one.
+/// A shutdown drains until both are zero.
+#[derive(Message)]
+#[rtype(result = "(u32, usize)")]
+pub struct Busy;
+
 /// A snapshot of every session, for readiness and admin views.
 #[derive(Message)]
 #[rtype(result = "Vec<SessionInfo>")]

@@ -39,7 +39,9 @@ pub struct PoolSupervisor {
     arbiters: Arc<Vec<ArbiterHandle>>,
     members: Vec<Member>,
     credentials: Option<CredentialStore>,
-    http: Option<reqwest::Client>,
+    /// One HTTP client per arbiter: a session's connections are then driven
+    /// on its own thread, never handed across threads.
+    http: Vec<reqwest::Client>,
     /// Sessions started so far, to spread them over the arbiters.
     started_count: usize,
 }
@@ -61,7 +63,7 @@ impl PoolSupervisor {
             arbiters,
             members: Vec::new(),
             credentials: None,
-            http: None,
+            http: Vec::new(),
             started_count: 0,
         }
     }
@@ -117,7 +119,8 @@ impl PoolSupervisor {
     /// Builds and starts the session called `name` (an account, or a numbered
     /// session of an account-less kind).
     fn start_session(&mut self, name: &str) {
-        let Some(http) = self.http.clone() else {
+        let i = self.started_count;
+        let Some(http) = self.http.get(i % self.http.len().max(1)).cloned() else {
             return;
         };
         let account = self.cfg.accounts.iter().find(|a| a.name == name);
@@ -156,7 +159,6 @@ impl PoolSupervisor {
                 .map(|m| (Arc::from(m.public.as_str()), Arc::from(m.upstream.as_str())))
                 .collect(),
         };
-        let i = self.started_count;
         self.started_count += 1;
         let arbiter = self.arbiters.get(i % self.arbiters.len().max(1)).cloned();
         let addr = self.spawn(&registration, &upstream, arbiter.as_ref());
@@ -240,19 +242,23 @@ impl Actor for PoolSupervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let http = match reqwest::Client::builder()
-            .connect_timeout(self.cfg.connect_timeout.unwrap_or(Duration::from_secs(10)))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .build()
-        {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(pool = %self.cfg.name, error = %e, "cannot build HTTP client");
-                return;
+        for _ in 0..self.arbiters.len().max(1) {
+            match reqwest::Client::builder()
+                .connect_timeout(self.cfg.connect_timeout.unwrap_or(Duration::from_secs(10)))
+                .pool_idle_timeout(Duration::from_secs(90))
+                .tcp_nodelay(true)
+                // An API endpoint that redirects is misconfigured; following
+                // it would also resend the credentials elsewhere.
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+            {
+                Ok(c) => self.http.push(c),
+                Err(e) => {
+                    tracing::error!(pool = %self.cfg.name, error = %e, "cannot build HTTP client");
+                    return;
+                }
             }
-        };
-        self.http = Some(http);
+        }
         for name in self.session_names() {
             self.start_session(&name);
         }

@@ -11,7 +11,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::messages::{
-    Acquire, AcquireError, Lease, ModelCooldown, Permit, Register, Release, Remember, Reset,
+    Acquire, AcquireError, Busy, Lease, ModelCooldown, Permit, Register, Release, Remember, Reset,
     ResetSession, Retire, SessionId, SessionInfo, SessionState, SetModels, Snapshot, StateChanged,
 };
 use super::session::Session;
@@ -461,6 +461,16 @@ impl Handler<ResetSession> for Router {
             }
             None => false,
         }
+    }
+}
+
+impl Handler<Busy> for Router {
+    type Result = MessageResult<Busy>;
+
+    fn handle(&mut self, _: Busy, _: &mut Self::Context) -> Self::Result {
+        self.queue.retain(|w| !w.reply.is_closed());
+        let leased = self.slots.iter().map(|s| s.in_flight).sum();
+        MessageResult((leased, self.queue.len()))
     }
 }
 

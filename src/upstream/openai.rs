@@ -17,7 +17,8 @@ use crate::protocol::sse::SseEvent;
 /// One API key on one OpenAI-compatible server.
 pub struct OpenAi {
     http: reqwest::Client,
-    url: String,
+    /// Parsed once: parsing it per request showed in profiles.
+    url: reqwest::Url,
     key: ApiKey,
     headers: HeaderMap,
 }
@@ -32,7 +33,8 @@ impl OpenAi {
         let key = ApiKey::of(ctx.account).ok_or("the openai kind needs an api_key per account")?;
         Ok(OpenAi {
             http: ctx.http.clone(),
-            url: format!("{}/chat/completions", base.trim_end_matches('/')),
+            url: reqwest::Url::parse(&format!("{}/chat/completions", base.trim_end_matches('/')))
+                .map_err(|e| format!("base_url: {e}"))?,
             key,
             headers: extra_headers(&ctx.pool.headers)?,
         })
@@ -171,7 +173,7 @@ impl Upstream for OpenAi {
         })?;
         let resp = send_checked(
             self.http
-                .post(&self.url)
+                .post(self.url.clone())
                 .headers(self.headers.clone())
                 .bearer_auth(&*self.key.get())
                 .header(CONTENT_TYPE, "application/json")
