@@ -12,8 +12,8 @@
 # first with one request in flight (added latency p50/p99), then under
 # concurrency (requests/s, and troupe as a share of the nginx hop).
 #
-# Both proxies get one worker (nginx `worker_processes 1`, troupe
-# `workers = 1`). A shared VM's host takes CPU time away ("steal") in bursts,
+# troupe runs with its default `workers` (one per core; WORKERS=n sets it).
+# A shared VM's host takes CPU time away ("steal") in bursts,
 # so the three targets are measured in turn, ROUNDS times, each round's
 # share of the hop is taken from measurements seconds apart, and medians are
 # printed, with the steal seen during the run.
@@ -105,7 +105,7 @@ listen = "127.0.0.1:0"
 data_dir = "$TMP/data"
 max_queue = 100000
 queue_timeout = "60s"
-workers = ${WORKERS:-1}
+${WORKERS:+workers = $WORKERS}
 
 [[pools]]
 name = "canned"

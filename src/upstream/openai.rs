@@ -171,11 +171,12 @@ impl Upstream for OpenAi {
                 format!("cannot encode request: {e}"),
             )
         })?;
+        let mut post = self.http.post(self.url.clone());
+        if !self.headers.is_empty() {
+            post = post.headers(self.headers.clone());
+        }
         let resp = send_checked(
-            self.http
-                .post(self.url.clone())
-                .headers(self.headers.clone())
-                .bearer_auth(&*self.key.get())
+            post.bearer_auth(&*self.key.get())
                 .header(CONTENT_TYPE, "application/json")
                 .header(ACCEPT, "text/event-stream")
                 .body(body),
