@@ -97,3 +97,63 @@ impl Placement {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Echo;
+    impl Actor for Echo {
+        type Context = Context<Self>;
+    }
+
+    #[derive(Message)]
+    #[rtype(result = "u32")]
+    struct Double(u32);
+
+    impl Handler<Double> for Echo {
+        type Result = u32;
+        fn handle(&mut self, msg: Double, _: &mut Context<Self>) -> u32 {
+            msg.0 * 2
+        }
+    }
+
+    #[actix::test]
+    async fn messages_sent_before_the_actor_runs_are_answered_once_it_does() {
+        let (addr, later) = Deferred::new(Echo);
+        let early = addr.send(Double(21));
+        let early = actix::spawn(early);
+        tokio::task::yield_now().await;
+        assert!(!early.is_finished(), "answered before the actor ran");
+        later.run();
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(5), early).await;
+        assert_eq!(answer.unwrap().unwrap().unwrap(), 42);
+        assert_eq!(addr.send(Double(2)).await.unwrap(), 4);
+    }
+
+    #[actix::test]
+    async fn every_worker_joins_once_and_the_first_starts_the_deferred_work() {
+        let started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = started.clone();
+        let (placement, all) = Placement::new(
+            2,
+            Box::new(move || {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }),
+        );
+        let placement = std::sync::Arc::new(placement);
+        placement.join();
+        placement.join(); // the same thread again: no second entry
+        assert_eq!(started.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let other = Arbiter::new();
+        let p = placement.clone();
+        other.spawn_fn(move || p.join());
+        let arbiters = tokio::time::timeout(std::time::Duration::from_secs(5), all)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(arbiters.len(), 2);
+        assert_eq!(started.load(std::sync::atomic::Ordering::SeqCst), 1);
+        other.stop();
+    }
+}
