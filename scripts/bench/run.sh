@@ -169,6 +169,7 @@ url_of() {
     esac
 }
 last() { awk '{print $NF}' <<<"${R[$1]}"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$TROUPE_PID/stat"; }
 diff_last() { awk -v a="$(last "$1")" -v b="$(last "$2")" 'BEGIN{print a-b}'; }
 
 echo "troupe benchmark: $(nproc) cores, $ROUNDS rounds of ${DURATION}s per measurement, $(date -u +%FT%TZ)"
@@ -192,9 +193,13 @@ for round in $(seq 1 "$ROUNDS"); do
         R[$t.u50]+="$p50 "; R[$t.u99]+="$p99 "; note_errors "$t c1" "$errs"
     done
     for t in direct hop troupe; do
+        cpu0="$(cpu_ticks)"
         read -r _ _ rps errs <<<"$(measure "$(url_of $t)" 2 "$CONNECTIONS")"
         R[$t.rps]+="$rps "; note_errors "$t c$CONNECTIONS" "$errs"
     done
+    # troupe ran last: its CPU time per request, steadier than req/s on a
+    # shared VM.
+    R[cpu]+="$(awk -v a="$cpu0" -v b="$(cpu_ticks)" -v r="$rps" -v d="$DURATION" -v hz="$(getconf CLK_TCK)" 'BEGIN{print (b-a)*1000000/hz/(r*d)}') "
     # This round's figures, from measurements seconds apart.
     R[share]+="$(awk -v a="$(last troupe.rps)" -v b="$(last hop.rps)" 'BEGIN{print 100*a/b}') "
     for k in 50 99; do
@@ -220,7 +225,7 @@ printf '  %-10s p50 %6.0f us   p99 %6.0f us   added p50 %5.0f us, p99 %5.0f us\n
 echo "under concurrency (wrk -t2 -c$CONNECTIONS):"
 printf '  %-10s %7.0f req/s\n' direct "$(med direct.rps)"
 printf '  %-10s %7.0f req/s\n' "nginx hop" "$(med hop.rps)"
-printf '  %-10s %7.0f req/s   %3.0f%% of the nginx hop   (budget: 50%%)\n' troupe "$(med troupe.rps)" "$(med share)"
+printf '  %-10s %7.0f req/s   %3.0f%% of the nginx hop   (budget: 50%%)   %.0f us of CPU per request\n' troupe "$(med troupe.rps)" "$(med share)" "$(med cpu)"
 echo
 echo "errors: ${ERRORS:-none}"
 echo "CPU time stolen by the host during the run: $(awk -v a="$steal0" -v b="$steal1" -v c="$total0" -v d="$total1" 'BEGIN{ if (d > c) printf "%.0f%%", 100*(b-a)/(d-c); else print "?" }')"
