@@ -88,6 +88,23 @@ def test_all_keys_rate_limited_gives_clean_answer(fresh, clean_peer, stream):
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_upstream_redirect_is_not_followed(fresh, clean_peer, stream):
+    # Following it would resend the request (and the key) to wherever it points.
+    clean_peer.fault("redirect", count=10)
+    with fresh.http() as c:
+        r = c.post(CHAT, json=body("go elsewhere", stream))
+    assert r.status_code == 502, f"expected a bad-gateway error, got {r.status_code}: {r.text[:300]}"
+    err = r.json()
+    assert_valid("ErrorResponse", err)
+    assert "redirect" in err["error"]["message"], err
+    log = clean_peer.requests()
+    # One try and at most two retries (the default retry budget); a client
+    # following redirects would have resent each try up to ten times.
+    assert 2 <= len(log) <= 3, [(x["key"], x["fault"]) for x in log]
+    assert {x["key"] for x in log} == set(PEER_KEYS), "the retry went to the other key"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
 def test_400_is_passed_through_not_retried(fresh, clean_peer, stream):
     clean_peer.fault("400", count=1)
     b = body("this will be rejected", stream)

@@ -115,6 +115,21 @@ pub async fn status_error(resp: reqwest::Response) -> UpstreamError {
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map(Duration::from_secs_f64);
+    if resp.status().is_redirection() {
+        // Redirects are not followed (they would carry the key elsewhere):
+        // the configured URL is wrong, which says nothing about the client.
+        let to = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("?");
+        let mut err = UpstreamError::new(
+            ErrorKind::Unavailable,
+            format!("upstream answered {status}, a redirect to {to}; check the pool's base_url"),
+        );
+        err.status = Some(status);
+        return err;
+    }
     let body = resp.bytes().await.unwrap_or_default();
     let kind = match status {
         401 | 403 => ErrorKind::Auth,

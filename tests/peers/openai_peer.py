@@ -39,6 +39,7 @@ Test control endpoints (no auth):
   - ``401``: the authentication error OpenAI sends for a refused key
     (code ``invalid_api_key``);
   - ``400``: ``peer rejects this`` (param ``messages``, code ``bad_peer_request``);
+  - ``redirect``: ``307`` to the same path, which a follower would resend to;
   - ``reset``: the request is read, then the TCP connection is reset (RST)
     without any response;
   - ``hang``: accept, send nothing for ``seconds`` (default 30), then answer;
@@ -77,11 +78,11 @@ from typing import Any
 from aiohttp import web
 
 try:  # imported as peers.<name> by tests, or run as a script
-    from ._common import serve, split_list
+    from ._common import peer_app, serve, split_list
 except ImportError:
-    from _common import serve, split_list
+    from _common import peer_app, serve, split_list
 
-FAULT_MODES = ("429", "500", "503", "401", "400", "reset", "hang", "drop", "no_usage", "quirky", "slow")
+FAULT_MODES = ("429", "500", "503", "401", "400", "redirect", "reset", "hang", "drop", "no_usage", "quirky", "slow")
 DEFAULT_SEED = 20240601
 KNOWN_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 MODEL_CREATED = 1721172741
@@ -573,6 +574,9 @@ class Peer:
             return json_response(
                 400, error_body("peer rejects this", "invalid_request_error", "messages", "bad_peer_request")
             )
+        if mode == "redirect":
+            # To the same path: a client that follows it gets a normal answer.
+            return web.Response(status=307, headers={"Location": request.path})
         if mode == "reset":
             entry["outcome"] = "reset"
             return await self.reset_connection(request)
@@ -802,17 +806,14 @@ async def on_not_found(request: web.Request) -> web.Response:
 
 
 def build_app(peer: Peer) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app.router.add_post("/v1/chat/completions", peer.chat)
-    app.router.add_get("/v1/models", peer.list_models)
-    app.router.add_get("/v1/models/{model}", peer.get_model)
-    app.router.add_post("/_peer/faults", peer.post_faults)
-    app.router.add_get("/_peer/faults", peer.get_faults)
-    app.router.add_delete("/_peer/faults", peer.delete_faults)
-    app.router.add_post("/_peer/reset", peer.post_reset)
-    app.router.add_get("/_peer/requests", peer.get_requests)
-    app.router.add_route("*", "/{tail:.*}", on_not_found)
-    return app
+    routes = [
+        web.post("/v1/chat/completions", peer.chat),
+        web.get("/v1/models", peer.list_models),
+        web.get("/v1/models/{model}", peer.get_model),
+        web.get("/_peer/faults", peer.get_faults),
+        web.delete("/_peer/faults", peer.delete_faults),
+    ]
+    return peer_app(peer, routes, on_not_found)
 
 
 async def amain(args: argparse.Namespace) -> None:
