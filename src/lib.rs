@@ -42,4 +42,5 @@ pub mod placement;
 pub mod protocol;
 pub mod reload;
 pub mod server;
+pub mod sync;
 pub mod upstream;

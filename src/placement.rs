@@ -79,10 +79,7 @@ impl Placement {
             return;
         };
         let id = std::thread::current().id();
-        let mut j = match self.joined.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut j = crate::sync::lock(&self.joined);
         if j.threads.iter().any(|(t, _)| *t == id) {
             return;
         }

@@ -22,6 +22,7 @@ use super::restart_log::{EventKind, RestartEvent, RestartLog};
 use super::router::Router;
 use crate::canonical::{ChatEvent, ErrorKind, UpstreamError};
 use crate::config::SupervisorConfig;
+use crate::sync::lock;
 use crate::upstream::{EventSink, Upstream};
 
 /// What the Router needs to route to a session.
@@ -76,13 +77,6 @@ pub struct Session {
     /// Shared with running requests, which record their turn before the
     /// client sees the answer end, so an immediate next turn finds it.
     conversations: Arc<std::sync::Mutex<lru::LruCache<u64, (String, Instant)>>>,
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    }
 }
 
 /// Upstream conversations a session remembers, and for how long.

@@ -111,6 +111,32 @@ impl Message {
         }
     }
 
+    /// An assistant message calling one tool.
+    pub fn tool_call(id: &str, name: &str, arguments: &str) -> Self {
+        Message {
+            role: Role::Assistant,
+            content: vec![ContentPart::ToolCall {
+                id: id.into(),
+                name: name.into(),
+                arguments: arguments.into(),
+            }],
+            name: None,
+        }
+    }
+
+    /// A tool message answering call `call_id` with `text`.
+    pub fn tool_result(call_id: &str, text: &str) -> Self {
+        Message {
+            role: Role::Tool,
+            content: vec![ContentPart::ToolResult {
+                call_id: call_id.into(),
+                content: vec![ContentPart::Text(text.into())],
+                is_error: false,
+            }],
+            name: None,
+        }
+    }
+
     /// The message's text parts joined, the way a text-only upstream sees it.
     pub fn joined_text(&self) -> String {
         let mut out = String::new();

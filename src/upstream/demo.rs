@@ -56,10 +56,7 @@ impl Demo {
     }
 
     fn login(&self) -> std::sync::MutexGuard<'_, Option<Login>> {
-        match self.login.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        crate::sync::lock(&self.login)
     }
 }
 
@@ -280,7 +277,7 @@ impl Upstream for Demo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::canonical::{ContentPart, Message};
+    use crate::canonical::Message;
 
     #[test]
     fn words_keep_their_spaces() {
@@ -317,15 +314,7 @@ mod tests {
         }
         req.tool_choice = Some(ToolChoice::None);
         assert!(matches!(plan(&req), Plan::Text(_)));
-        req.messages.push(Message {
-            role: Role::Tool,
-            content: vec![ContentPart::ToolResult {
-                call_id: "x".into(),
-                content: vec![ContentPart::Text("sunny".into())],
-                is_error: false,
-            }],
-            name: None,
-        });
+        req.messages.push(Message::tool_result("x", "sunny"));
         assert_eq!(plan(&req), Plan::Text("The tool returned: sunny".into()));
     }
 }

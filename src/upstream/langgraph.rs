@@ -592,24 +592,9 @@ mod tests {
     #[test]
     fn tool_calls_and_results_become_langchain_messages() {
         let mut req = conversation();
-        req.messages.push(Message {
-            role: Role::Assistant,
-            content: vec![ContentPart::ToolCall {
-                id: "c1".into(),
-                name: "search".into(),
-                arguments: r#"{"q":"x"}"#.into(),
-            }],
-            name: None,
-        });
-        req.messages.push(Message {
-            role: Role::Tool,
-            content: vec![ContentPart::ToolResult {
-                call_id: "c1".into(),
-                content: vec![ContentPart::Text("42".into())],
-                is_error: false,
-            }],
-            name: None,
-        });
+        req.messages
+            .push(Message::tool_call("c1", "search", r#"{"q":"x"}"#));
+        req.messages.push(Message::tool_result("c1", "42"));
         let all = input_messages(&req, false);
         assert_eq!(
             all[4],

@@ -119,20 +119,14 @@ impl EventSink {
     /// The text sent so far, if kept.
     pub fn transcript(&self) -> Option<String> {
         let t = self.transcript.as_ref()?;
-        Some(match t.lock() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        })
+        Some(crate::sync::lock(t).clone())
     }
 
     /// Sends one event; fails with [`ErrorKind::Cancelled`] when the client
     /// is gone, so the upstream call stops.
     pub async fn send(&self, ev: ChatEvent) -> Result<(), UpstreamError> {
         if let (Some(t), ChatEvent::TextDelta(text)) = (&self.transcript, &ev) {
-            match t.lock() {
-                Ok(mut g) => g.push_str(text),
-                Err(poisoned) => poisoned.into_inner().push_str(text),
-            }
+            crate::sync::lock(t).push_str(text);
         }
         self.tx
             .send(ev)
@@ -175,10 +169,7 @@ impl ApiKey {
 
     /// The key to send now.
     pub fn get(&self) -> Arc<str> {
-        match self.current.read() {
-            Ok(k) => k.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        crate::sync::read(&self.current).clone()
     }
 
     /// Re-reads `api_key_file`; `Ok(true)` when the key changed.
@@ -196,11 +187,7 @@ impl ApiKey {
         if fresh.is_empty() || *self.get() == *fresh {
             return Ok(false);
         }
-        let mut guard = match self.current.write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        *guard = Arc::from(fresh);
+        *crate::sync::write(&self.current) = Arc::from(fresh);
         Ok(true)
     }
 }

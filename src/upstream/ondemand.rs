@@ -582,24 +582,9 @@ mod tests {
             description: None,
             parameters: json!({"type": "object"}),
         }];
-        req.messages.push(Message {
-            role: Role::Assistant,
-            content: vec![ContentPart::ToolCall {
-                id: "call_1".into(),
-                name: "search".into(),
-                arguments: r#"{"q":"x"}"#.into(),
-            }],
-            name: None,
-        });
-        req.messages.push(Message {
-            role: Role::Tool,
-            content: vec![ContentPart::ToolResult {
-                call_id: "call_1".into(),
-                content: vec![ContentPart::Text("42".into())],
-                is_error: false,
-            }],
-            name: None,
-        });
+        req.messages
+            .push(Message::tool_call("call_1", "search", r#"{"q":"x"}"#));
+        req.messages.push(Message::tool_result("call_1", "42"));
         let q = build_query(&req, true);
         assert!(q.contains("You can call tools"), "{q}");
         assert!(

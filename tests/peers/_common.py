@@ -28,3 +28,16 @@ async def serve(app: web.Application, host: str, port: int) -> None:
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
+
+
+def peer_app(peer, routes: list[web.RouteDef], on_not_found) -> web.Application:
+    """An app serving a peer's protocol `routes`, the control routes every
+    peer has (`/_peer/faults`, `/_peer/reset`, `/_peer/requests`), and
+    `on_not_found` for anything else, in the protocol's own error shape."""
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.add_routes(routes)
+    app.router.add_post("/_peer/faults", peer.post_faults)
+    app.router.add_post("/_peer/reset", peer.post_reset)
+    app.router.add_get("/_peer/requests", peer.get_requests)
+    app.router.add_route("*", "/{tail:.*}", on_not_found)
+    return app

@@ -89,9 +89,9 @@ from typing import Any
 from aiohttp import web
 
 try:  # imported as peers.<name> by tests, or run as a script
-    from ._common import serve, split_list
+    from ._common import peer_app, serve, split_list
 except ImportError:
-    from _common import serve, split_list
+    from _common import peer_app, serve, split_list
 
 FAULT_MODES = ("429", "529", "500", "400", "drop", "stream_error", "hang")
 SIGNATURE = "sig-peer-1"
@@ -954,16 +954,13 @@ async def on_not_found(request: web.Request) -> web.Response:
 
 
 def build_app(peer: Peer) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app.router.add_post("/v1/messages", peer.messages)
-    app.router.add_post("/v1/messages/count_tokens", peer.count_tokens)
-    app.router.add_get("/v1/models", peer.list_models)
-    app.router.add_get("/v1/models/{model}", peer.get_model)
-    app.router.add_post("/_peer/faults", peer.post_faults)
-    app.router.add_post("/_peer/reset", peer.post_reset)
-    app.router.add_get("/_peer/requests", peer.get_requests)
-    app.router.add_route("*", "/{tail:.*}", on_not_found)
-    return app
+    routes = [
+        web.post("/v1/messages", peer.messages),
+        web.post("/v1/messages/count_tokens", peer.count_tokens),
+        web.get("/v1/models", peer.list_models),
+        web.get("/v1/models/{model}", peer.get_model),
+    ]
+    return peer_app(peer, routes, on_not_found)
 
 
 async def amain(args: argparse.Namespace) -> None:

@@ -58,9 +58,9 @@ from typing import Any
 from aiohttp import web
 
 try:  # imported as peers.<name> by tests, or run as a script
-    from ._common import serve, split_list
+    from ._common import peer_app, serve, split_list
 except ImportError:
-    from _common import serve, split_list
+    from _common import peer_app, serve, split_list
 
 FAULT_MODES = ("401", "429", "500", "drop", "error")
 DEFAULT_ENDPOINTS = (
@@ -287,15 +287,12 @@ async def on_not_found(request: web.Request) -> web.Response:
 
 
 def build_app(peer: Peer) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app.router.add_post("/chat/v1/sessions", peer.create_session)
-    app.router.add_post("/chat/v1/sessions/{sid}/query", peer.query)
-    app.router.add_post("/_peer/faults", peer.post_faults)
-    app.router.add_post("/_peer/reset", peer.post_reset)
-    app.router.add_get("/_peer/requests", peer.get_requests)
-    app.router.add_get("/_peer/sessions", peer.get_sessions)
-    app.router.add_route("*", "/{tail:.*}", on_not_found)
-    return app
+    routes = [
+        web.post("/chat/v1/sessions", peer.create_session),
+        web.post("/chat/v1/sessions/{sid}/query", peer.query),
+        web.get("/_peer/sessions", peer.get_sessions),
+    ]
+    return peer_app(peer, routes, on_not_found)
 
 
 async def amain(args: argparse.Namespace) -> None:

@@ -561,15 +561,7 @@ mod tests {
                     ],
                     name: None,
                 },
-                Message {
-                    role: Role::Tool,
-                    content: vec![ContentPart::ToolResult {
-                        call_id: "c1".into(),
-                        content: vec![ContentPart::Text("ok".into())],
-                        is_error: false,
-                    }],
-                    name: None,
-                },
+                Message::tool_result("c1", "ok"),
             ],
             tools: vec![Tool {
                 name: "f".into(),

@@ -540,10 +540,7 @@ async fn keep_tail(mut err: tokio::process::ChildStderr, tail: Arc<Mutex<Vec<u8>
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        let mut t = match tail.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut t = crate::sync::lock(&tail);
         t.extend_from_slice(&chunk[..n]);
         if t.len() > STDERR_TAIL {
             let cut = t.len() - STDERR_TAIL;
@@ -579,10 +576,7 @@ impl Group {
             // A grandchild may hold stderr open: don't wait for it long.
             let _ = tokio::time::timeout(Duration::from_millis(500), task).await;
         }
-        let t = match tail.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let t = crate::sync::lock(tail);
         let s = String::from_utf8_lossy(&t);
         last_chars(s.trim(), STDERR_TAIL).to_owned()
     }

@@ -21,7 +21,9 @@ pub mod rpc;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
+
+use crate::sync::lock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -54,13 +56,6 @@ const MAX_NOTES: usize = 1_000_000;
 /// gateway exits, whatever state their sessions are in.
 static LIVE_GROUPS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
 
-fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
-
 fn kill_group(pgid: i32) {
     if let Some(pid) = rustix::process::Pid::from_raw(pgid) {
         let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
@@ -70,7 +65,7 @@ fn kill_group(pgid: i32) {
 /// Kills every agent process (group) still running: called when the
 /// gateway stops, so no agent outlives it.
 pub fn kill_all_agents() {
-    let groups = std::mem::take(&mut *guard(&LIVE_GROUPS));
+    let groups = std::mem::take(&mut *lock(&LIVE_GROUPS));
     for g in groups {
         kill_group(g);
     }
@@ -85,7 +80,7 @@ struct Agent {
 
 impl Agent {
     fn stderr_tail(&self) -> String {
-        let buf = guard(&self.stderr);
+        let buf = lock(&self.stderr);
         let (a, b) = buf.as_slices();
         let mut bytes = a.to_vec();
         bytes.extend_from_slice(b);
@@ -118,7 +113,7 @@ impl Drop for Agent {
     fn drop(&mut self) {
         if let Some(g) = self.pgid {
             kill_group(g);
-            guard(&LIVE_GROUPS).remove(&g);
+            lock(&LIVE_GROUPS).remove(&g);
         }
         let _ = self.child.start_kill();
     }
@@ -194,7 +189,7 @@ impl Drop for Unfinished {
         if self.done {
             return;
         }
-        guard(&self.broken).insert(self.session_id.clone());
+        lock(&self.broken).insert(self.session_id.clone());
         // Best effort: an agent that does not know it ignores a notification.
         let _ = self.conn.notify(
             "chat/stop",
@@ -286,7 +281,7 @@ impl Lingma {
     }
 
     fn current_conn(&self) -> Option<Arc<Connection>> {
-        guard(&self.conn).clone()
+        lock(&self.conn).clone()
     }
 
     /// Why the agent is gone, with what it said on stderr.
@@ -296,7 +291,7 @@ impl Lingma {
             .and_then(|c| c.down_reason())
             .unwrap_or_else(|| "not connected".to_owned());
         let what = format!("lingma agent connection lost: {why}");
-        match guard(&self.agent).as_mut() {
+        match lock(&self.agent).as_mut() {
             Some(agent) => agent.describe(&what),
             None => what,
         }
@@ -359,7 +354,7 @@ impl Lingma {
         // With process_group(0) the group id is the child's pid.
         let pgid = child.id().and_then(|p| i32::try_from(p).ok());
         if let Some(g) = pgid {
-            guard(&LIVE_GROUPS).insert(g);
+            lock(&LIVE_GROUPS).insert(g);
         }
         let stderr = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
         if let Some(mut pipe) = child.stderr.take() {
@@ -371,7 +366,7 @@ impl Lingma {
                     if n == 0 {
                         break;
                     }
-                    let mut t = guard(&tail);
+                    let mut t = lock(&tail);
                     t.extend(&buf[..n]);
                     let extra = t.len().saturating_sub(STDERR_TAIL);
                     t.drain(..extra);
@@ -394,7 +389,7 @@ impl Lingma {
                     return Ok(port);
                 }
             }
-            if let Some(agent) = guard(&self.agent).as_mut() {
+            if let Some(agent) = lock(&self.agent).as_mut() {
                 if agent.exit().is_some() {
                     return Err(UpstreamError::new(
                         ErrorKind::Connect,
@@ -408,7 +403,7 @@ impl Lingma {
                     path.display(),
                     self.settings.startup_timeout
                 );
-                let msg = match guard(&self.agent).as_mut() {
+                let msg = match lock(&self.agent).as_mut() {
                     Some(a) => a.describe(&what),
                     None => what,
                 };
@@ -423,7 +418,7 @@ impl Lingma {
     /// Spawns the agent, waits for its port and connects to it.
     async fn start_agent(&self) -> Result<(), UpstreamError> {
         let agent = self.spawn()?;
-        *guard(&self.agent) = Some(agent);
+        *lock(&self.agent) = Some(agent);
         let deadline = tokio::time::Instant::now() + self.settings.startup_timeout;
         let port = self.read_port(deadline).await?;
         let url = format!("ws://127.0.0.1:{port}{}", self.settings.ws_path);
@@ -448,7 +443,7 @@ impl Lingma {
                     tokio::time::sleep(POLL_EVERY).await;
                 }
                 Err(e) => {
-                    let msg = match guard(&self.agent).as_mut() {
+                    let msg = match lock(&self.agent).as_mut() {
                         Some(a) => a.describe(&e.message),
                         None => e.message,
                     };
@@ -456,7 +451,7 @@ impl Lingma {
                 }
             }
         };
-        *guard(&self.conn) = Some(Arc::new(conn));
+        *lock(&self.conn) = Some(Arc::new(conn));
         tracing::info!(dir = %self.settings.work_dir.display(), port, "lingma agent connected");
         Ok(())
     }
@@ -719,13 +714,13 @@ impl Turn<'_> {
 impl Upstream for Lingma {
     async fn establish(&self) -> Result<(), UpstreamError> {
         // A restarted session never keeps its old agent or socket.
-        drop(guard(&self.conn).take());
-        drop(guard(&self.agent).take());
-        *guard(&self.started) = IdSet::default();
+        drop(lock(&self.conn).take());
+        drop(lock(&self.agent).take());
+        *lock(&self.started) = IdSet::default();
         let result = self.start_agent().await;
         if result.is_err() {
             // No half-started agent lingers through the backoff.
-            drop(guard(&self.agent).take());
+            drop(lock(&self.agent).take());
         }
         result
     }
@@ -740,7 +735,7 @@ impl Upstream for Lingma {
         let _ = alive.wait_for(|up| !*up).await;
         // Give the exit status a moment to be known, for the reason.
         for _ in 0..10 {
-            let exited = guard(&self.agent)
+            let exited = lock(&self.agent)
                 .as_mut()
                 .is_none_or(|a| a.exit().is_some());
             if exited {
@@ -777,7 +772,7 @@ impl Upstream for Lingma {
             .ok_or_else(|| self.lost_error())?;
         let tools = tool_emulation::wanted(req);
         let handle = handle.filter(|h| {
-            guard(&self.started).set.contains(*h) && !guard(&self.broken).set.contains(*h)
+            lock(&self.started).set.contains(*h) && !lock(&self.broken).set.contains(*h)
         });
         // Tools: the instructions and results must travel with the whole
         // conversation, so never continue an agent session.
@@ -804,7 +799,7 @@ impl Upstream for Lingma {
             params["modelKey"] = json!(model);
         }
         conn.notify("chat/ask", params)?;
-        guard(&self.started).insert(session_id.clone());
+        lock(&self.started).insert(session_id.clone());
         let mut unfinished = Unfinished {
             conn,
             broken: self.broken.clone(),

@@ -13,7 +13,9 @@
 //! Dropping the [`Connection`] ends the task and closes the socket.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
+
+use crate::sync::lock;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -29,13 +31,6 @@ pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 const MAX_HEADER: usize = 4096;
 /// How long a close frame may take to go out when the connection is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
 
 /// Frames one JSON value the LSP way.
 pub fn frame(v: &Value) -> String {

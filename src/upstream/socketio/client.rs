@@ -13,7 +13,9 @@
 //! reconnects all day free of leaked sockets and tasks.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
+
+use crate::sync::lock;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -139,13 +141,6 @@ impl Routes {
     }
 }
 
-fn lock(routes: &Mutex<Routes>) -> MutexGuard<'_, Routes> {
-    match routes.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    }
-}
-
 /// One live socket.io connection. Dropping it closes the socket.
 pub struct Connection {
     routes: Arc<Mutex<Routes>>,
@@ -246,10 +241,7 @@ impl Connection {
                 }
             };
             tracing::debug!(reason = %why, "socket.io connection ended");
-            *match task_reason.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            } = Some(why);
+            *lock(&task_reason) = Some(why);
             // Dropping the senders tells every run on this socket that it
             // is gone.
             // Under the routes lock, so no run subscribes in between and
@@ -281,10 +273,7 @@ impl Connection {
 
     /// Why the socket went down, if it has.
     pub fn down_reason(&self) -> Option<String> {
-        match self.reason.lock() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        lock(&self.reason).clone()
     }
 
     /// Starts routing the events of execution `id` to the returned

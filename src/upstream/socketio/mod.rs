@@ -13,7 +13,9 @@
 
 pub mod client;
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
+
+use crate::sync::lock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -118,13 +120,6 @@ pub struct SocketIo {
     conn: Mutex<Option<Arc<Connection>>>,
 }
 
-fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
-
 impl SocketIo {
     pub fn new(ctx: &UpstreamContext<'_>) -> Result<Self, String> {
         let pool = ctx.pool;
@@ -167,11 +162,11 @@ impl SocketIo {
     }
 
     fn current_account(&self) -> Option<Account> {
-        guard(&self.account).clone()
+        lock(&self.account).clone()
     }
 
     fn current_conn(&self) -> Option<Arc<Connection>> {
-        guard(&self.conn).clone()
+        lock(&self.conn).clone()
     }
 
     /// A POST to the Supabase backend with the anon key and `bearer`.
@@ -266,24 +261,24 @@ fn lost(reason: Option<String>) -> UpstreamError {
 impl Upstream for SocketIo {
     async fn establish(&self) -> Result<(), UpstreamError> {
         // A restarted session never keeps its old socket.
-        drop(guard(&self.conn).take());
+        drop(lock(&self.conn).take());
         let cached = self.current_account().filter(Account::valid);
         let fresh = cached.is_none();
         let mut account = match cached {
             Some(a) => a,
             None => self.sign_up().await?,
         };
-        *guard(&self.account) = Some(account.clone());
+        *lock(&self.account) = Some(account.clone());
         let conn = match self.connect(&account).await {
             // A cached token the server no longer accepts: a new account.
             Err(e) if e.kind == ErrorKind::Auth && !fresh => {
                 account = self.sign_up().await?;
-                *guard(&self.account) = Some(account.clone());
+                *lock(&self.account) = Some(account.clone());
                 self.connect(&account).await?
             }
             other => other?,
         };
-        *guard(&self.conn) = Some(Arc::new(conn));
+        *lock(&self.conn) = Some(Arc::new(conn));
         Ok(())
     }
 
@@ -300,7 +295,7 @@ impl Upstream for SocketIo {
                 // The same user: the socket, authenticated as that user,
                 // stays valid.
                 Ok(a) if old.as_ref().is_some_and(|o| o.user_id == a.user_id) => {
-                    *guard(&self.account) = Some(a);
+                    *lock(&self.account) = Some(a);
                     return Ok(true);
                 }
                 Ok(_) => {}
@@ -308,7 +303,7 @@ impl Upstream for SocketIo {
             }
         }
         let account = self.sign_up().await?;
-        *guard(&self.account) = Some(account);
+        *lock(&self.account) = Some(account);
         // A new user: the socket was authenticated as the old one, so the
         // session restarts and reconnects with the new account.
         Err(UpstreamError::new(
@@ -359,7 +354,7 @@ impl Upstream for SocketIo {
         if !account.valid() {
             return false;
         }
-        *guard(&self.account) = Some(account);
+        *lock(&self.account) = Some(account);
         true
     }
 
