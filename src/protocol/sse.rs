@@ -63,7 +63,7 @@ impl SseParser {
     pub fn next_event(&mut self) -> Result<Option<SseEvent>, SseError> {
         loop {
             let rest = &self.buf[self.pos..];
-            let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+            let Some(nl) = memchr::memchr(b'\n', rest) else {
                 if rest.len() > self.max_line {
                     return Err(SseError::LineTooLong(self.max_line));
                 }
@@ -86,7 +86,7 @@ impl SseParser {
             if line[0] == b':' {
                 continue;
             }
-            let (field, value) = match line.iter().position(|&b| b == b':') {
+            let (field, value) = match memchr::memchr(b':', line) {
                 Some(i) => {
                     let v = &line[i + 1..];
                     (&line[..i], v.strip_prefix(b" ").unwrap_or(v))

@@ -4,9 +4,10 @@
 //! the same rules (`status_error`, `transport_error`).
 
 use async_trait::async_trait;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
-use super::openai::{extra_headers, send_checked};
+use super::client::HttpClient;
+use super::openai::{api_uri, extra_headers, secret_header, stream_post};
 use super::stream::{pump, StreamDecoder};
 use super::{ApiKey, EventSink, Upstream, UpstreamContext};
 use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, UpstreamError};
@@ -18,8 +19,8 @@ pub const API_VERSION: &str = "2023-06-01";
 
 /// One API key on one Anthropic server.
 pub struct Anthropic {
-    http: reqwest::Client,
-    url: String,
+    http: HttpClient,
+    url: http::Uri,
     key: ApiKey,
     /// Version and the pool's extra headers, built once.
     headers: HeaderMap,
@@ -48,9 +49,9 @@ impl Anthropic {
             }
         }
         Ok(Anthropic {
-            http: ctx.http.clone(),
+            http: ctx.streaming.clone(),
             // SDK convention: base_url has no `/v1`.
-            url: format!("{}/v1/messages", base.trim_end_matches('/')),
+            url: api_uri(base, "/v1/messages")?,
             key,
             headers,
         })
@@ -75,21 +76,14 @@ impl Upstream for Anthropic {
                 format!("cannot encode request: {e}"),
             )
         })?;
-        let mut key = HeaderValue::from_str(&self.key.get()).map_err(|_| {
-            UpstreamError::new(ErrorKind::Auth, "the api_key is not a valid header value")
-        })?;
-        // Kept out of debug output and HTTP/2 header compression tables.
-        key.set_sensitive(true);
-        let resp = send_checked(
-            self.http
-                .post(&self.url)
-                .headers(self.headers.clone())
-                .header(HeaderName::from_static("x-api-key"), key)
-                .header(CONTENT_TYPE, "application/json")
-                .header(ACCEPT, "text/event-stream")
-                .body(body),
-        )
-        .await?;
+        let key = secret_header(&self.key.get())?;
+        let post = stream_post(
+            &self.url,
+            &self.headers,
+            (HeaderName::from_static("x-api-key"), key),
+            body,
+        )?;
+        let resp = self.http.send(post).await?;
         pump(resp, model, EventDecoder::default(), sink).await
     }
 }
@@ -200,6 +194,8 @@ mod tests {
             pool: &pool,
             account: Some(&account),
             http: reqwest::Client::new(),
+            streaming: crate::upstream::client::HttpClient::new(std::time::Duration::from_secs(5))
+                .unwrap(),
         })
         .unwrap()
     }

@@ -4,6 +4,7 @@
 
 pub mod anthropic;
 pub mod cli;
+pub mod client;
 pub mod demo;
 pub mod langgraph;
 pub mod lingma;
@@ -198,6 +199,8 @@ pub struct UpstreamContext<'a> {
     pub account: Option<&'a AccountConfig>,
     /// Shared HTTP client (connection pools are per host, not per key).
     pub http: reqwest::Client,
+    /// The leaner client of the streaming API kinds' chat calls.
+    pub streaming: client::HttpClient,
 }
 
 /// Where a session lives, for kinds that keep files per session (a

@@ -117,7 +117,13 @@ impl OnDemand {
             call = call.header(ACCEPT, "text/event-stream");
         }
         let resp = send_checked(call).await?;
-        pump(resp, model, Decoder::new(tool_emulation::wanted(req)), sink).await
+        pump(
+            http::Response::from(resp),
+            model,
+            Decoder::new(tool_emulation::wanted(req)),
+            sink,
+        )
+        .await
     }
 
     /// Opens a fresh upstream session, one per conversation.

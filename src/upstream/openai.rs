@@ -5,8 +5,13 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE, RETRY_AFTER};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use reqwest::header::{
+    HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER,
+};
 
+use super::client::HttpClient;
 use super::stream::{pump, StreamDecoder};
 use super::{ApiKey, EventSink, Upstream, UpstreamContext};
 use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, UpstreamError};
@@ -16,9 +21,9 @@ use crate::protocol::sse::SseEvent;
 
 /// One API key on one OpenAI-compatible server.
 pub struct OpenAi {
-    http: reqwest::Client,
+    http: HttpClient,
     /// Parsed once: parsing it per request showed in profiles.
-    url: reqwest::Url,
+    url: http::Uri,
     key: ApiKey,
     headers: HeaderMap,
 }
@@ -32,13 +37,54 @@ impl OpenAi {
             .ok_or("the openai kind needs base_url")?;
         let key = ApiKey::of(ctx.account).ok_or("the openai kind needs an api_key per account")?;
         Ok(OpenAi {
-            http: ctx.http.clone(),
-            url: reqwest::Url::parse(&format!("{}/chat/completions", base.trim_end_matches('/')))
-                .map_err(|e| format!("base_url: {e}"))?,
+            http: ctx.streaming.clone(),
+            url: api_uri(base, "/chat/completions")?,
             key,
             headers: extra_headers(&ctx.pool.headers)?,
         })
     }
+}
+
+/// The URI of `path` under a pool's `base_url`, parsed once.
+pub fn api_uri(base: &str, path: &str) -> Result<http::Uri, String> {
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let uri: http::Uri = url.parse().map_err(|e| format!("base_url: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") if uri.host().is_some() => Ok(uri),
+        _ => Err(format!("base_url: `{base}` is not an http(s) URL")),
+    }
+}
+
+/// A POST of a JSON body asking for an event stream, with the pool's
+/// extra headers and the account's credential header.
+pub fn stream_post(
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    credential: (HeaderName, HeaderValue),
+    body: Vec<u8>,
+) -> Result<http::Request<Full<Bytes>>, UpstreamError> {
+    let mut req = http::Request::post(uri.clone())
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| UpstreamError::new(ErrorKind::InvalidRequest, e.to_string()))?;
+    let h = req.headers_mut();
+    h.reserve(headers.len() + 3);
+    for (k, v) in headers {
+        h.insert(k, v.clone());
+    }
+    h.insert(credential.0, credential.1);
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+    Ok(req)
+}
+
+/// A credential as a header value kept out of debug output and HTTP/2
+/// header compression tables.
+pub fn secret_header(value: &str) -> Result<HeaderValue, UpstreamError> {
+    let mut v = HeaderValue::from_str(value).map_err(|_| {
+        UpstreamError::new(ErrorKind::Auth, "the api_key is not a valid header value")
+    })?;
+    v.set_sensitive(true);
+    Ok(v)
 }
 
 /// Parses configured extra headers once, at session start.
@@ -74,7 +120,7 @@ pub async fn send_checked(
     if resp.status().is_success() {
         Ok(resp)
     } else {
-        Err(status_error(resp).await)
+        Err(status_error(http::Response::from(resp)).await)
     }
 }
 
@@ -103,10 +149,17 @@ pub async fn reply_id(
     }
 }
 
+/// The most of an error body read for its message.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
 /// Classifies a non-2xx upstream response, keeping its error details.
 /// Anthropic's envelope (`{"type":"error","error":{"type","message"}}`) is
 /// OpenAI's with one more field, so both read through `ErrorEnvelope`.
-pub async fn status_error(resp: reqwest::Response) -> UpstreamError {
+pub async fn status_error<B>(resp: http::Response<B>) -> UpstreamError
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let status = resp.status().as_u16();
     let retry_after = resp
         .headers()
@@ -130,7 +183,13 @@ pub async fn status_error(resp: reqwest::Response) -> UpstreamError {
         err.status = Some(status);
         return err;
     }
-    let body = resp.bytes().await.unwrap_or_default();
+    let body = match Limited::new(resp.into_body(), ERROR_BODY_LIMIT)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
     let kind = match status {
         401 | 403 => ErrorKind::Auth,
         408 => ErrorKind::Timeout,
@@ -186,17 +245,9 @@ impl Upstream for OpenAi {
                 format!("cannot encode request: {e}"),
             )
         })?;
-        let mut post = self.http.post(self.url.clone());
-        if !self.headers.is_empty() {
-            post = post.headers(self.headers.clone());
-        }
-        let resp = send_checked(
-            post.bearer_auth(&*self.key.get())
-                .header(CONTENT_TYPE, "application/json")
-                .header(ACCEPT, "text/event-stream")
-                .body(body),
-        )
-        .await?;
+        let bearer = secret_header(&format!("Bearer {}", self.key.get()))?;
+        let post = stream_post(&self.url, &self.headers, (AUTHORIZATION, bearer), body)?;
+        let resp = self.http.send(post).await?;
         pump(resp, model, ChunkDecoder::default(), sink).await
     }
 }

@@ -2,7 +2,8 @@
 //! the SSE framing, a server that ignored `stream: true`, and a stream that
 //! breaks off are handled once here; each protocol only decodes its events.
 
-use futures_util::StreamExt as _;
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
 use reqwest::header::CONTENT_TYPE;
 
 use super::EventSink;
@@ -24,12 +25,17 @@ pub trait StreamDecoder {
 /// Sends the events of a successful (2xx) upstream response to `sink`.
 /// The answer ends with its end marker or its stop reason; anything else is
 /// an error, so text is never cut silently.
-pub async fn pump<D: StreamDecoder>(
-    resp: reqwest::Response,
+pub async fn pump<B, D>(
+    resp: http::Response<B>,
     model: &str,
     mut decoder: D,
     sink: &EventSink,
-) -> Result<(), UpstreamError> {
+) -> Result<(), UpstreamError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+    D: StreamDecoder,
+{
     sink.send(ChatEvent::Start {
         model: model.to_owned(),
     })
@@ -40,19 +46,23 @@ pub async fn pump<D: StreamDecoder>(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let mut events = Vec::new();
+    let mut body = resp.into_body();
     if !is_sse {
-        let body = resp
-            .bytes()
+        let body = body
+            .collect()
             .await
-            .map_err(|e| broken(format!("upstream body broke: {e}")))?;
+            .map_err(|e| broken(format!("upstream body broke: {e}")))?
+            .to_bytes();
         decoder.body(&body, &mut events)?;
         return finish(&decoder, events, sink).await;
     }
     let mut parser = SseParser::default();
-    let mut stream = resp.bytes_stream();
     while !decoder.done() {
-        match stream.next().await {
-            Some(Ok(bytes)) => {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                let Ok(bytes) = frame.into_data() else {
+                    continue; // trailers
+                };
                 parser.push(&bytes);
                 while !decoder.done() {
                     let next = parser

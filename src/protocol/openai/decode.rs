@@ -365,7 +365,6 @@ impl ChunkDecoder {
             )
         })?;
         let chunk = ChunkIn {
-            model: None,
             choices: c
                 .choices
                 .into_iter()

@@ -9,8 +9,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::wire::{
-    ChatCompletion, ChunkChoiceOut, ChunkOut, CompletionChoice, DeltaOut, FunctionDeltaOut,
-    FunctionOut, PromptTokensDetails, ResponseMessage, ToolCallDeltaOut, ToolCallOut, UsageWire,
+    ChatCompletion, ChunkHead, CompletionChoice, DeltaOut, FunctionDeltaOut, FunctionOut,
+    PromptTokensDetails, ResponseMessage, ToolCallDeltaOut, ToolCallOut, UsageWire,
 };
 use crate::canonical::{
     Answer, ChatEvent, ChatRequest, ContentPart, Role, StopReason, ToolChoice, UpstreamError,
@@ -311,9 +311,9 @@ pub fn completion_body(answer: &Answer, req: &ChatRequest, id: &str, created: u6
 /// id, `created` and model for the whole response.
 #[derive(Debug)]
 pub struct StreamEncoder {
-    id: String,
-    created: u64,
-    model: String,
+    /// `data: {"id":…,"object":…,"created":…,"model":…,"choices":`, the
+    /// same in every chunk of the response: encoded once.
+    head: Vec<u8>,
     include_usage: bool,
     role_sent: bool,
     stop: Option<StopReason>,
@@ -322,10 +322,22 @@ pub struct StreamEncoder {
 
 impl StreamEncoder {
     pub fn new(id: String, created: u64, model: String, include_usage: bool) -> Self {
+        let mut head = Vec::with_capacity(96 + id.len() + model.len());
+        head.extend_from_slice(b"data: ");
+        let _ = serde_json::to_writer(
+            &mut head,
+            &ChunkHead {
+                id: &id,
+                object: "chat.completion.chunk",
+                created,
+                model: &model,
+            },
+        );
+        // The object stays open: each chunk writes its choices (and usage).
+        head.pop();
+        head.extend_from_slice(b",\"choices\":");
         StreamEncoder {
-            id,
-            created,
-            model,
+            head,
             include_usage,
             role_sent: false,
             stop: None,
@@ -334,22 +346,21 @@ impl StreamEncoder {
     }
 
     fn chunk(&self, out: &mut BytesMut, delta: DeltaOut<'_>, finish: Option<&'static str>) {
-        let choices = [ChunkChoiceOut {
-            index: 0,
-            delta,
-            finish_reason: finish,
-        }];
-        self.write(
-            out,
-            &ChunkOut {
-                id: &self.id,
-                object: "chat.completion.chunk",
-                created: self.created,
-                model: &self.model,
-                choices: &choices,
-                usage: None,
-            },
-        );
+        out.reserve(self.head.len() + 64);
+        out.put_slice(&self.head);
+        out.put_slice(b"[{\"index\":0,\"delta\":");
+        let mut w = out.writer();
+        // Writing to memory cannot fail; serialization of these types cannot either.
+        let _ = serde_json::to_writer(&mut w, &delta);
+        let out = w.into_inner();
+        match finish {
+            None => out.put_slice(b",\"finish_reason\":null}]}\n\n"),
+            Some(reason) => {
+                out.put_slice(b",\"finish_reason\":\"");
+                out.put_slice(reason.as_bytes());
+                out.put_slice(b"\"}]}\n\n");
+            }
+        }
     }
 
     fn write<T: Serialize>(&self, out: &mut BytesMut, value: &T) {
@@ -452,17 +463,11 @@ impl StreamEncoder {
     pub fn finish(&mut self, req: &ChatRequest, out: &mut BytesMut) {
         if self.include_usage {
             let usage = usage_wire(&self.tally.finish(req));
-            self.write(
-                out,
-                &ChunkOut {
-                    id: &self.id,
-                    object: "chat.completion.chunk",
-                    created: self.created,
-                    model: &self.model,
-                    choices: &[],
-                    usage: Some(usage),
-                },
-            );
+            out.put_slice(&self.head);
+            out.put_slice(b"[],\"usage\":");
+            let mut w = out.writer();
+            let _ = serde_json::to_writer(&mut w, &usage);
+            w.into_inner().put_slice(b"}\n\n");
         }
         out.put_slice(b"data: [DONE]\n\n");
     }

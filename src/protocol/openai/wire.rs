@@ -226,23 +226,14 @@ pub struct FunctionOut<'a> {
     pub arguments: &'a str,
 }
 
-/// One streamed chunk.
+/// The fields every streamed chunk of one response shares, in wire order
+/// (`choices` and `usage` follow).
 #[derive(Debug, Serialize)]
-pub struct ChunkOut<'a> {
+pub struct ChunkHead<'a> {
     pub id: &'a str,
     pub object: &'static str,
     pub created: u64,
     pub model: &'a str,
-    pub choices: &'a [ChunkChoiceOut<'a>],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub usage: Option<UsageWire>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ChunkChoiceOut<'a> {
-    pub index: u32,
-    pub delta: DeltaOut<'a>,
-    pub finish_reason: Option<&'static str>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -326,8 +317,6 @@ pub struct ErrorBody {
 /// A streamed chunk as an upstream sends it.
 #[derive(Debug, Deserialize)]
 pub struct ChunkIn {
-    #[serde(default)]
-    pub model: Option<String>,
     #[serde(default)]
     pub choices: Vec<ChoiceIn>,
     #[serde(default)]
