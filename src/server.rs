@@ -175,7 +175,13 @@ pub async fn serve(cfg: Config, config_path: std::path::PathBuf) -> std::io::Res
                     .allow_any_origin()
                     .allow_any_method()
                     .allow_any_header()
-                    .expose_any_header()
+                    // A fixed list: exposing "any" header lists the
+                    // response's own header names anew for every response.
+                    .expose_headers([
+                        http::trace::REQUEST_ID,
+                        http::trace::OVERHEAD_HEADER,
+                        "retry-after",
+                    ])
                     .max_age(3600),
             )
             .configure(http::routes)

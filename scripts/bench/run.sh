@@ -155,11 +155,16 @@ steal_ticks() { awk '/^cpu / { print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }
 # in its own process: so latency is measured with the load tool, the proxy
 # and the upstream sharing CPU 0 (the proxy's own cost), and also unpinned.
 ALL_CPUS="0-$(( $(nproc) - 1 ))"
-pin() {
+pids_of() { # upstream | proxies: the processes (nginx master and workers)
+    case $1 in
+        upstream) echo "$(cat "$TMP/upstream.pid") $(pgrep -P "$(cat "$TMP/upstream.pid")")" ;;
+        proxies) echo "$TROUPE_PID $(cat "$TMP/hop.pid") $(pgrep -P "$(cat "$TMP/hop.pid")")" ;;
+    esac
+}
+pin() { # cpus for the upstream [cpus for the proxies]
     local p
-    for p in "$TROUPE_PID" $(cat "$TMP/upstream.pid" "$TMP/hop.pid") $(pgrep -P "$(cat "$TMP/upstream.pid")") $(pgrep -P "$(cat "$TMP/hop.pid")"); do
-        taskset -a -pc "$1" "$p" >/dev/null
-    done
+    for p in $(pids_of upstream); do taskset -a -pc "$1" "$p" >/dev/null; done
+    for p in $(pids_of proxies); do taskset -a -pc "${2:-$1}" "$p" >/dev/null; done
 }
 url_of() {
     case $1 in
@@ -169,7 +174,13 @@ url_of() {
     esac
 }
 last() { awk '{print $NF}' <<<"${R[$1]}"; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$TROUPE_PID/stat"; }
+# CPU time (user + system, all threads) of a proxy: troupe, or the hop's
+# nginx worker.
+proxy_pid() { if [ "$1" = troupe ]; then echo "$TROUPE_PID"; else pgrep -P "$(cat "$TMP/hop.pid")" | head -n1; fi; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+us_per_request() { # ticks before, ticks after, req/s
+    awk -v a="$1" -v b="$2" -v r="$3" -v d="$DURATION" -v hz="$(getconf CLK_TCK)" 'BEGIN{ if (r > 0) print (b-a)*1000000/hz/(r*d); else print 0 }'
+}
 diff_last() { awk -v a="$(last "$1")" -v b="$(last "$2")" 'BEGIN{print a-b}'; }
 
 echo "troupe benchmark: $(nproc) cores, $ROUNDS rounds of ${DURATION}s per measurement, $(date -u +%FT%TZ)"
@@ -187,19 +198,27 @@ for round in $(seq 1 "$ROUNDS"); do
         read -r p50 p99 _ errs <<<"$(PIN="taskset -c 0" measure "$(url_of $t)" 1 1)"
         R[$t.p50]+="$p50 "; R[$t.p99]+="$p99 "; note_errors "$t c1 pinned" "$errs"
     done
+    # Proxy on CPU 1, load tool and upstream on CPU 0: every step of the
+    # chain crosses CPUs, which on a VM costs a wake-up of the other vCPU.
+    if [ "$(nproc)" -gt 1 ]; then
+        pin 0 1
+        for t in hop troupe; do
+            read -r p50 _ _ errs <<<"$(PIN="taskset -c 0" measure "$(url_of $t)" 1 1)"
+            R[$t.s50]+="$p50 "; note_errors "$t c1 split" "$errs"
+        done
+    fi
     pin "$ALL_CPUS"
     for t in direct hop troupe; do
         read -r p50 p99 _ errs <<<"$(measure "$(url_of $t)" 1 1)"
         R[$t.u50]+="$p50 "; R[$t.u99]+="$p99 "; note_errors "$t c1" "$errs"
     done
     for t in direct hop troupe; do
-        cpu0="$(cpu_ticks)"
+        [ "$t" = direct ] || cpu0="$(cpu_ticks "$(proxy_pid $t)")"
         read -r _ _ rps errs <<<"$(measure "$(url_of $t)" 2 "$CONNECTIONS")"
         R[$t.rps]+="$rps "; note_errors "$t c$CONNECTIONS" "$errs"
+        # CPU time per request: steadier than req/s on a shared VM.
+        [ "$t" = direct ] || R[$t.cpu]+="$(us_per_request "$cpu0" "$(cpu_ticks "$(proxy_pid $t)")" "$rps") "
     done
-    # troupe ran last: its CPU time per request, steadier than req/s on a
-    # shared VM.
-    R[cpu]+="$(awk -v a="$cpu0" -v b="$(cpu_ticks)" -v r="$rps" -v d="$DURATION" -v hz="$(getconf CLK_TCK)" 'BEGIN{print (b-a)*1000000/hz/(r*d)}') "
     # This round's figures, from measurements seconds apart.
     R[share]+="$(awk -v a="$(last troupe.rps)" -v b="$(last hop.rps)" 'BEGIN{print 100*a/b}') "
     for k in 50 99; do
@@ -222,10 +241,15 @@ echo "the same, unpinned:"
 printf '  %-10s p50 %6.0f us   p99 %6.0f us\n' direct "$(med direct.u50)" "$(med direct.u99)"
 printf '  %-10s p50 %6.0f us   p99 %6.0f us   added p50 %5.0f us, p99 %5.0f us\n' "nginx hop" "$(med hop.u50)" "$(med hop.u99)" "$(med huadd50)" "$(med huadd99)"
 printf '  %-10s p50 %6.0f us   p99 %6.0f us   added p50 %5.0f us, p99 %5.0f us\n' troupe "$(med troupe.u50)" "$(med troupe.u99)" "$(med uadd50)" "$(med uadd99)"
+if [ "$(nproc)" -gt 1 ]; then
+    echo "the proxy alone on CPU 1 (load tool and upstream on CPU 0):"
+    printf '  %-10s p50 %6.0f us\n' "nginx hop" "$(med hop.s50)"
+    printf '  %-10s p50 %6.0f us\n' troupe "$(med troupe.s50)"
+fi
 echo "under concurrency (wrk -t2 -c$CONNECTIONS):"
 printf '  %-10s %7.0f req/s\n' direct "$(med direct.rps)"
-printf '  %-10s %7.0f req/s\n' "nginx hop" "$(med hop.rps)"
-printf '  %-10s %7.0f req/s   %3.0f%% of the nginx hop   (budget: 50%%)   %.0f us of CPU per request\n' troupe "$(med troupe.rps)" "$(med share)" "$(med cpu)"
+printf '  %-10s %7.0f req/s                                         %3.0f us of CPU per request\n' "nginx hop" "$(med hop.rps)" "$(med hop.cpu)"
+printf '  %-10s %7.0f req/s   %3.0f%% of the nginx hop   (budget: 50%%)   %3.0f us of CPU per request\n' troupe "$(med troupe.rps)" "$(med share)" "$(med troupe.cpu)"
 echo
 echo "errors: ${ERRORS:-none}"
 echo "CPU time stolen by the host during the run: $(awk -v a="$steal0" -v b="$steal1" -v c="$total0" -v d="$total1" 'BEGIN{ if (d > c) printf "%.0f%%", 100*(b-a)/(d-c); else print "?" }')"

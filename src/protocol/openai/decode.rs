@@ -288,16 +288,19 @@ pub struct ChunkDecoder {
 impl ChunkDecoder {
     /// Decodes one `data:` payload (not `[DONE]`) into `out`.
     pub fn decode(&mut self, data: &str, out: &mut Vec<ChatEvent>) -> Result<(), UpstreamError> {
-        let chunk: ChunkIn = serde_json::from_str(data).map_err(|e| {
-            UpstreamError::new(
-                ErrorKind::Protocol,
-                format!("upstream sent an unreadable chunk: {e}"),
-            )
-        })?;
+        let chunk = match super::fastchunk::read(data) {
+            Some(chunk) => chunk,
+            None => serde_json::from_str(data).map_err(|e| {
+                UpstreamError::new(
+                    ErrorKind::Protocol,
+                    format!("upstream sent an unreadable chunk: {e}"),
+                )
+            })?,
+        };
         self.push_chunk(chunk, out)
     }
 
-    fn push_chunk(
+    pub(super) fn push_chunk(
         &mut self,
         chunk: ChunkIn,
         out: &mut Vec<ChatEvent>,

@@ -3,6 +3,7 @@
 
 pub mod decode;
 pub mod encode;
+mod fastchunk;
 pub mod wire;
 
 pub use decode::{decode_request, ChunkDecoder};

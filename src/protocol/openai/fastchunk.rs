@@ -1,0 +1,388 @@
+//! A fast reader for the commonest upstream stream chunk: one choice whose
+//! delta carries text (or nothing), perhaps with a finish reason. A text
+//! answer is hundreds of such chunks, and reading them through serde was
+//! the largest single cost per request in profiles. Anything else (tool
+//! calls, usage, errors, several choices, input this reader is not sure
+//! about) returns `None`, and the caller reads the chunk with serde, which
+//! stays the reference: the tests compare the two on every shape.
+
+use super::wire::{ChoiceIn, ChunkIn, DeltaIn};
+
+/// Reads `data` if it is a plain text chunk; `None` means "use serde".
+pub fn read(data: &str) -> Option<ChunkIn> {
+    let mut r = Reader { s: data, i: 0 };
+    let mut choices = Vec::new();
+    r.object(|r, key| {
+        match key {
+            "choices" => {
+                if let Some(c) = r.choices()? {
+                    choices = vec![c];
+                }
+            }
+            // Only their absence is plain: anything else goes to serde.
+            "usage" | "error" => r.null()?,
+            _ => r.skip()?,
+        }
+        Some(())
+    })?;
+    r.ws();
+    (r.i == data.len()).then_some(ChunkIn {
+        choices,
+        usage: None,
+        error: None,
+    })
+}
+
+/// The length of the run of plain string bytes at the start of `b`, and the
+/// byte that ends it: `"`, `\\` or a control character (invalid in JSON).
+/// Strings in chunks are short: a plain loop beats a vectorized search.
+fn plain_run(b: &[u8]) -> Option<(usize, u8)> {
+    b.iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+        .map(|n| (n, b[n]))
+}
+
+struct Reader<'a> {
+    s: &'a str,
+    i: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn bytes(&self) -> &'a [u8] {
+        self.s.as_bytes()
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.bytes().get(self.i).copied()
+    }
+
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, b: u8) -> Option<()> {
+        self.ws();
+        (self.peek()? == b).then(|| self.i += 1)
+    }
+
+    /// Reads an object, calling `field` with the reader placed on each
+    /// key's value.
+    fn object(&mut self, mut field: impl FnMut(&mut Self, &str) -> Option<()>) -> Option<()> {
+        self.eat(b'{')?;
+        if self.eat(b'}').is_some() {
+            return Some(());
+        }
+        loop {
+            self.ws();
+            let key = self.plain_string()?;
+            self.eat(b':')?;
+            self.ws();
+            field(self, key)?;
+            self.ws();
+            match self.peek()? {
+                b',' => self.i += 1,
+                b'}' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// `[]` or `[choice]`; more than one choice goes to serde.
+    fn choices(&mut self) -> Option<Option<ChoiceIn>> {
+        self.eat(b'[')?;
+        if self.eat(b']').is_some() {
+            return Some(None);
+        }
+        let mut choice = ChoiceIn {
+            index: 0,
+            delta: None,
+            finish_reason: None,
+        };
+        self.object(|r, key| {
+            match key {
+                "index" => choice.index = r.index()?,
+                "delta" => {
+                    if r.peek()? == b'n' {
+                        r.null()?;
+                    } else {
+                        choice.delta = Some(r.delta()?);
+                    }
+                }
+                "finish_reason" => choice.finish_reason = r.opt_string()?,
+                _ => r.skip()?,
+            }
+            Some(())
+        })?;
+        self.eat(b']')?;
+        Some(Some(choice))
+    }
+
+    fn delta(&mut self) -> Option<DeltaIn> {
+        let mut d = DeltaIn {
+            content: None,
+            reasoning_content: None,
+            reasoning: None,
+            tool_calls: None,
+        };
+        self.object(|r, key| {
+            match key {
+                "content" => d.content = r.opt_string()?,
+                "reasoning_content" => d.reasoning_content = r.opt_string()?,
+                "reasoning" => d.reasoning = r.opt_string()?,
+                "tool_calls" => r.null()?,
+                _ => r.skip()?,
+            }
+            Some(())
+        })?;
+        Some(d)
+    }
+
+    fn index(&mut self) -> Option<u32> {
+        let start = self.i;
+        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
+            self.i += 1;
+        }
+        self.s[start..self.i].parse().ok()
+    }
+
+    fn null(&mut self) -> Option<()> {
+        let end = self.i + 4;
+        (self.s.get(self.i..end)? == "null").then(|| self.i = end)
+    }
+
+    fn opt_string(&mut self) -> Option<Option<String>> {
+        match self.peek()? {
+            b'n' => self.null().map(|()| None),
+            b'"' => self.string().map(Some),
+            _ => None,
+        }
+    }
+
+    /// A string without escapes (keys): borrowed.
+    fn plain_string(&mut self) -> Option<&'a str> {
+        if self.peek()? != b'"' {
+            return None;
+        }
+        let start = self.i + 1;
+        let (len, stop) = plain_run(&self.bytes()[start..])?;
+        if stop != b'"' {
+            return None;
+        }
+        let end = start + len;
+        self.i = end + 1;
+        Some(&self.s[start..end])
+    }
+
+    /// A string value, escapes decoded.
+    fn string(&mut self) -> Option<String> {
+        if let Some(s) = self.plain_string() {
+            return Some(s.to_owned());
+        }
+        if self.peek()? != b'"' {
+            return None;
+        }
+        self.i += 1;
+        let mut out = String::new();
+        loop {
+            let (len, stop) = plain_run(&self.bytes()[self.i..])?;
+            // Both delimiters are ASCII: the slice ends on a char boundary.
+            out.push_str(&self.s[self.i..self.i + len]);
+            self.i += len + 1;
+            match stop {
+                b'"' => return Some(out),
+                b'\\' => {}
+                _ => return None, // a raw control character
+            }
+            let esc = self.peek()?;
+            self.i += 1;
+            out.push(match esc {
+                b'"' => '"',
+                b'\\' => '\\',
+                b'/' => '/',
+                b'b' => '\u{8}',
+                b'f' => '\u{c}',
+                b'n' => '\n',
+                b'r' => '\r',
+                b't' => '\t',
+                b'u' => self.unicode()?,
+                _ => return None,
+            });
+        }
+    }
+
+    /// The rest of a `\u` escape, with its low surrogate if it needs one.
+    fn unicode(&mut self) -> Option<char> {
+        let hi = self.hex4()?;
+        if !(0xD800..0xE000).contains(&hi) {
+            return char::from_u32(hi);
+        }
+        if hi >= 0xDC00 || self.s.get(self.i..self.i + 2)? != "\\u" {
+            return None; // a lone surrogate: serde names the error
+        }
+        self.i += 2;
+        let lo = self.hex4()?;
+        if !(0xDC00..0xE000).contains(&lo) {
+            return None;
+        }
+        char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00))
+    }
+
+    fn hex4(&mut self) -> Option<u32> {
+        let h = self.s.get(self.i..self.i + 4)?;
+        if !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        self.i += 4;
+        u32::from_str_radix(h, 16).ok()
+    }
+
+    /// Skips any value.
+    fn skip(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.skip_string(),
+            b'{' | b'[' => {
+                let mut depth = 0usize;
+                loop {
+                    match self.peek()? {
+                        b'"' => {
+                            self.skip_string()?;
+                            continue;
+                        }
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                self.i += 1;
+                                return Some(());
+                            }
+                        }
+                        _ => {}
+                    }
+                    self.i += 1;
+                }
+            }
+            _ => {
+                let start = self.i;
+                while self
+                    .peek()
+                    .is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.'))
+                {
+                    self.i += 1;
+                }
+                (self.i > start).then_some(())
+            }
+        }
+    }
+
+    fn skip_string(&mut self) -> Option<()> {
+        self.i += 1;
+        loop {
+            let len = memchr::memchr2(b'"', b'\\', &self.bytes()[self.i..])?;
+            let at = self.i + len;
+            self.i = at + 1;
+            if self.bytes()[at] == b'"' {
+                return Some(());
+            }
+            self.i += 1; // the escaped byte
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::canonical::ChatEvent;
+    use crate::protocol::openai::ChunkDecoder;
+
+    /// The events serde's reading of `doc` gives.
+    fn via_serde(doc: &str) -> Result<Vec<ChatEvent>, String> {
+        let chunk: ChunkIn = serde_json::from_str(doc).map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        ChunkDecoder::default()
+            .push_chunk(chunk, &mut out)
+            .map_err(|e| e.message)?;
+        Ok(out)
+    }
+
+    fn via_fast(doc: &str) -> Option<Vec<ChatEvent>> {
+        let chunk = read(doc)?;
+        let mut out = Vec::new();
+        ChunkDecoder::default().push_chunk(chunk, &mut out).ok()?;
+        Some(out)
+    }
+
+    const HEAD: &str = r#""id":"chatcmpl-1","object":"chat.completion.chunk","created":1741570283,"model":"gpt-4o","system_fingerprint":"fp_1","#;
+
+    #[test]
+    fn plain_chunks_are_read_fast_and_as_serde_reads_them() {
+        let choice = |delta: &str, finish: &str| {
+            format!(
+                r#"{{{HEAD}"choices":[{{"index":0,"delta":{delta},"logprobs":null,"finish_reason":{finish}}}]}}"#
+            )
+        };
+        let docs = [
+            choice(r#"{"role":"assistant","content":""}"#, "null"),
+            choice(r#"{"content":"hello "}"#, "null"),
+            choice(
+                r#"{"content":"a \"quoted\" line\nnext\ttab \\ / \/ \b\f\r"}"#,
+                "null",
+            ),
+            choice(
+                r#"{"content":"caf\u00e9 \u4e2d \ud83d\ude00 raw é 中 😀"}"#,
+                "null",
+            ),
+            choice(
+                r#"{"content":null,"refusal":null,"tool_calls":null}"#,
+                "null",
+            ),
+            choice(r#"{"reasoning_content":"think"}"#, "null"),
+            choice(r#"{"reasoning":"think","content":"x"}"#, "null"),
+            choice("{}", r#""stop""#),
+            choice("{}", r#""length""#),
+            choice("null", r#""content_filter""#),
+            format!(r#"{{{HEAD}"choices":[],"usage":null}}"#),
+            format!(r#"{{{HEAD}"choices":[{{"index":1,"delta":{{"content":"other choice"}}}}]}}"#),
+            format!(
+                r#" {{ {HEAD} "extra" : {{"a":[1,{{"b":"}}]"}}],"c":-1.5e3,"d":true}}, "choices" : [ {{ "delta" : {{ "content" : "spaced" }} , "index" : 0 }} ] , "usage":null }} "#
+            ),
+            r#"{"choices":[{"index":0,"delta":{"content":"no head","x":"\"}"}}],"obfuscation":"a\\b"}"#
+                .to_string(),
+        ];
+        for doc in &docs {
+            let fast = via_fast(doc).unwrap_or_else(|| panic!("not read fast: {doc}"));
+            assert_eq!(Ok(fast), via_serde(doc), "{doc}");
+        }
+    }
+
+    #[test]
+    fn other_chunks_are_left_to_serde() {
+        let docs = [
+            // Tool calls, usage, errors, several choices.
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c","function":{"name":"f","arguments":""}}]}}]}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":8,"total_tokens":13}}"#,
+            r#"{"error":{"message":"overloaded","type":"server_error"}}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"a"}},{"index":1,"delta":{"content":"b"}}]}"#,
+            // What serde refuses: a lone surrogate, a raw control character,
+            // a bad escape, wrong types, trailing bytes, a cut document.
+            r#"{"choices":[{"index":0,"delta":{"content":"\ud83d"}}]}"#,
+            "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\u{1}b\"}}]}",
+            r#"{"choices":[{"index":0,"delta":{"content":"\x"}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":5}}]}"#,
+            r#"{"choices":[{"index":"0","delta":{"content":"a"}}]}"#,
+            r#"{"choices":[]} x"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"cut"#,
+            r#"[]"#,
+        ];
+        for doc in docs {
+            assert!(read(doc).is_none(), "read fast: {doc}");
+        }
+        // serde gives the verdict on them: events, or an error.
+        assert!(via_serde(docs[0]).is_ok_and(|e| !e.is_empty()));
+        assert!(via_serde(docs[4]).is_err());
+    }
+}
