@@ -26,6 +26,9 @@ pub struct SseParser {
     pos: usize,
     current: SseEvent,
     has_data: bool,
+    /// `current` was handed out: cleared (keeping its capacity) on the
+    /// next call.
+    dispatched: bool,
     max_line: usize,
 }
 
@@ -46,6 +49,7 @@ impl SseParser {
             pos: 0,
             current: SseEvent::default(),
             has_data: false,
+            dispatched: false,
             max_line,
         }
     }
@@ -59,8 +63,14 @@ impl SseParser {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// The next complete event, if one has fully arrived.
-    pub fn next_event(&mut self) -> Result<Option<SseEvent>, SseError> {
+    /// The next complete event, if one has fully arrived. It is lent, not
+    /// given: the parser reuses its buffers for the next one.
+    pub fn next_event(&mut self) -> Result<Option<&SseEvent>, SseError> {
+        if self.dispatched {
+            self.dispatched = false;
+            self.current.data.clear();
+            self.current.event = None;
+        }
         loop {
             let rest = &self.buf[self.pos..];
             let Some(nl) = memchr::memchr(b'\n', rest) else {
@@ -78,7 +88,8 @@ impl SseParser {
             if line.is_empty() {
                 if self.has_data {
                     self.has_data = false;
-                    return Ok(Some(std::mem::take(&mut self.current)));
+                    self.dispatched = true;
+                    return Ok(Some(&self.current));
                 }
                 self.current.event = None;
                 continue;
@@ -117,7 +128,7 @@ impl SseParser {
         if self.pos < self.buf.len() {
             self.push(b"\n");
             if let Ok(Some(ev)) = self.next_event() {
-                return Some(ev);
+                return Some(ev.clone());
             }
         }
         if self.has_data {
@@ -145,7 +156,7 @@ mod tests {
         for chunk in input {
             p.push(chunk);
             while let Some(ev) = p.next_event().unwrap() {
-                out.push(ev);
+                out.push(ev.clone());
             }
         }
         out.extend(p.finish());

@@ -284,7 +284,7 @@ async fn relay(
                         .next_event()
                         .map_err(|e| UpstreamError::new(ErrorKind::Protocol, e.to_string()))?;
                     let Some(ev) = next else { break };
-                    decoder.event(&ev, &mut out)?;
+                    decoder.event(ev, &mut out)?;
                     for e in out.drain(..) {
                         sink.send(e).await?;
                     }

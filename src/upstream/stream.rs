@@ -69,7 +69,7 @@ where
                         .next_event()
                         .map_err(|e| UpstreamError::new(ErrorKind::Protocol, e.to_string()))?;
                     let Some(ev) = next else { break };
-                    decoder.event(&ev, &mut events)?;
+                    decoder.event(ev, &mut events)?;
                     for e in events.drain(..) {
                         sink.send(e).await?;
                     }

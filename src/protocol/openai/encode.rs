@@ -307,6 +307,39 @@ pub fn completion_body(answer: &Answer, req: &ChatRequest, id: &str, created: u6
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
+/// Appends `s` as a JSON string, escaped as serde_json escapes it.
+fn json_string(out: &mut BytesMut, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.put_u8(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..=0x1f => {
+                out.put_slice(&bytes[start..i]);
+                out.put_slice(b"\\u00");
+                out.put_u8(HEX[usize::from(b >> 4)]);
+                out.put_u8(HEX[usize::from(b & 0xf)]);
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.put_slice(&bytes[start..i]);
+        out.put_slice(esc);
+        start = i + 1;
+    }
+    out.put_slice(&bytes[start..]);
+    out.put_u8(b'"');
+}
+
 /// Encodes events as Chat Completions chunks (`data: {...}\n\n`), keeping one
 /// id, `created` and model for the whole response.
 #[derive(Debug)]
@@ -387,14 +420,14 @@ impl StreamEncoder {
             );
         }
         match ev {
-            ChatEvent::TextDelta(t) => self.chunk(
-                out,
-                DeltaOut {
-                    content: Some(t),
-                    ..Default::default()
-                },
-                None,
-            ),
+            // The commonest chunk by far, written without serde's machinery.
+            ChatEvent::TextDelta(t) => {
+                out.reserve(self.head.len() + t.len() + 64);
+                out.put_slice(&self.head);
+                out.put_slice(b"[{\"index\":0,\"delta\":{\"content\":");
+                json_string(out, t);
+                out.put_slice(b"},\"finish_reason\":null}]}\n\n");
+            }
             ChatEvent::ThinkingDelta(t) => self.chunk(
                 out,
                 DeltaOut {
@@ -486,6 +519,45 @@ impl StreamEncoder {
 mod tests {
     use super::*;
     use crate::canonical::{Message, Tool};
+
+    #[test]
+    fn strings_are_escaped_as_serde_escapes_them() {
+        let controls: String = (0u8..0x20).map(char::from).collect();
+        for s in [
+            "",
+            "plain",
+            "\"quoted\" \\ back/slash",
+            "line\nnext\r\ttab",
+            &controls,
+            "\u{7f} é 中 😀 \u{2028}",
+        ] {
+            let mut out = BytesMut::new();
+            json_string(&mut out, s);
+            assert_eq!(
+                out.as_ref(),
+                serde_json::to_string(s).unwrap().as_bytes(),
+                "{s:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn text_chunks_match_the_serde_encoding() {
+        let mut enc = StreamEncoder::new("chatcmpl-1".into(), 7, "m\"x".into(), false);
+        let mut fast = BytesMut::new();
+        enc.role_sent = true;
+        enc.event(&ChatEvent::TextDelta("a \"b\"\n".into()), &mut fast);
+        let mut reference = BytesMut::new();
+        enc.chunk(
+            &mut reference,
+            DeltaOut {
+                content: Some("a \"b\"\n"),
+                ..Default::default()
+            },
+            None,
+        );
+        assert_eq!(fast, reference);
+    }
 
     fn chunks(buf: &[u8]) -> Vec<Value> {
         std::str::from_utf8(buf)

@@ -1,17 +1,19 @@
-//! A fast reader for the commonest upstream stream chunk: one choice whose
-//! delta carries text (or nothing), perhaps with a finish reason. A text
+//! A fast reader for the commonest upstream stream chunks: one choice whose
+//! delta carries text (or nothing), perhaps with a finish reason, and the
+//! usage chunk. A text
 //! answer is hundreds of such chunks, and reading them through serde was
 //! the largest single cost per request in profiles. Anything else (tool
 //! calls, usage, errors, several choices, input this reader is not sure
 //! about) returns `None`, and the caller reads the chunk with serde, which
 //! stays the reference: the tests compare the two on every shape.
 
-use super::wire::{ChoiceIn, ChunkIn, DeltaIn};
+use super::wire::{ChoiceIn, ChunkIn, DeltaIn, PromptDetailsIn, UsageIn};
 
 /// Reads `data` if it is a plain text chunk; `None` means "use serde".
 pub fn read(data: &str) -> Option<ChunkIn> {
     let mut r = Reader { s: data, i: 0 };
     let mut choices = Vec::new();
+    let mut usage = None;
     r.object(|r, key| {
         match key {
             "choices" => {
@@ -19,7 +21,8 @@ pub fn read(data: &str) -> Option<ChunkIn> {
                     choices = vec![c];
                 }
             }
-            // Only their absence is plain: anything else goes to serde.
+            "usage" if r.peek()? != b'n' => usage = Some(r.usage()?),
+            // Only its absence is plain: an error goes to serde.
             "usage" | "error" => r.null()?,
             _ => r.skip()?,
         }
@@ -28,7 +31,7 @@ pub fn read(data: &str) -> Option<ChunkIn> {
     r.ws();
     (r.i == data.len()).then_some(ChunkIn {
         choices,
-        usage: None,
+        usage,
         error: None,
     })
 }
@@ -142,6 +145,37 @@ impl<'a> Reader<'a> {
         Some(d)
     }
 
+    fn usage(&mut self) -> Option<UsageIn> {
+        let mut u = UsageIn {
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            prompt_tokens_details: None,
+        };
+        self.object(|r, key| {
+            match key {
+                "prompt_tokens" => u.prompt_tokens = r.index()?,
+                "completion_tokens" => u.completion_tokens = r.index()?,
+                "prompt_tokens_details" if r.peek()? != b'n' => {
+                    let mut cached_tokens = None;
+                    r.object(|r, key| {
+                        match key {
+                            "cached_tokens" if r.peek()? != b'n' => {
+                                cached_tokens = Some(r.index()?)
+                            }
+                            _ => r.skip()?,
+                        }
+                        Some(())
+                    })?;
+                    u.prompt_tokens_details = Some(PromptDetailsIn { cached_tokens });
+                }
+                _ => r.skip()?,
+            }
+            Some(())
+        })?;
+        Some(u)
+    }
+
+    /// A non-negative integer that fits a `u32`.
     fn index(&mut self) -> Option<u32> {
         let start = self.i;
         while self.peek().is_some_and(|b| b.is_ascii_digit()) {
@@ -282,7 +316,9 @@ impl<'a> Reader<'a> {
     fn skip_string(&mut self) -> Option<()> {
         self.i += 1;
         loop {
-            let len = memchr::memchr2(b'"', b'\\', &self.bytes()[self.i..])?;
+            let len = self.bytes()[self.i..]
+                .iter()
+                .position(|&c| c == b'"' || c == b'\\')?;
             let at = self.i + len;
             self.i = at + 1;
             if self.bytes()[at] == b'"' {
@@ -346,6 +382,11 @@ mod tests {
             choice("{}", r#""length""#),
             choice("null", r#""content_filter""#),
             format!(r#"{{{HEAD}"choices":[],"usage":null}}"#),
+            format!(r#"{{{HEAD}"choices":[],"usage":{{"prompt_tokens":5,"completion_tokens":8,"total_tokens":13}}}}"#),
+            format!(
+                r#"{{{HEAD}"choices":[],"usage":{{"prompt_tokens":1200,"completion_tokens":80,"total_tokens":1280,"prompt_tokens_details":{{"cached_tokens":1024,"audio_tokens":0}},"completion_tokens_details":{{"reasoning_tokens":64}}}}}}"#
+            ),
+            format!(r#"{{{HEAD}"choices":[],"usage":{{"prompt_tokens":3,"completion_tokens":0,"prompt_tokens_details":{{"cached_tokens":null}}}}}}"#),
             format!(r#"{{{HEAD}"choices":[{{"index":1,"delta":{{"content":"other choice"}}}}]}}"#),
             format!(
                 r#" {{ {HEAD} "extra" : {{"a":[1,{{"b":"}}]"}}],"c":-1.5e3,"d":true}}, "choices" : [ {{ "delta" : {{ "content" : "spaced" }} , "index" : 0 }} ] , "usage":null }} "#
@@ -362,9 +403,9 @@ mod tests {
     #[test]
     fn other_chunks_are_left_to_serde() {
         let docs = [
-            // Tool calls, usage, errors, several choices.
+            // Tool calls, errors, several choices, a count past u32.
             r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c","function":{"name":"f","arguments":""}}]}}]}"#,
-            r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":8,"total_tokens":13}}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":5000000000,"completion_tokens":8}}"#,
             r#"{"error":{"message":"overloaded","type":"server_error"}}"#,
             r#"{"choices":[{"index":0,"delta":{"content":"a"}},{"index":1,"delta":{"content":"b"}}]}"#,
             // What serde refuses: a lone surrogate, a raw control character,
