@@ -54,12 +54,12 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
     started: list[Gateway] = []
     counter = [0]
 
-    def make(config_text: str | None = None, peer_url: str | None = None, **kw) -> Gateway:
+    def make(config_text: str | None = None, peer_url: str | None = None, env: dict | None = None, **kw) -> Gateway:
         counter[0] += 1
         d = tmp_path / f"gw{counter[0]}"
         text = config_text if config_text is not None else support.gateway_config(d, peer_url, **kw)
         try:
-            gw = support.start_gateway(d, text)
+            gw = support.start_gateway(d, text, env=env)
         except support.StartError as e:
             pytest.fail(str(e), pytrace=False)
         started.append(gw)

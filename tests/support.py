@@ -300,12 +300,14 @@ class Gateway(Proc):
         return False
 
 
-def start_gateway(tmpdir: Path, config_text: str, timeout: float = START_TIMEOUT) -> Gateway:
+def start_gateway(
+    tmpdir: Path, config_text: str, timeout: float = START_TIMEOUT, env: dict | None = None
+) -> Gateway:
     binary = troupe_bin()
     if not binary.exists():
         raise StartError(f"gateway binary {binary} not found: run `cargo build` or set TROUPE_BIN")
     path = write_config(tmpdir, config_text)
-    gw = Gateway("troupe", [str(binary), "serve", "--config", str(path)], timeout=timeout)
+    gw = Gateway("troupe", [str(binary), "serve", "--config", str(path)], env=env, timeout=timeout)
     gw.config_path = path
     return gw
 

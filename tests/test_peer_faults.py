@@ -7,6 +7,7 @@ fault do not leak into the next test.
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import pytest
@@ -85,6 +86,31 @@ def test_all_keys_rate_limited_gives_clean_answer(fresh, clean_peer, stream):
         assert res.status in (429, 503), f"got {res.status}: {res.body[:300]!r}"
         assert res.headers.get("content-type", "").startswith("application/json")
         assert_valid("ErrorResponse", json.loads(res.body))
+
+
+def proxy_env(proxy: str, no_proxy: str) -> dict:
+    return {"HTTP_PROXY": proxy, "http_proxy": proxy, "ALL_PROXY": "", "all_proxy": "", "NO_PROXY": no_proxy, "no_proxy": no_proxy}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_proxy_environment_applies_to_the_openai_kind(gateway_factory, clean_peer, stream):
+    # Its chat calls skip reqwest for speed, but not the proxy settings every
+    # other kind honours: with a proxy that is not there, nothing reaches
+    # the upstream; with the upstream exempted by NO_PROXY, all is well.
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    proxy = f"http://127.0.0.1:{dead.getsockname()[1]}"  # bound, never listening
+    try:
+        gw = gateway_factory(peer_url=clean_peer.url, demo=False, env=proxy_env(proxy, ""))
+        with gw.http() as c:
+            r = c.post(CHAT, json=body("via the proxy", stream))
+        assert r.status_code == 502, f"expected a bad-gateway error, got {r.status_code}: {r.text[:300]}"
+        assert_valid("ErrorResponse", r.json())
+        assert clean_peer.requests() == [], "the request went around the proxy"
+        gw = gateway_factory(peer_url=clean_peer.url, demo=False, env=proxy_env(proxy, "127.0.0.1"))
+        assert answer_text(send(gw, "exempt", stream), stream)
+    finally:
+        dead.close()
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])

@@ -10,7 +10,12 @@
 #   troupe       an `openai` pool in front of it
 #
 # first with one request in flight (added latency p50/p99), then under
-# concurrency (requests/s, and troupe as a share of the nginx hop).
+# concurrency (requests/s, troupe as a share of the nginx hop, and each
+# proxy's CPU time per request).
+#
+# One request in flight is measured three ways: everything on CPU 0 (the
+# proxy's own cost), the proxy alone on CPU 1 (every hand-off wakes the
+# other virtual CPU), and unpinned (wherever the scheduler puts them).
 #
 # troupe runs with its default `workers` (one per core; WORKERS=n sets it).
 # A shared VM's host takes CPU time away ("steal") in bursts,

@@ -255,7 +255,7 @@ impl Actor for PoolSupervisor {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .map_err(|e| e.to_string());
-            match rest.and_then(|r| Ok((r, HttpClient::new(connect_timeout)?))) {
+            match rest.and_then(|r| Ok((r.clone(), HttpClient::new(connect_timeout, r)?))) {
                 Ok(c) => self.http.push(c),
                 Err(e) => {
                     tracing::error!(pool = %self.cfg.name, error = %e, "cannot build HTTP client");

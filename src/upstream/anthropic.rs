@@ -21,6 +21,8 @@ pub const API_VERSION: &str = "2023-06-01";
 pub struct Anthropic {
     http: HttpClient,
     url: http::Uri,
+    /// Whether the environment's proxy settings apply to `url`.
+    proxied: bool,
     key: ApiKey,
     /// Version and the pool's extra headers, built once.
     headers: HeaderMap,
@@ -48,10 +50,12 @@ impl Anthropic {
                 headers.insert(name, value);
             }
         }
+        // SDK convention: base_url has no `/v1`.
+        let url = api_uri(base, "/v1/messages")?;
         Ok(Anthropic {
             http: ctx.streaming.clone(),
-            // SDK convention: base_url has no `/v1`.
-            url: api_uri(base, "/v1/messages")?,
+            proxied: super::client::proxied(&url),
+            url,
             key,
             headers,
         })
@@ -83,7 +87,7 @@ impl Upstream for Anthropic {
             (HeaderName::from_static("x-api-key"), key),
             body,
         )?;
-        let resp = self.http.send(post).await?;
+        let resp = self.http.send(post, self.proxied).await?;
         pump(resp, model, EventDecoder::default(), sink).await
     }
 }
@@ -194,8 +198,11 @@ mod tests {
             pool: &pool,
             account: Some(&account),
             http: reqwest::Client::new(),
-            streaming: crate::upstream::client::HttpClient::new(std::time::Duration::from_secs(5))
-                .unwrap(),
+            streaming: crate::upstream::client::HttpClient::new(
+                std::time::Duration::from_secs(5),
+                reqwest::Client::new(),
+            )
+            .unwrap(),
         })
         .unwrap()
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::{BodyExt as _, Limited};
 use reqwest::header::{
     HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER,
 };
@@ -24,6 +24,8 @@ pub struct OpenAi {
     http: HttpClient,
     /// Parsed once: parsing it per request showed in profiles.
     url: http::Uri,
+    /// Whether the environment's proxy settings apply to `url`.
+    proxied: bool,
     key: ApiKey,
     headers: HeaderMap,
 }
@@ -36,9 +38,11 @@ impl OpenAi {
             .as_deref()
             .ok_or("the openai kind needs base_url")?;
         let key = ApiKey::of(ctx.account).ok_or("the openai kind needs an api_key per account")?;
+        let url = api_uri(base, "/chat/completions")?;
         Ok(OpenAi {
             http: ctx.streaming.clone(),
-            url: api_uri(base, "/chat/completions")?,
+            proxied: super::client::proxied(&url),
+            url,
             key,
             headers: extra_headers(&ctx.pool.headers)?,
         })
@@ -62,9 +66,9 @@ pub fn stream_post(
     headers: &HeaderMap,
     credential: (HeaderName, HeaderValue),
     body: Vec<u8>,
-) -> Result<http::Request<Full<Bytes>>, UpstreamError> {
+) -> Result<http::Request<Bytes>, UpstreamError> {
     let mut req = http::Request::post(uri.clone())
-        .body(Full::new(Bytes::from(body)))
+        .body(Bytes::from(body))
         .map_err(|e| UpstreamError::new(ErrorKind::InvalidRequest, e.to_string()))?;
     let h = req.headers_mut();
     h.reserve(headers.len() + 3);
@@ -247,7 +251,7 @@ impl Upstream for OpenAi {
         })?;
         let bearer = secret_header(&format!("Bearer {}", self.key.get()))?;
         let post = stream_post(&self.url, &self.headers, (AUTHORIZATION, bearer), body)?;
-        let resp = self.http.send(post).await?;
+        let resp = self.http.send(post, self.proxied).await?;
         pump(resp, model, ChunkDecoder::default(), sink).await
     }
 }

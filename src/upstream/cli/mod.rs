@@ -875,8 +875,11 @@ mod tests {
             pool: &pool,
             account: None,
             http: reqwest::Client::new(),
-            streaming: crate::upstream::client::HttpClient::new(std::time::Duration::from_secs(5))
-                .unwrap(),
+            streaming: crate::upstream::client::HttpClient::new(
+                std::time::Duration::from_secs(5),
+                reqwest::Client::new(),
+            )
+            .unwrap(),
         };
         let cli = Cli::new(&ctx).unwrap();
         let req = ChatRequest {
