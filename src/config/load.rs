@@ -266,7 +266,9 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
                             format!("the {kind} kind needs base_url"),
                         ))
                     }
-                    Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+                    // Parsed as the sessions will parse it, so a URL they
+                    // could not use is refused here, naming the key.
+                    Some(u) if crate::upstream::openai::api_uri(u, "").is_err() => {
                         return Err(invalid(
                             at("base_url"),
                             format!("`{u}` is not an http(s) URL"),
@@ -880,6 +882,23 @@ mod tests {
         assert!(e.to_string().starts_with("server.request_timeout:"), "{e}");
         let e = from_value(json!({"pools": [demo_pool(), demo_pool()]})).unwrap_err();
         assert!(e.to_string().starts_with("pools[1].name:"), "{e}");
+        // A base_url the sessions could not use is refused at load.
+        for bad in [
+            "ftp://h/v1",
+            "http://",
+            "https://bad host/v1",
+            "https://ünï.example/v1",
+        ] {
+            let e = from_value(
+                json!({"pools": [{"name": "o", "kind": "openai", "base_url": bad,
+                "models": ["m"], "accounts": [{"name": "a", "api_key": "k"}]}]}),
+            )
+            .unwrap_err();
+            assert!(
+                e.to_string().starts_with("pools[0].base_url:"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]
