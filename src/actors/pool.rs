@@ -42,7 +42,7 @@ pub struct PoolSupervisor {
     credentials: Option<CredentialStore>,
     /// One HTTP client per arbiter: a session's connections are then driven
     /// on its own thread, never handed across threads.
-    http: Vec<(reqwest::Client, HttpClient)>,
+    http: Vec<HttpClient>,
     /// Sessions started so far, to spread them over the arbiters.
     started_count: usize,
 }
@@ -121,7 +121,7 @@ impl PoolSupervisor {
     /// session of an account-less kind).
     fn start_session(&mut self, name: &str) {
         let i = self.started_count;
-        let Some((http, streaming)) = self.http.get(i % self.http.len().max(1)).cloned() else {
+        let Some(http) = self.http.get(i % self.http.len().max(1)).cloned() else {
             return;
         };
         let account = self.cfg.accounts.iter().find(|a| a.name == name);
@@ -138,7 +138,6 @@ impl PoolSupervisor {
                 pool: &self.cfg,
                 account,
                 http,
-                streaming,
             },
             &place,
         ) {
@@ -246,16 +245,7 @@ impl Actor for PoolSupervisor {
     fn started(&mut self, ctx: &mut Self::Context) {
         let connect_timeout = self.cfg.connect_timeout.unwrap_or(Duration::from_secs(10));
         for _ in 0..self.arbiters.len().max(1) {
-            let rest = reqwest::Client::builder()
-                .connect_timeout(connect_timeout)
-                .pool_idle_timeout(Duration::from_secs(90))
-                .tcp_nodelay(true)
-                // An API endpoint that redirects is misconfigured; following
-                // it would also resend the credentials elsewhere.
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .map_err(|e| e.to_string());
-            match rest.and_then(|r| Ok((r.clone(), HttpClient::new(connect_timeout, r)?))) {
+            match HttpClient::new(connect_timeout) {
                 Ok(c) => self.http.push(c),
                 Err(e) => {
                     tracing::error!(pool = %self.cfg.name, error = %e, "cannot build HTTP client");

@@ -6,8 +6,8 @@
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
-use super::client::HttpClient;
-use super::openai::{api_uri, extra_headers, secret_header, stream_post};
+use super::client::{secret_header, ApiEndpoint};
+use super::openai::extra_headers;
 use super::stream::{pump, StreamDecoder};
 use super::{ApiKey, EventSink, Upstream, UpstreamContext};
 use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, UpstreamError};
@@ -19,13 +19,9 @@ pub const API_VERSION: &str = "2023-06-01";
 
 /// One API key on one Anthropic server.
 pub struct Anthropic {
-    http: HttpClient,
-    url: http::Uri,
-    /// Whether the environment's proxy settings apply to `url`.
-    proxied: bool,
+    /// Sends the API version and the pool's extra headers.
+    endpoint: ApiEndpoint,
     key: ApiKey,
-    /// Version and the pool's extra headers, built once.
-    headers: HeaderMap,
 }
 
 impl Anthropic {
@@ -50,14 +46,10 @@ impl Anthropic {
                 headers.insert(name, value);
             }
         }
-        // SDK convention: base_url has no `/v1`.
-        let url = api_uri(base, "/v1/messages")?;
         Ok(Anthropic {
-            http: ctx.streaming.clone(),
-            proxied: super::client::proxied(&url),
-            url,
+            // SDK convention: base_url has no `/v1`.
+            endpoint: ApiEndpoint::new(ctx.http.clone(), base, "/v1/messages", headers)?,
             key,
-            headers,
         })
     }
 }
@@ -81,13 +73,10 @@ impl Upstream for Anthropic {
             )
         })?;
         let key = secret_header(&self.key.get())?;
-        let post = stream_post(
-            &self.url,
-            &self.headers,
-            (HeaderName::from_static("x-api-key"), key),
-            body,
-        )?;
-        let resp = self.http.send(post, self.proxied).await?;
+        let resp = self
+            .endpoint
+            .post((HeaderName::from_static("x-api-key"), key), body)
+            .await?;
         pump(resp, model, EventDecoder::default(), sink).await
     }
 }
@@ -197,12 +186,8 @@ mod tests {
         Anthropic::new(&UpstreamContext {
             pool: &pool,
             account: Some(&account),
-            http: reqwest::Client::new(),
-            streaming: crate::upstream::client::HttpClient::new(
-                std::time::Duration::from_secs(5),
-                reqwest::Client::new(),
-            )
-            .unwrap(),
+            http: crate::upstream::client::HttpClient::new(std::time::Duration::from_secs(5))
+                .unwrap(),
         })
         .unwrap()
     }

@@ -1,12 +1,12 @@
-//! The HTTP client of the streaming API kinds (`openai`, `anthropic`): hyper's
-//! pooled client and nothing more. reqwest, which the other kinds use for
-//! their REST calls, re-parses the URL twice per request and runs redirect
-//! and retry layers around every call; on the hot path that showed in
-//! profiles. Redirects are not followed here either: an API endpoint that
+//! The HTTP clients of the upstream kinds. The streaming API calls of the
+//! `openai` and `anthropic` kinds go through hyper's pooled client and
+//! nothing more: reqwest, which the other kinds use for their REST calls,
+//! re-parses the URL twice per request and runs redirect and retry layers
+//! around every call, which showed in profiles on the hot path. An upstream
+//! that the environment's proxy settings (`HTTPS_PROXY`, `HTTP_PROXY`,
+//! `ALL_PROXY`, `NO_PROXY`) send through a proxy is called through reqwest,
+//! which speaks to proxies. Neither follows redirects: an API endpoint that
 //! redirects is misconfigured, and following it would resend the key.
-//! An upstream that the environment's proxy settings (`HTTPS_PROXY`,
-//! `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`) send through a proxy is called
-//! through reqwest, which speaks to proxies.
 
 use std::error::Error as _;
 use std::pin::Pin;
@@ -20,6 +20,7 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE};
 
 use crate::canonical::{ErrorKind, UpstreamError};
 
@@ -47,25 +48,25 @@ impl http_body::Body for Body {
     }
 }
 
-/// A pooled HTTP/1.1 and HTTP/2 client (plain or TLS); cheap to clone.
+/// The HTTP clients of one thread: hyper's, for the streaming API calls, and
+/// reqwest, for the REST calls of the other kinds and for upstreams behind a
+/// proxy. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct HttpClient {
     inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    /// For upstreams behind a proxy.
     rest: reqwest::Client,
 }
 
-/// Whether the environment's proxy settings route `uri` through a proxy.
-pub fn proxied(uri: &http::Uri) -> bool {
-    hyper_util::client::proxy::matcher::Matcher::from_env()
-        .intercept(uri)
-        .is_some()
-}
-
 impl HttpClient {
-    /// A client whose connection attempts give up after `connect_timeout`;
-    /// `rest` (reqwest) carries the requests that go through a proxy.
-    pub fn new(connect_timeout: Duration, rest: reqwest::Client) -> Result<Self, String> {
+    /// Clients whose connection attempts give up after `connect_timeout`.
+    pub fn new(connect_timeout: Duration) -> Result<Self, String> {
+        let rest = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .pool_idle_timeout(IDLE_TIMEOUT)
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
         let mut tcp = HttpConnector::new();
         tcp.set_connect_timeout(Some(connect_timeout));
         tcp.set_nodelay(true);
@@ -77,31 +78,83 @@ impl HttpClient {
             .enable_all_versions()
             .wrap_connector(tcp);
         let inner = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .build(connector);
         Ok(HttpClient { inner, rest })
     }
 
-    /// Sends `req` (through reqwest and the environment's proxy when
-    /// `proxied`); a transport failure or a non-2xx answer becomes the
-    /// classified error every HTTP kind shares.
-    pub async fn send(
+    /// The reqwest client, for REST calls.
+    pub fn rest(&self) -> &reqwest::Client {
+        &self.rest
+    }
+}
+
+/// How long an idle upstream connection is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// One streaming API endpoint of a session: its URI parsed once, the pool's
+/// extra headers, and whether the environment's proxy settings apply.
+#[derive(Debug)]
+pub struct ApiEndpoint {
+    http: HttpClient,
+    uri: http::Uri,
+    proxied: bool,
+    headers: HeaderMap,
+}
+
+impl ApiEndpoint {
+    /// `path` under a pool's `base_url`.
+    pub fn new(
+        http: HttpClient,
+        base: &str,
+        path: &str,
+        headers: HeaderMap,
+    ) -> Result<Self, String> {
+        let uri = api_uri(base, path)?;
+        let proxied = hyper_util::client::proxy::matcher::Matcher::from_env()
+            .intercept(&uri)
+            .is_some();
+        Ok(ApiEndpoint {
+            http,
+            uri,
+            proxied,
+            headers,
+        })
+    }
+
+    /// POSTs a JSON `body` asking for an event stream, with the account's
+    /// `credential` header. A transport failure or a non-2xx answer becomes
+    /// the classified error every HTTP kind shares.
+    pub async fn post(
         &self,
-        req: http::Request<Bytes>,
-        proxied: bool,
+        credential: (HeaderName, HeaderValue),
+        body: Vec<u8>,
     ) -> Result<Response, UpstreamError> {
-        let resp = if proxied {
+        let mut req = http::Request::post(self.uri.clone())
+            .body(Bytes::from(body))
+            .map_err(|e| UpstreamError::new(ErrorKind::InvalidRequest, e.to_string()))?;
+        let h = req.headers_mut();
+        h.reserve(self.headers.len() + 3);
+        for (k, v) in &self.headers {
+            h.insert(k, v.clone());
+        }
+        h.insert(credential.0, credential.1);
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+        let resp = if self.proxied {
             let req = reqwest::Request::try_from(req.map(reqwest::Body::from))
                 .map_err(|e| super::openai::transport_error(&e))?;
             let resp = self
+                .http
                 .rest
                 .execute(req)
                 .await
                 .map_err(|e| super::openai::transport_error(&e))?;
             http::Response::from(resp).map(Body::Proxied)
         } else {
-            self.inner
+            self.http
+                .inner
                 .request(req.map(Full::new))
                 .await
                 .map_err(|e| transport_error(&e))?
@@ -113,6 +166,26 @@ impl HttpClient {
             Err(super::openai::status_error(resp).await)
         }
     }
+}
+
+/// The URI of `path` under a pool's `base_url`.
+pub fn api_uri(base: &str, path: &str) -> Result<http::Uri, String> {
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let uri: http::Uri = url.parse().map_err(|e| format!("base_url: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") if uri.host().is_some() => Ok(uri),
+        _ => Err(format!("base_url: `{base}` is not an http(s) URL")),
+    }
+}
+
+/// A credential as a header value kept out of debug output and HTTP/2
+/// header compression tables.
+pub fn secret_header(value: &str) -> Result<HeaderValue, UpstreamError> {
+    let mut v = HeaderValue::from_str(value).map_err(|_| {
+        UpstreamError::new(ErrorKind::Auth, "the api_key is not a valid header value")
+    })?;
+    v.set_sensitive(true);
+    Ok(v)
 }
 
 /// Classifies a transport error: a connect or read timeout, or a failed

@@ -41,7 +41,7 @@ impl LangGraph {
             .as_deref()
             .ok_or("the langgraph kind needs base_url")?;
         Ok(LangGraph {
-            http: ctx.http.clone(),
+            http: ctx.http.rest().clone(),
             base: base.trim_end_matches('/').to_owned(),
             // Local servers (`langgraph dev`) want no key at all.
             key: ApiKey::of(ctx.account),

@@ -197,10 +197,9 @@ impl ApiKey {
 pub struct UpstreamContext<'a> {
     pub pool: &'a PoolConfig,
     pub account: Option<&'a AccountConfig>,
-    /// Shared HTTP client (connection pools are per host, not per key).
-    pub http: reqwest::Client,
-    /// The leaner client of the streaming API kinds' chat calls.
-    pub streaming: client::HttpClient,
+    /// The thread's HTTP clients (connection pools are per host, not per
+    /// key).
+    pub http: client::HttpClient,
 }
 
 /// Where a session lives, for kinds that keep files per session (a

@@ -72,7 +72,7 @@ impl OnDemand {
         let key =
             ApiKey::of(ctx.account).ok_or("the ondemand kind needs an api_key per account")?;
         Ok(OnDemand {
-            http: ctx.http.clone(),
+            http: ctx.http.rest().clone(),
             base: base.trim_end_matches('/').to_owned(),
             key,
             headers: extra_headers(&pool.headers)?,

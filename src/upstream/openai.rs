@@ -7,11 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Limited};
-use reqwest::header::{
-    HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER,
-};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 
-use super::client::HttpClient;
+use super::client::{secret_header, ApiEndpoint};
 use super::stream::{pump, StreamDecoder};
 use super::{ApiKey, EventSink, Upstream, UpstreamContext};
 use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, UpstreamError};
@@ -21,13 +19,8 @@ use crate::protocol::sse::SseEvent;
 
 /// One API key on one OpenAI-compatible server.
 pub struct OpenAi {
-    http: HttpClient,
-    /// Parsed once: parsing it per request showed in profiles.
-    url: http::Uri,
-    /// Whether the environment's proxy settings apply to `url`.
-    proxied: bool,
+    endpoint: ApiEndpoint,
     key: ApiKey,
-    headers: HeaderMap,
 }
 
 impl OpenAi {
@@ -38,57 +31,12 @@ impl OpenAi {
             .as_deref()
             .ok_or("the openai kind needs base_url")?;
         let key = ApiKey::of(ctx.account).ok_or("the openai kind needs an api_key per account")?;
-        let url = api_uri(base, "/chat/completions")?;
+        let headers = extra_headers(&ctx.pool.headers)?;
         Ok(OpenAi {
-            http: ctx.streaming.clone(),
-            proxied: super::client::proxied(&url),
-            url,
+            endpoint: ApiEndpoint::new(ctx.http.clone(), base, "/chat/completions", headers)?,
             key,
-            headers: extra_headers(&ctx.pool.headers)?,
         })
     }
-}
-
-/// The URI of `path` under a pool's `base_url`, parsed once.
-pub fn api_uri(base: &str, path: &str) -> Result<http::Uri, String> {
-    let url = format!("{}{path}", base.trim_end_matches('/'));
-    let uri: http::Uri = url.parse().map_err(|e| format!("base_url: {e}"))?;
-    match uri.scheme_str() {
-        Some("http" | "https") if uri.host().is_some() => Ok(uri),
-        _ => Err(format!("base_url: `{base}` is not an http(s) URL")),
-    }
-}
-
-/// A POST of a JSON body asking for an event stream, with the pool's
-/// extra headers and the account's credential header.
-pub fn stream_post(
-    uri: &http::Uri,
-    headers: &HeaderMap,
-    credential: (HeaderName, HeaderValue),
-    body: Vec<u8>,
-) -> Result<http::Request<Bytes>, UpstreamError> {
-    let mut req = http::Request::post(uri.clone())
-        .body(Bytes::from(body))
-        .map_err(|e| UpstreamError::new(ErrorKind::InvalidRequest, e.to_string()))?;
-    let h = req.headers_mut();
-    h.reserve(headers.len() + 3);
-    for (k, v) in headers {
-        h.insert(k, v.clone());
-    }
-    h.insert(credential.0, credential.1);
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
-    Ok(req)
-}
-
-/// A credential as a header value kept out of debug output and HTTP/2
-/// header compression tables.
-pub fn secret_header(value: &str) -> Result<HeaderValue, UpstreamError> {
-    let mut v = HeaderValue::from_str(value).map_err(|_| {
-        UpstreamError::new(ErrorKind::Auth, "the api_key is not a valid header value")
-    })?;
-    v.set_sensitive(true);
-    Ok(v)
 }
 
 /// Parses configured extra headers once, at session start.
@@ -250,8 +198,7 @@ impl Upstream for OpenAi {
             )
         })?;
         let bearer = secret_header(&format!("Bearer {}", self.key.get()))?;
-        let post = stream_post(&self.url, &self.headers, (AUTHORIZATION, bearer), body)?;
-        let resp = self.http.send(post, self.proxied).await?;
+        let resp = self.endpoint.post((AUTHORIZATION, bearer), body).await?;
         pump(resp, model, ChunkDecoder::default(), sink).await
     }
 }

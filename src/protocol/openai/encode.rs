@@ -379,13 +379,24 @@ impl StreamEncoder {
     }
 
     fn chunk(&self, out: &mut BytesMut, delta: DeltaOut<'_>, finish: Option<&'static str>) {
+        self.frame(out, finish, |out| {
+            let mut w = out.writer();
+            // Writing to memory cannot fail; serialization of these types cannot either.
+            let _ = serde_json::to_writer(&mut w, &delta);
+        });
+    }
+
+    /// One chunk around the delta `write_delta` appends.
+    fn frame(
+        &self,
+        out: &mut BytesMut,
+        finish: Option<&'static str>,
+        write_delta: impl FnOnce(&mut BytesMut),
+    ) {
         out.reserve(self.head.len() + 64);
         out.put_slice(&self.head);
         out.put_slice(b"[{\"index\":0,\"delta\":");
-        let mut w = out.writer();
-        // Writing to memory cannot fail; serialization of these types cannot either.
-        let _ = serde_json::to_writer(&mut w, &delta);
-        let out = w.into_inner();
+        write_delta(out);
         match finish {
             None => out.put_slice(b",\"finish_reason\":null}]}\n\n"),
             Some(reason) => {
@@ -421,13 +432,12 @@ impl StreamEncoder {
         }
         match ev {
             // The commonest chunk by far, written without serde's machinery.
-            ChatEvent::TextDelta(t) => {
-                out.reserve(self.head.len() + t.len() + 64);
-                out.put_slice(&self.head);
-                out.put_slice(b"[{\"index\":0,\"delta\":{\"content\":");
+            ChatEvent::TextDelta(t) => self.frame(out, None, |out| {
+                out.reserve(t.len() + 16);
+                out.put_slice(b"{\"content\":");
                 json_string(out, t);
-                out.put_slice(b"},\"finish_reason\":null}]}\n\n");
-            }
+                out.put_u8(b'}');
+            }),
             ChatEvent::ThinkingDelta(t) => self.chunk(
                 out,
                 DeltaOut {

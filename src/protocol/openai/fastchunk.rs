@@ -108,7 +108,7 @@ impl<'a> Reader<'a> {
         };
         self.object(|r, key| {
             match key {
-                "index" => choice.index = r.index()?,
+                "index" => choice.index = r.uint()?,
                 "delta" => {
                     if r.peek()? == b'n' {
                         r.null()?;
@@ -153,15 +153,13 @@ impl<'a> Reader<'a> {
         };
         self.object(|r, key| {
             match key {
-                "prompt_tokens" => u.prompt_tokens = r.index()?,
-                "completion_tokens" => u.completion_tokens = r.index()?,
+                "prompt_tokens" => u.prompt_tokens = r.uint()?,
+                "completion_tokens" => u.completion_tokens = r.uint()?,
                 "prompt_tokens_details" if r.peek()? != b'n' => {
                     let mut cached_tokens = None;
                     r.object(|r, key| {
                         match key {
-                            "cached_tokens" if r.peek()? != b'n' => {
-                                cached_tokens = Some(r.index()?)
-                            }
+                            "cached_tokens" if r.peek()? != b'n' => cached_tokens = Some(r.uint()?),
                             _ => r.skip()?,
                         }
                         Some(())
@@ -176,7 +174,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A non-negative integer that fits a `u32`.
-    fn index(&mut self) -> Option<u32> {
+    fn uint(&mut self) -> Option<u32> {
         let start = self.i;
         while self.peek().is_some_and(|b| b.is_ascii_digit()) {
             self.i += 1;

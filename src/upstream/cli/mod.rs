@@ -874,12 +874,8 @@ mod tests {
         let ctx = UpstreamContext {
             pool: &pool,
             account: None,
-            http: reqwest::Client::new(),
-            streaming: crate::upstream::client::HttpClient::new(
-                std::time::Duration::from_secs(5),
-                reqwest::Client::new(),
-            )
-            .unwrap(),
+            http: crate::upstream::client::HttpClient::new(std::time::Duration::from_secs(5))
+                .unwrap(),
         };
         let cli = Cli::new(&ctx).unwrap();
         let req = ChatRequest {

@@ -22,8 +22,6 @@ pub mod rpc;
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-
-use crate::sync::lock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -37,6 +35,7 @@ use crate::canonical::{
     ChatEvent, ChatRequest, ContentPart, ErrorKind, Role, StopReason, UpstreamError,
 };
 use crate::config::PoolConfig;
+use crate::sync::lock;
 
 /// The info file's name when none is configured.
 pub const DEFAULT_INFO_FILE: &str = ".info";

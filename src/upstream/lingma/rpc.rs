@@ -14,8 +14,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-
-use crate::sync::lock;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -24,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::canonical::{ErrorKind, UpstreamError};
+use crate::sync::lock;
 
 /// The largest LSP message (and WebSocket message) accepted.
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;

@@ -14,8 +14,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-
-use crate::sync::lock;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -24,6 +22,7 @@ use tokio::sync::{oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::canonical::{ErrorKind, UpstreamError};
+use crate::sync::lock;
 
 /// How long connecting, the Engine.IO open and the socket.io CONNECT may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);

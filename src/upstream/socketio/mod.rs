@@ -14,8 +14,6 @@
 pub mod client;
 
 use std::sync::{Arc, Mutex};
-
-use crate::sync::lock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -26,6 +24,7 @@ use self::client::{Connection, Endpoint, EventNames};
 use super::openai::{extra_headers, send_checked};
 use super::{EventSink, Upstream, UpstreamContext};
 use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, Role, StopReason, UpstreamError};
+use crate::sync::lock;
 
 /// The presets this kind knows.
 pub const PRESETS: &[&str] = &["langfast"];
@@ -138,7 +137,7 @@ impl SocketIo {
             .clone()
             .or_else(|| langfast.then(|| LANGFAST_FINISH_EVENT.to_owned()));
         Ok(SocketIo {
-            http: ctx.http.clone(),
+            http: ctx.http.rest().clone(),
             supabase: need(&pool.supabase_url, "supabase_url")?
                 .trim_end_matches('/')
                 .to_owned(),
