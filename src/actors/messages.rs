@@ -60,7 +60,9 @@ pub struct Register {
     pub id: SessionId,
     pub pool: Arc<str>,
     pub name: Arc<str>,
-    pub addr: Addr<Session>,
+    /// `None` when the pool declares the session before it runs; the
+    /// session then registers again with its address as it starts.
+    pub addr: Option<Addr<Session>>,
     /// Requests the session may run at once.
     pub max_concurrency: u32,
     /// Lower is preferred when several pools serve a model.

@@ -161,6 +161,9 @@ impl PoolSupervisor {
                 .collect(),
         };
         self.started_count += 1;
+        // Declared to the Router before it runs: a request failing over at
+        // start-up then waits for this session instead of finding none.
+        self.router.do_send(registration.message(None));
         let arbiter = self.arbiters.get(i % self.arbiters.len().max(1)).cloned();
         let addr = self.spawn(&registration, &upstream, arbiter.as_ref());
         self.members.push(Member {

@@ -285,10 +285,11 @@ impl Handler<Register> for Router {
 
     fn handle(&mut self, msg: Register, ctx: &mut Self::Context) {
         if let Some(&slot) = self.index.get(&msg.id) {
-            // The watchdog re-created a dead session actor.
+            // A declared session started, or the watchdog re-created a dead
+            // session actor.
             let s = &mut self.slots[slot];
-            if !s.retiring {
-                s.addr = Some(msg.addr);
+            if let (false, Some(addr)) = (s.retiring, msg.addr) {
+                s.addr = Some(addr);
                 s.state = SessionState::Starting;
             }
             return;
@@ -308,7 +309,7 @@ impl Handler<Register> for Router {
             id: msg.id,
             pool: msg.pool,
             name: msg.name,
-            addr: Some(msg.addr),
+            addr: msg.addr,
             retiring: false,
             state: SessionState::Starting,
             in_flight: 0,

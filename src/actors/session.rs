@@ -36,6 +36,21 @@ pub struct Registration {
     pub models: Vec<(Arc<str>, Arc<str>)>,
 }
 
+impl Registration {
+    /// The Router's `Register` message for this session.
+    pub fn message(&self, addr: Option<Addr<Session>>) -> Register {
+        Register {
+            id: self.id,
+            pool: self.pool.clone(),
+            name: self.name.clone(),
+            addr,
+            max_concurrency: self.max_concurrency,
+            priority: self.priority,
+            models: self.models.clone(),
+        }
+    }
+}
+
 /// How long a 429 without `Retry-After` cools a model down.
 const DEFAULT_RATE_LIMIT_COOLDOWN: Duration = Duration::from_secs(5);
 /// Refresh expiring credentials this long before they expire.
@@ -428,15 +443,7 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         if let Some(r) = self.registration.take() {
-            self.router.do_send(Register {
-                id: r.id,
-                pool: r.pool,
-                name: r.name,
-                addr: ctx.address(),
-                max_concurrency: r.max_concurrency,
-                priority: r.priority,
-                models: r.models,
-            });
+            self.router.do_send(r.message(Some(ctx.address())));
         }
         if matches!(
             self.state,

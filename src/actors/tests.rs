@@ -93,15 +93,19 @@ impl Rig {
         }
     }
 
-    fn session(&self, id: u32, upstream: Arc<dyn Upstream>) {
-        let reg = Registration {
+    fn registration(id: u32) -> Registration {
+        Registration {
             id: SessionId(id),
             pool: Arc::from("p"),
             name: Arc::from(format!("s{id}").as_str()),
             max_concurrency: 2,
             priority: 0,
             models: vec![(Arc::from("m"), Arc::from("m-up"))],
-        };
+        }
+    }
+
+    fn session(&self, id: u32, upstream: Arc<dyn Upstream>) {
+        let reg = Self::registration(id);
         let (router, log) = (self.router.clone(), self.log.clone());
         Supervisor::start(move |_| Session::new(reg, upstream, router, log, policy()));
     }
@@ -483,4 +487,30 @@ async fn the_watchdog_recreates_a_session_whose_actor_died() {
     assert!(respawned, "events: {:?}", rig.events().await);
     // And it serves again.
     assert!(rig.run().await.is_none());
+}
+
+#[actix::test]
+async fn a_declared_session_is_waited_for_not_given_up_on() {
+    // Pools declare their sessions before they run: a request that must
+    // leave session 1 at start-up waits for session 2 instead of failing.
+    let rig = Rig::new();
+    rig.router.do_send(Rig::registration(2).message(None));
+    rig.session(1, Scripted::new(0, vec![]));
+    settle().await;
+    let (tx, mut rx) = oneshot::channel();
+    rig.router.do_send(Acquire {
+        model: Arc::from("m"),
+        exclude: Some(SessionId(1)),
+        affinity: None,
+        reply: tx,
+    });
+    settle().await;
+    assert!(rx.try_recv().is_err(), "answered before session 2 ran");
+    rig.session(2, Scripted::new(0, vec![]));
+    let lease = tokio::time::timeout(Duration::from_secs(5), rx)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(lease.id, SessionId(2));
 }
