@@ -279,6 +279,7 @@ fn message_from_wire(m: RequestMessage, i: usize) -> Result<Message, DecodeError
 /// calls have started so every call gets exactly one start.
 #[derive(Debug, Default)]
 pub struct ChunkDecoder {
+    fast: super::fastchunk::FastReader,
     started_calls: Vec<u32>,
     stopped: bool,
     saw_usage: bool,
@@ -288,7 +289,7 @@ pub struct ChunkDecoder {
 impl ChunkDecoder {
     /// Decodes one `data:` payload (not `[DONE]`) into `out`.
     pub fn decode(&mut self, data: &str, out: &mut Vec<ChatEvent>) -> Result<(), UpstreamError> {
-        let chunk = match super::fastchunk::read(data) {
+        let chunk = match self.fast.read(data) {
             Some(chunk) => chunk,
             None => serde_json::from_str(data).map_err(|e| {
                 UpstreamError::new(

@@ -10,8 +10,109 @@
 use super::wire::{ChoiceIn, ChunkIn, DeltaIn, PromptDetailsIn, UsageIn};
 
 /// Reads `data` if it is a plain text chunk; `None` means "use serde".
+#[cfg(test)]
 pub fn read(data: &str) -> Option<ChunkIn> {
-    let mut r = Reader { s: data, i: 0 };
+    read_spanned(data).map(|(chunk, _)| chunk)
+}
+
+/// The delta field a chunk's one string is in.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Field {
+    Content,
+    ReasoningContent,
+    Reasoning,
+}
+
+/// Where a plain chunk's one string sits: its field, and the byte range
+/// of its body (between the quotes).
+type Span = (Field, usize, usize);
+
+/// A stream's reader of plain chunks. Servers frame every chunk of an
+/// answer alike (the same id, model and keys, in the same order) and only
+/// the text differs, so the bytes around the last plain chunk's string are
+/// kept: a chunk with the same bytes around a single JSON string is that
+/// chunk with other text, read without parsing the rest again.
+#[derive(Debug, Default)]
+pub struct FastReader {
+    /// The bytes before the string (ending with its opening quote), then
+    /// the bytes after it (starting with its closing quote).
+    around: String,
+    /// Where the bytes after the string start in `around`; 0 when no frame
+    /// has been seen.
+    at: usize,
+    field: Option<Field>,
+}
+
+impl FastReader {
+    /// Reads `data` if it is a plain chunk; `None` means "use serde".
+    pub fn read(&mut self, data: &str) -> Option<ChunkIn> {
+        if let Some(text) = self.framed(data) {
+            return Some(self.chunk_of(text));
+        }
+        let (chunk, span) = read_spanned(data)?;
+        if let Some((field, start, end)) = span {
+            self.around.clear();
+            self.around.push_str(&data[..start]);
+            self.around.push_str(&data[end..]);
+            self.at = start;
+            self.field = Some(field);
+        }
+        Some(chunk)
+    }
+
+    /// The string of `data` if `data` is the last frame around one string.
+    fn framed(&self, data: &str) -> Option<String> {
+        self.field?;
+        let (head, tail) = self.around.split_at(self.at);
+        if data.len() < self.around.len() || !data.starts_with(head) || !data.ends_with(tail) {
+            return None;
+        }
+        // On the opening quote: the string must end exactly where the tail
+        // starts (an unescaped quote inside would end it early).
+        let mut r = Reader {
+            s: data,
+            i: head.len() - 1,
+            span: None,
+            strings: 0,
+        };
+        let text = r.string()?;
+        (r.i == data.len() - tail.len() + 1).then_some(text)
+    }
+
+    fn chunk_of(&self, text: String) -> ChunkIn {
+        let mut delta = DeltaIn {
+            content: None,
+            reasoning_content: None,
+            reasoning: None,
+            tool_calls: None,
+        };
+        match self.field {
+            Some(Field::ReasoningContent) => delta.reasoning_content = Some(text),
+            Some(Field::Reasoning) => delta.reasoning = Some(text),
+            Some(Field::Content) | None => delta.content = Some(text),
+        }
+        ChunkIn {
+            choices: vec![ChoiceIn {
+                index: 0,
+                delta: Some(delta),
+                finish_reason: None,
+            }],
+            usage: None,
+            error: None,
+        }
+    }
+}
+
+/// Reads `data` if it is a plain chunk, with the span of its one string
+/// when it is a chunk of nothing but a text (or reasoning) delta of the
+/// first choice.
+fn read_spanned(data: &str) -> Option<(ChunkIn, Option<Span>)> {
+    let mut r = Reader {
+        s: data,
+        i: 0,
+        span: None,
+        strings: 0,
+    };
     let mut choices = Vec::new();
     let mut usage = None;
     r.object(|r, key| {
@@ -29,25 +130,62 @@ pub fn read(data: &str) -> Option<ChunkIn> {
         Some(())
     })?;
     r.ws();
-    (r.i == data.len()).then_some(ChunkIn {
+    if r.i != data.len() {
+        return None;
+    }
+    let only_text = usage.is_none()
+        && r.strings == 1
+        && matches!(choices.as_slice(), [c] if c.index == 0 && c.finish_reason.is_none());
+    let chunk = ChunkIn {
         choices,
         usage,
         error: None,
-    })
+    };
+    Some((chunk, r.span.filter(|_| only_text)))
 }
 
 /// The length of the run of plain string bytes at the start of `b`, and the
 /// byte that ends it: `"`, `\\` or a control character (invalid in JSON).
-/// Strings in chunks are short: a plain loop beats a vectorized search.
 fn plain_run(b: &[u8]) -> Option<(usize, u8)> {
-    b.iter()
+    let n = find_special(b)?;
+    Some((n, b[n]))
+}
+
+/// Where the first `"`, `\\` or control character in `b` is. Strings in
+/// chunks are short (keys, a few words of text), too short for a vector
+/// search to pay off, so eight bytes are tested at a time in a word.
+fn find_special(b: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // The high bit of each byte of `w` that is zero: exact for the lowest
+    // such byte, which is the one wanted.
+    let zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGH;
+    let mut at = 0;
+    for word in b.chunks_exact(8) {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(word);
+        let w = u64::from_le_bytes(bytes);
+        let hits = zero(w ^ (ONES * u64::from(b'"')))
+            | zero(w ^ (ONES * u64::from(b'\\')))
+            // Below 0x20: subtracting 0x20 borrows into the high bit.
+            | (w.wrapping_sub(ONES * 0x20) & !w & HIGH);
+        if hits != 0 {
+            return Some(at + (hits.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    b[at..]
+        .iter()
         .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-        .map(|n| (n, b[n]))
+        .map(|n| at + n)
 }
 
 struct Reader<'a> {
     s: &'a str,
     i: usize,
+    /// The last string read in a delta, and how many were read.
+    span: Option<Span>,
+    strings: u32,
 }
 
 impl<'a> Reader<'a> {
@@ -132,13 +270,25 @@ impl<'a> Reader<'a> {
             reasoning: None,
             tool_calls: None,
         };
+        // A key given twice is left to serde, which refuses it.
+        let mut seen = [false; 3];
         self.object(|r, key| {
-            match key {
-                "content" => d.content = r.opt_string()?,
-                "reasoning_content" => d.reasoning_content = r.opt_string()?,
-                "reasoning" => d.reasoning = r.opt_string()?,
-                "tool_calls" => r.null()?,
-                _ => r.skip()?,
+            let (field, slot) = match key {
+                "content" => (Field::Content, &mut d.content),
+                "reasoning_content" => (Field::ReasoningContent, &mut d.reasoning_content),
+                "reasoning" => (Field::Reasoning, &mut d.reasoning),
+                "tool_calls" => return r.null(),
+                _ => return r.skip(),
+            };
+            if std::mem::replace(&mut seen[field as usize], true) {
+                return None;
+            }
+            let at = r.i;
+            *slot = r.opt_string()?;
+            if slot.is_some() {
+                // The body runs from after the opening quote to the closing one.
+                r.span = Some((field, at + 1, r.i - 1));
+                r.strings += 1;
             }
             Some(())
         })?;
@@ -314,15 +464,13 @@ impl<'a> Reader<'a> {
     fn skip_string(&mut self) -> Option<()> {
         self.i += 1;
         loop {
-            let len = self.bytes()[self.i..]
-                .iter()
-                .position(|&c| c == b'"' || c == b'\\')?;
-            let at = self.i + len;
-            self.i = at + 1;
-            if self.bytes()[at] == b'"' {
-                return Some(());
+            let (len, stop) = plain_run(&self.bytes()[self.i..])?;
+            self.i += len + 1;
+            match stop {
+                b'"' => return Some(()),
+                b'\\' => self.i += 1, // the escaped byte
+                _ => return None,       // a raw control character
             }
-            self.i += 1; // the escaped byte
         }
     }
 }
@@ -398,6 +546,56 @@ mod tests {
         }
     }
 
+    /// Chunks framed like the last plain one are read from their string
+    /// alone, and give what serde gives; anything that is not exactly one
+    /// string between the same bytes is read in full.
+    #[test]
+    fn chunks_framed_alike_are_read_from_their_string() {
+        let text = |s: &str| {
+            format!(
+                r#"{{{HEAD}"choices":[{{"index":0,"delta":{{"content":"{s}"}},"logprobs":null,"finish_reason":null}}]}}"#
+            )
+        };
+        let think = |s: &str| {
+            format!(r#"{{{HEAD}"choices":[{{"index":0,"delta":{{"content":null,"reasoning_content":"{s}"}}}}]}}"#)
+        };
+        // (chunk, read from the frame?)
+        let stream = [
+            (think("first"), false),
+            (think(r#"then \"more\""#), true),
+            (text("hello"), false),
+            (text(" world"), true),
+            (text(""), true),
+            (text(r#"caf\u00e9 \ud83d\ude00 é \\ \n"#), true),
+            // Not one string between the frame's bytes: an unescaped quote
+            // ends it early, an escaped closing quote runs it on.
+            (text(r#"a","finish_reason":"stop"}],"x":{"y":""#), false),
+            (text(r#"a\"#), false),
+            (text("raw\u{1}control"), false),
+            (text("after"), true),
+            // Another frame: the finish chunk, then a different id.
+            (
+                format!(r#"{{{HEAD}"choices":[{{"index":0,"delta":{{}},"finish_reason":"stop"}}]}}"#),
+                false,
+            ),
+            (text("same frame as before the finish"), true),
+            (text("same frame").replace("chatcmpl-1", "chatcmpl-2"), false),
+            (text("and the new frame is kept").replace("chatcmpl-1", "chatcmpl-2"), true),
+        ];
+        let mut reader = FastReader::default();
+        let mut decoder = ChunkDecoder::default();
+        for (doc, framed) in &stream {
+            assert_eq!(reader.framed(doc).is_some(), *framed, "{doc}");
+            reader.read(doc);
+            let mut got = Vec::new();
+            let got = decoder.decode(doc, &mut got).map(|()| got);
+            match via_serde(doc) {
+                Ok(want) => assert_eq!(got.ok(), Some(want), "{doc}"),
+                Err(_) => assert!(got.is_err(), "{doc}"),
+            }
+        }
+    }
+
     #[test]
     fn other_chunks_are_left_to_serde() {
         let docs = [
@@ -414,6 +612,7 @@ mod tests {
             r#"{"choices":[{"index":0,"delta":{"content":5}}]}"#,
             r#"{"choices":[{"index":"0","delta":{"content":"a"}}]}"#,
             r#"{"choices":[]} x"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"a","content":"b"}}]}"#,
             r#"{"choices":[{"index":0,"delta":{"content":"cut"#,
             r#"[]"#,
         ];
@@ -423,5 +622,29 @@ mod tests {
         // serde gives the verdict on them: events, or an error.
         assert!(via_serde(docs[0]).is_ok_and(|e| !e.is_empty()));
         assert!(via_serde(docs[4]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod microbench {
+    #[test]
+    #[ignore]
+    fn time_read() {
+        let docs = [
+            r#"{"id":"x","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"hello "},"finish_reason":null}]}"#,
+            r#"{"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion.chunk","created":1741570283,"model":"gpt-4o-2024-08-06","service_tier":"default","system_fingerprint":"fp_eb9dce56a8","choices":[{"index":0,"delta":{"content":" quick"},"logprobs":null,"finish_reason":null}]}"#,
+        ];
+        for d in docs {
+            let n: u32 = std::env::var("MB_N").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000_000);
+            let t = std::time::Instant::now();
+            let mut k = 0usize;
+            let mut fr = super::FastReader::default();
+            for _ in 0..n {
+                let c = fr.read(std::hint::black_box(d));
+                k += c.map_or(0, |c| c.choices.len());
+            }
+            let el = t.elapsed();
+            println!("{} bytes: {:.1} ns/chunk ({k})", d.len(), el.as_nanos() as f64 / n as f64);
+        }
     }
 }
