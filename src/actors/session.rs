@@ -463,6 +463,28 @@ impl Actor for Session {
     }
 }
 
+/// A request's upstream call running as its own task, stopped when this is
+/// dropped: a session that stops or restarts takes its calls with it.
+struct Running(tokio::task::JoinHandle<Outcome>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl std::future::Future for Running {
+    /// `None` if the task was aborted.
+    type Output = Option<Outcome>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(Result::ok)
+    }
+}
+
 impl actix::Supervised for Session {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
         self.timer = None;
@@ -559,9 +581,16 @@ impl Handler<Chat> for Session {
             }
         };
         self.in_flight += 1;
-        ctx.spawn(fut.into_actor(self).map(|out, act, ctx| {
+        // The call runs as its own task: an actor polls every future it
+        // runs whenever any of them wakes, so a session with n answers in
+        // flight would poll all n for each chunk of each one. The actor
+        // awaits only the end.
+        let running = Running(actix::spawn(fut));
+        ctx.spawn(running.into_actor(self).map(|out, act, ctx| {
             act.in_flight = act.in_flight.saturating_sub(1);
-            act.on_outcome(out, ctx);
+            if let Some(out) = out {
+                act.on_outcome(out, ctx);
+            }
             if act.stopping && act.in_flight == 0 {
                 ctx.stop();
             }

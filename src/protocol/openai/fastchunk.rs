@@ -469,7 +469,7 @@ impl<'a> Reader<'a> {
             match stop {
                 b'"' => return Some(()),
                 b'\\' => self.i += 1, // the escaped byte
-                _ => return None,       // a raw control character
+                _ => return None,     // a raw control character
             }
         }
     }
@@ -557,7 +557,9 @@ mod tests {
             )
         };
         let think = |s: &str| {
-            format!(r#"{{{HEAD}"choices":[{{"index":0,"delta":{{"content":null,"reasoning_content":"{s}"}}}}]}}"#)
+            format!(
+                r#"{{{HEAD}"choices":[{{"index":0,"delta":{{"content":null,"reasoning_content":"{s}"}}}}]}}"#
+            )
         };
         // (chunk, read from the frame?)
         let stream = [
@@ -575,12 +577,20 @@ mod tests {
             (text("after"), true),
             // Another frame: the finish chunk, then a different id.
             (
-                format!(r#"{{{HEAD}"choices":[{{"index":0,"delta":{{}},"finish_reason":"stop"}}]}}"#),
+                format!(
+                    r#"{{{HEAD}"choices":[{{"index":0,"delta":{{}},"finish_reason":"stop"}}]}}"#
+                ),
                 false,
             ),
             (text("same frame as before the finish"), true),
-            (text("same frame").replace("chatcmpl-1", "chatcmpl-2"), false),
-            (text("and the new frame is kept").replace("chatcmpl-1", "chatcmpl-2"), true),
+            (
+                text("same frame").replace("chatcmpl-1", "chatcmpl-2"),
+                false,
+            ),
+            (
+                text("and the new frame is kept").replace("chatcmpl-1", "chatcmpl-2"),
+                true,
+            ),
         ];
         let mut reader = FastReader::default();
         let mut decoder = ChunkDecoder::default();
@@ -622,29 +632,5 @@ mod tests {
         // serde gives the verdict on them: events, or an error.
         assert!(via_serde(docs[0]).is_ok_and(|e| !e.is_empty()));
         assert!(via_serde(docs[4]).is_err());
-    }
-}
-
-#[cfg(test)]
-mod microbench {
-    #[test]
-    #[ignore]
-    fn time_read() {
-        let docs = [
-            r#"{"id":"x","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"hello "},"finish_reason":null}]}"#,
-            r#"{"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion.chunk","created":1741570283,"model":"gpt-4o-2024-08-06","service_tier":"default","system_fingerprint":"fp_eb9dce56a8","choices":[{"index":0,"delta":{"content":" quick"},"logprobs":null,"finish_reason":null}]}"#,
-        ];
-        for d in docs {
-            let n: u32 = std::env::var("MB_N").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000_000);
-            let t = std::time::Instant::now();
-            let mut k = 0usize;
-            let mut fr = super::FastReader::default();
-            for _ in 0..n {
-                let c = fr.read(std::hint::black_box(d));
-                k += c.map_or(0, |c| c.choices.len());
-            }
-            let el = t.elapsed();
-            println!("{} bytes: {:.1} ns/chunk ({k})", d.len(), el.as_nanos() as f64 / n as f64);
-        }
     }
 }
