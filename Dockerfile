@@ -6,7 +6,7 @@ FROM rust:1-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock clippy.toml ./
 COPY src ./src
-RUN cargo build --release --locked && strip target/release/troupe
+RUN cargo build --profile dist --locked && strip target/dist/troupe
 
 FROM debian:bookworm-slim
 # TLS roots are built into the binary; ca-certificates is for private CAs an
@@ -16,7 +16,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/troupe --create-home troupe
-COPY --from=build /src/target/release/troupe /usr/local/bin/troupe
+COPY --from=build /src/target/dist/troupe /usr/local/bin/troupe
 COPY config/troupe.toml /etc/troupe/troupe.toml
 ENV TROUPE_CONFIG=/etc/troupe/troupe.toml \
     TROUPE__SERVER__LISTEN=0.0.0.0:8317 \

@@ -36,8 +36,9 @@ CONNECTIONS="${CONNECTIONS:-32}"
 for tool in wrk nginx; do
     command -v "$tool" >/dev/null || { echo "$tool is not installed: apt-get install wrk nginx-light" >&2; exit 1; }
 done
-cargo build --release --quiet
-BIN="$PWD/target/release/troupe"
+# The profile the container ships (see Cargo.toml).
+cargo build --profile dist --quiet
+BIN="$PWD/target/dist/troupe"
 TMP="$(mktemp -d)"
 chmod 755 "$TMP" # nginx workers run as another user when started by root
 TROUPE_PID=""
