@@ -236,6 +236,7 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 read -r steal1 total1 <<<"$(steal_ticks)"
 med() { tr ' ' '\n' <<<"${R[$1]}" | grep . | median; }
+span() { tr ' ' '\n' <<<"${R[$1]}" | grep . | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.0f to %.0f", lo, hi }'; }
 
 echo
 echo "medians over $ROUNDS rounds"
@@ -256,6 +257,7 @@ echo "under concurrency (wrk -t2 -c$CONNECTIONS):"
 printf '  %-10s %7.0f req/s\n' direct "$(med direct.rps)"
 printf '  %-10s %7.0f req/s                                         %3.0f us of CPU per request\n' "nginx hop" "$(med hop.rps)" "$(med hop.cpu)"
 printf '  %-10s %7.0f req/s   %3.0f%% of the nginx hop   (budget: 50%%)   %3.0f us of CPU per request\n' troupe "$(med troupe.rps)" "$(med share)" "$(med troupe.cpu)"
+echo "  by round: troupe's share $(span share) %; added p50 on CPU 0 $(span add50) us, unpinned $(span uadd50) us"
 echo
 echo "errors: ${ERRORS:-none}"
 echo "CPU time stolen by the host during the run: $(awk -v a="$steal0" -v b="$steal1" -v c="$total0" -v d="$total1" 'BEGIN{ if (d > c) printf "%.0f%%", 100*(b-a)/(d-c); else print "?" }')"
