@@ -463,28 +463,6 @@ impl Actor for Session {
     }
 }
 
-/// A request's upstream call running as its own task, stopped when this is
-/// dropped: a session that stops or restarts takes its calls with it.
-struct Running(tokio::task::JoinHandle<Outcome>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-impl std::future::Future for Running {
-    /// `None` if the task was aborted.
-    type Output = Option<Outcome>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx).map(Result::ok)
-    }
-}
-
 impl actix::Supervised for Session {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
         self.timer = None;
@@ -584,11 +562,12 @@ impl Handler<Chat> for Session {
         // The call runs as its own task: an actor polls every future it
         // runs whenever any of them wakes, so a session with n answers in
         // flight would poll all n for each chunk of each one. The actor
-        // awaits only the end.
-        let running = Running(actix::spawn(fut));
+        // awaits only the end; a session that stops or restarts drops the
+        // handle, which stops the call.
+        let running = tokio_util::task::AbortOnDropHandle::new(actix::spawn(fut));
         ctx.spawn(running.into_actor(self).map(|out, act, ctx| {
             act.in_flight = act.in_flight.saturating_sub(1);
-            if let Some(out) = out {
+            if let Ok(out) = out {
                 act.on_outcome(out, ctx);
             }
             if act.stopping && act.in_flight == 0 {

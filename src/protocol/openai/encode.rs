@@ -307,37 +307,11 @@ pub fn completion_body(answer: &Answer, req: &ChatRequest, id: &str, created: u6
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
-/// Appends `s` as a JSON string, escaped as serde_json escapes it.
+/// Appends `s` as a JSON string (serde_json's escaping, without the
+/// machinery of serializing a struct around it).
 fn json_string(out: &mut BytesMut, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.put_u8(b'"');
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let esc: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0..=0x1f => {
-                out.put_slice(&bytes[start..i]);
-                out.put_slice(b"\\u00");
-                out.put_u8(HEX[usize::from(b >> 4)]);
-                out.put_u8(HEX[usize::from(b & 0xf)]);
-                start = i + 1;
-                continue;
-            }
-            _ => continue,
-        };
-        out.put_slice(&bytes[start..i]);
-        out.put_slice(esc);
-        start = i + 1;
-    }
-    out.put_slice(&bytes[start..]);
-    out.put_u8(b'"');
+    // Writing a string to memory cannot fail.
+    let _ = serde_json::to_writer(out.writer(), s);
 }
 
 /// Encodes events as Chat Completions chunks (`data: {...}\n\n`), keeping one

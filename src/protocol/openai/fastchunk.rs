@@ -1,11 +1,11 @@
 //! A fast reader for the commonest upstream stream chunks: one choice whose
 //! delta carries text (or nothing), perhaps with a finish reason, and the
-//! usage chunk. A text
-//! answer is hundreds of such chunks, and reading them through serde was
-//! the largest single cost per request in profiles. Anything else (tool
-//! calls, usage, errors, several choices, input this reader is not sure
-//! about) returns `None`, and the caller reads the chunk with serde, which
-//! stays the reference: the tests compare the two on every shape.
+//! usage chunk. A text answer is hundreds of such chunks, and reading them
+//! through serde was the largest single cost per request in profiles.
+//! Anything else (tool calls, errors, several choices, input this reader is
+//! not sure about) returns `None`, and the caller reads the chunk with
+//! serde, which stays the reference: the tests compare the two on every
+//! shape.
 
 use super::wire::{ChoiceIn, ChunkIn, DeltaIn, PromptDetailsIn, UsageIn};
 
@@ -37,17 +37,17 @@ pub struct FastReader {
     /// The bytes before the string (ending with its opening quote), then
     /// the bytes after it (starting with its closing quote).
     around: String,
-    /// Where the bytes after the string start in `around`; 0 when no frame
-    /// has been seen.
+    /// Where the bytes after the string start in `around`.
     at: usize,
+    /// The string's field; `None` until a frame has been seen.
     field: Option<Field>,
 }
 
 impl FastReader {
     /// Reads `data` if it is a plain chunk; `None` means "use serde".
     pub fn read(&mut self, data: &str) -> Option<ChunkIn> {
-        if let Some(text) = self.framed(data) {
-            return Some(self.chunk_of(text));
+        if let Some((field, text)) = self.framed(data) {
+            return Some(chunk_of(field, text));
         }
         let (chunk, span) = read_spanned(data)?;
         if let Some((field, start, end)) = span {
@@ -60,46 +60,38 @@ impl FastReader {
         Some(chunk)
     }
 
-    /// The string of `data` if `data` is the last frame around one string.
-    fn framed(&self, data: &str) -> Option<String> {
-        self.field?;
+    /// The field and string of `data` if `data` is the last frame around
+    /// one string.
+    fn framed(&self, data: &str) -> Option<(Field, String)> {
+        let field = self.field?;
         let (head, tail) = self.around.split_at(self.at);
         if data.len() < self.around.len() || !data.starts_with(head) || !data.ends_with(tail) {
             return None;
         }
         // On the opening quote: the string must end exactly where the tail
         // starts (an unescaped quote inside would end it early).
-        let mut r = Reader {
-            s: data,
-            i: head.len() - 1,
-            span: None,
-            strings: 0,
-        };
+        let mut r = Reader::new(data, head.len() - 1);
         let text = r.string()?;
-        (r.i == data.len() - tail.len() + 1).then_some(text)
+        (r.i == data.len() - tail.len() + 1).then_some((field, text))
     }
+}
 
-    fn chunk_of(&self, text: String) -> ChunkIn {
-        let mut delta = DeltaIn {
-            content: None,
-            reasoning_content: None,
-            reasoning: None,
-            tool_calls: None,
-        };
-        match self.field {
-            Some(Field::ReasoningContent) => delta.reasoning_content = Some(text),
-            Some(Field::Reasoning) => delta.reasoning = Some(text),
-            Some(Field::Content) | None => delta.content = Some(text),
-        }
-        ChunkIn {
-            choices: vec![ChoiceIn {
-                index: 0,
-                delta: Some(delta),
-                finish_reason: None,
-            }],
-            usage: None,
-            error: None,
-        }
+/// The chunk of a frame's `text` in `field`.
+fn chunk_of(field: Field, text: String) -> ChunkIn {
+    let mut delta = DeltaIn::default();
+    let slot = match field {
+        Field::Content => &mut delta.content,
+        Field::ReasoningContent => &mut delta.reasoning_content,
+        Field::Reasoning => &mut delta.reasoning,
+    };
+    *slot = Some(text);
+    ChunkIn {
+        choices: vec![ChoiceIn {
+            delta: Some(delta),
+            ..ChoiceIn::default()
+        }],
+        usage: None,
+        error: None,
     }
 }
 
@@ -107,12 +99,7 @@ impl FastReader {
 /// when it is a chunk of nothing but a text (or reasoning) delta of the
 /// first choice.
 fn read_spanned(data: &str) -> Option<(ChunkIn, Option<Span>)> {
-    let mut r = Reader {
-        s: data,
-        i: 0,
-        span: None,
-        strings: 0,
-    };
+    let mut r = Reader::new(data, 0);
     let mut choices = Vec::new();
     let mut usage = None;
     r.object(|r, key| {
@@ -189,6 +176,15 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    fn new(s: &'a str, i: usize) -> Self {
+        Reader {
+            s,
+            i,
+            span: None,
+            strings: 0,
+        }
+    }
+
     fn bytes(&self) -> &'a [u8] {
         self.s.as_bytes()
     }
@@ -239,11 +235,7 @@ impl<'a> Reader<'a> {
         if self.eat(b']').is_some() {
             return Some(None);
         }
-        let mut choice = ChoiceIn {
-            index: 0,
-            delta: None,
-            finish_reason: None,
-        };
+        let mut choice = ChoiceIn::default();
         self.object(|r, key| {
             match key {
                 "index" => choice.index = r.uint()?,
@@ -264,12 +256,7 @@ impl<'a> Reader<'a> {
     }
 
     fn delta(&mut self) -> Option<DeltaIn> {
-        let mut d = DeltaIn {
-            content: None,
-            reasoning_content: None,
-            reasoning: None,
-            tool_calls: None,
-        };
+        let mut d = DeltaIn::default();
         // A key given twice is left to serde, which refuses it.
         let mut seen = [false; 3];
         self.object(|r, key| {

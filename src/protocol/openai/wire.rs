@@ -325,7 +325,7 @@ pub struct ChunkIn {
     pub error: Option<ErrorBody>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct ChoiceIn {
     #[serde(default)]
     pub index: u32,
@@ -335,7 +335,7 @@ pub struct ChoiceIn {
     pub finish_reason: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct DeltaIn {
     #[serde(default)]
     pub content: Option<String>,
