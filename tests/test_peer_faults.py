@@ -269,6 +269,44 @@ def test_client_disconnect_cancels_upstream(fresh, clean_peer):
     assert r.status_code == 200, r.text
 
 
+def test_upstream_connections_are_kept_and_reused(fresh, clean_peer):
+    # Requests one after another: each account's requests all arrive on one
+    # kept-alive connection instead of a new one each.
+    for i in range(6):
+        res = send(fresh, f"reuse {i}", stream=i % 2 == 1)
+        assert answer_text(res, i % 2 == 1) == PEER_PREFIX + f"reuse {i}"
+    log = clean_peer.requests()
+    assert len(log) == 6, [(q["key"], q["outcome"]) for q in log]
+    by_key: dict = {}
+    for q in log:
+        assert q["conn"], q
+        by_key.setdefault(q["key"], []).append(q["conn"])
+    assert max(len(conns) for conns in by_key.values()) >= 2, by_key
+    for key, conns in by_key.items():
+        assert len(set(conns)) == 1, f"{key}'s requests came on {len(set(conns))} connections: {conns}"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_a_connection_the_upstream_closes_is_not_reused(gateway_factory, clean_peer, tmp_path, stream):
+    # One account, so a request sent on a dead connection would have no
+    # other session to fail over to. The peer closes the connection after
+    # its second answer; the next requests go on a new one and succeed.
+    cfg = gateway_config(tmp_path / "one", clean_peer.url, demo=False)
+    cfg = cfg[: cfg.index("  [[pools.accounts]]\n  name = \"k2\"")]
+    assert cfg.count("[[pools.accounts]]") == 1, cfg
+    gw = gateway_factory(config_text=cfg)
+    send(gw, "before", stream)
+    clean_peer.fault("close", count=1)
+    for i in range(3):
+        res = send(gw, f"around close {i}", stream)
+        assert answer_text(res, stream) == PEER_PREFIX + f"around close {i}"
+    log = clean_peer.requests()
+    assert [q["fault"] for q in log] == [None, "close", None, None], [(q["fault"], q["outcome"]) for q in log]
+    assert log[0]["conn"] == log[1]["conn"], "the first connection was not reused"
+    closed = log[1]["conn"]
+    assert log[2]["conn"] != closed and log[3]["conn"] == log[2]["conn"], [q["conn"] for q in log]
+
+
 def test_rejected_credentials_fail_over(gateway_factory, clean_peer, tmp_path):
     # Account k1 has a key the peer does not accept: the peer's 401 makes the
     # gateway use k2, and every answer still succeeds.

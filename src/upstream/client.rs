@@ -1,8 +1,10 @@
 //! The HTTP clients of the upstream kinds. The streaming API calls of the
-//! `openai` and `anthropic` kinds go through hyper's pooled client and
-//! nothing more: reqwest, which the other kinds use for their REST calls,
-//! re-parses the URL twice per request and runs redirect and retry layers
-//! around every call, which showed in profiles on the hot path. An upstream
+//! `openai` and `anthropic` kinds go through hyper and nothing more:
+//! reqwest, which the other kinds use for their REST calls, re-parses the
+//! URL twice per request and runs redirect and retry layers around every
+//! call, which showed in profiles on the hot path. A plain `http` endpoint
+//! keeps its own list of HTTP/1.1 connections; an `https` one goes through
+//! hyper's pooled client, which does TLS and HTTP/2. An upstream
 //! that the environment's proxy settings (`HTTPS_PROXY`, `HTTP_PROXY`,
 //! `ALL_PROXY`, `NO_PROXY`) send through a proxy is called through reqwest,
 //! which speaks to proxies. Neither follows redirects: an API endpoint that
@@ -10,8 +12,9 @@
 
 use std::error::Error as _;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::Frame;
@@ -20,7 +23,7 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE, HOST};
 
 use crate::canonical::{ErrorKind, UpstreamError};
 
@@ -30,7 +33,21 @@ pub type Response = http::Response<Body>;
 /// The body of an upstream's answer, from either client.
 pub enum Body {
     Direct(hyper::body::Incoming),
+    /// From a connection of a plain endpoint's own list, which goes back to
+    /// the list when the body is dropped; if the answer was not read to its
+    /// end, hyper closes the connection and the list drops it.
+    Pooled(hyper::body::Incoming, Option<(SendRequest, Arc<Idle>)>),
     Proxied(reqwest::Body),
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        if let Body::Pooled(_, back) = self {
+            if let Some((conn, idle)) = back.take() {
+                idle.put(conn);
+            }
+        }
+    }
 }
 
 impl http_body::Body for Body {
@@ -43,6 +60,7 @@ impl http_body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match &mut *self {
             Body::Direct(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Body::Pooled(b, _) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Body::Proxied(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
         }
     }
@@ -55,6 +73,7 @@ impl http_body::Body for Body {
 pub struct HttpClient {
     inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     rest: reqwest::Client,
+    connect_timeout: Duration,
 }
 
 impl HttpClient {
@@ -81,7 +100,11 @@ impl HttpClient {
             .pool_idle_timeout(IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .build(connector);
-        Ok(HttpClient { inner, rest })
+        Ok(HttpClient {
+            inner,
+            rest,
+            connect_timeout,
+        })
     }
 
     /// The reqwest client, for REST calls.
@@ -101,6 +124,138 @@ pub struct ApiEndpoint {
     uri: http::Uri,
     proxied: bool,
     headers: HeaderMap,
+    /// A plain `http` endpoint's own connections (HTTP/1.1).
+    plain: Option<Plain>,
+}
+
+type SendRequest = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// How a plain `http` endpoint is called: over HTTP/1.1 connections the
+/// session keeps itself, so a request is a pop from a list, where the
+/// general client hashes its pool key twice per request and re-derives the
+/// Host header from the URI. (`https` needs TLS and may speak HTTP/2: it
+/// goes through the general client.)
+#[derive(Debug)]
+struct Plain {
+    /// `host:port`, to connect to.
+    addr: String,
+    host: HeaderValue,
+    /// The path and query, sent as the request target.
+    target: http::Uri,
+    idle: Arc<Idle>,
+}
+
+/// Idle connections, newest last.
+#[derive(Default)]
+pub struct Idle(std::sync::Mutex<Vec<(SendRequest, Instant)>>);
+
+impl std::fmt::Debug for Idle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Idle")
+    }
+}
+
+impl Idle {
+    fn put(&self, conn: SendRequest) {
+        if !conn.is_closed() {
+            crate::sync::lock(&self.0).push((conn, Instant::now()));
+        }
+    }
+
+    /// The newest idle connection ready for a request. Closed ones and
+    /// those past the idle timeout are dropped; one still finishing its
+    /// last answer stays.
+    fn take(&self) -> Option<SendRequest> {
+        let mut idle = crate::sync::lock(&self.0);
+        idle.retain(|(c, at)| !c.is_closed() && at.elapsed() < IDLE_TIMEOUT);
+        let ready = idle.iter().rposition(|(c, _)| c.is_ready())?;
+        Some(idle.swap_remove(ready).0)
+    }
+}
+
+impl Plain {
+    fn new(uri: &http::Uri) -> Option<Plain> {
+        if uri.scheme_str() != Some("http") {
+            return None;
+        }
+        let authority = uri.authority()?;
+        let (host, port) = (authority.host(), authority.port_u16());
+        let addr = format!("{host}:{}", port.unwrap_or(80));
+        let host = match port {
+            Some(p) if p != 80 => HeaderValue::from_str(&addr),
+            _ => HeaderValue::from_str(host),
+        };
+        Some(Plain {
+            addr,
+            host: host.ok()?,
+            target: uri.path_and_query()?.as_str().parse().ok()?,
+            idle: Arc::default(),
+        })
+    }
+
+    async fn connect(&self, timeout: Duration) -> Result<SendRequest, UpstreamError> {
+        let failed = |e: &dyn std::fmt::Display| {
+            UpstreamError::new(
+                ErrorKind::Connect,
+                format!("upstream connection failed: {e}"),
+            )
+        };
+        let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&self.addr))
+            .await
+            .map_err(|_| {
+                UpstreamError::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "upstream connection failed: connect to {} timed out",
+                        self.addr
+                    ),
+                )
+            })?
+            .map_err(|e| failed(&e))?;
+        tcp.set_nodelay(true).map_err(|e| failed(&e))?;
+        let (conn, driver) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .map_err(|e| failed(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = driver.await {
+                tracing::debug!(error = %e, "upstream connection closed");
+            }
+        });
+        Ok(conn)
+    }
+
+    /// Sends `req` on an idle connection, or a new one. A request that an
+    /// idle connection could not take (it was closing) is sent on a new
+    /// one; nothing was written for it.
+    async fn send(
+        &self,
+        mut req: http::Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<Response, UpstreamError> {
+        req.headers_mut().insert(HOST, self.host.clone());
+        loop {
+            let (mut conn, reused) = match self.idle.take() {
+                Some(c) => (c, true),
+                None => (self.connect(timeout).await?, false),
+            };
+            match conn.try_send_request(req).await {
+                Ok(resp) => {
+                    let back = Some((conn, self.idle.clone()));
+                    return Ok(resp.map(|b| Body::Pooled(b, back)));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => req = unsent,
+                    _ => {
+                        return Err(UpstreamError::new(
+                            ErrorKind::Connect,
+                            format!("upstream connection failed: {}", e.error()),
+                        ))
+                    }
+                },
+            }
+        }
+    }
 }
 
 impl ApiEndpoint {
@@ -115,11 +270,13 @@ impl ApiEndpoint {
         let proxied = hyper_util::client::proxy::matcher::Matcher::from_env()
             .intercept(&uri)
             .is_some();
+        let plain = if proxied { None } else { Plain::new(&uri) };
         Ok(ApiEndpoint {
             http,
             uri,
             proxied,
             headers,
+            plain,
         })
     }
 
@@ -131,7 +288,10 @@ impl ApiEndpoint {
         credential: (HeaderName, HeaderValue),
         body: Vec<u8>,
     ) -> Result<Response, UpstreamError> {
-        let mut req = http::Request::post(self.uri.clone())
+        // A plain endpoint's connections are to its host: the request
+        // target is the path alone.
+        let target = self.plain.as_ref().map_or(&self.uri, |p| &p.target);
+        let mut req = http::Request::post(target.clone())
             .body(Bytes::from(body))
             .map_err(|e| UpstreamError::new(ErrorKind::InvalidRequest, e.to_string()))?;
         let h = req.headers_mut();
@@ -152,6 +312,10 @@ impl ApiEndpoint {
                 .await
                 .map_err(|e| super::openai::transport_error(&e))?;
             http::Response::from(resp).map(Body::Proxied)
+        } else if let Some(plain) = &self.plain {
+            plain
+                .send(req.map(Full::new), self.http.connect_timeout)
+                .await?
         } else {
             self.http
                 .inner

@@ -49,14 +49,17 @@ Test control endpoints (no auth):
   - ``quirky``: a normal stream with SSE quirks real servers produce
     (``: comment`` lines, CRLF line ends, ``data:`` without a space,
     ``event:`` lines, one event split across two writes);
-  - ``slow``: a normal stream with ``seconds`` between chunks.
+  - ``slow``: a normal stream with ``seconds`` between chunks;
+  - ``close``: a normal answer, after which the peer closes the connection
+    (``Connection: close``).
 * ``GET /_peer/faults`` lists the active faults; rate faults carry
   ``hits``, how many requests they were applied to.
 * ``DELETE /_peer/faults`` clears the faults but keeps the request log.
 * ``POST /_peer/reset`` clears faults and the request log.
 * ``GET /_peer/requests`` lists every chat request received, oldest first:
-  ``{"key", "body", "path", "stream", "time", "end", "fault", "outcome"}``
-  where ``time`` is when it arrived and ``end`` when its handler finished
+  ``{"key", "body", "path", "stream", "conn", "time", "end", "fault", "outcome"}``
+  where ``conn`` names the TCP connection it came on (the client's port),
+  ``time`` is when it arrived and ``end`` when its handler finished
   (Unix seconds), and ``outcome`` is
   ``pending``, ``completed`` (a stream ran to ``[DONE]``), ``status N``,
   ``dropped``, ``reset`` or ``client_disconnected``.
@@ -82,7 +85,7 @@ try:  # imported as peers.<name> by tests, or run as a script
 except ImportError:
     from _common import peer_app, serve, split_list
 
-FAULT_MODES = ("429", "500", "503", "401", "400", "redirect", "reset", "hang", "drop", "no_usage", "quirky", "slow")
+FAULT_MODES = ("429", "500", "503", "401", "400", "redirect", "reset", "hang", "drop", "no_usage", "quirky", "slow", "close")
 DEFAULT_SEED = 20240601
 KNOWN_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 MODEL_CREATED = 1721172741
@@ -497,6 +500,7 @@ class Peer:
             "body": body,
             "path": request.path,
             "stream": stream,
+            "conn": (request.transport.get_extra_info("peername") or (None, None))[1] if request.transport else None,
             "outcome": "pending",
             "time": time.time(),
         }
@@ -599,7 +603,10 @@ class Peer:
             return await self.drop_connection(request)
         if stream:
             return await self.stream(request, body, plan, n, ptoks, mode, entry, fault)
-        return self.complete(body, plan, n, ptoks, mode)
+        resp = self.complete(body, plan, n, ptoks, mode)
+        if mode == "close":
+            resp.force_close()
+        return resp
 
     @staticmethod
     def pieces(plan: dict) -> tuple[list[str], str]:
@@ -698,6 +705,8 @@ class Peer:
                 "openai-processing-ms": "2",
             },
         )
+        if mode == "close":
+            resp.force_close()
         await resp.prepare(request)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage")) and mode != "no_usage"
         base = {
