@@ -35,7 +35,7 @@ async fn message(
     trace: &mut Trace,
 ) -> Result<HttpResponse, ApiError> {
     let chat = super::accept(req, payload, state, decode_request, trace).await?;
-    let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
+    let id = super::trace::random_id("msg_");
     let stream_id = id.clone();
     super::respond(
         state,

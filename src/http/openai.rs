@@ -29,7 +29,7 @@ async fn chat(
     trace: &mut Trace,
 ) -> Result<HttpResponse, ApiError> {
     let chat = super::accept(req, payload, state, decode_request, trace).await?;
-    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+    let id = super::trace::random_id("chatcmpl-");
     let created = super::unix_now();
     let stream_id = id.clone();
     super::respond(

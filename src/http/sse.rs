@@ -54,10 +54,14 @@ const BATCH: usize = 32;
 
 struct State<E> {
     opened: Option<Opened>,
-    /// Fires after `keepalive` of silence; re-armed after every write.
-    idle: Pin<Box<Sleep>>,
-    /// Fires at the request's total deadline.
-    deadline: Pin<Box<Sleep>>,
+    /// Fires after `keepalive` of silence or at the deadline, whichever
+    /// comes first. It is re-armed only when it fires: a write just moves
+    /// `last`, so a busy stream does not touch the timer wheel.
+    timer: Pin<Box<Sleep>>,
+    /// When the stream last woke up to write.
+    last: Instant,
+    /// The request's total deadline.
+    deadline: Instant,
     /// Turns true when a shutdown's drain time is over.
     shutdown: tokio::sync::watch::Receiver<bool>,
     /// Recorded when the stream ends (or, if the client leaves, when dropped).
@@ -117,9 +121,11 @@ pub fn body<E: EventEncoder>(
     trace: Trace,
 ) -> impl Stream<Item = Result<Bytes, actix_web::Error>> {
     let head = std::mem::take(&mut opened.head);
-    let deadline = Box::pin(tokio::time::sleep_until(opened.deadline));
+    let deadline = opened.deadline;
+    let last = Instant::now();
     let state = State {
-        idle: Box::pin(tokio::time::sleep(keepalive)),
+        timer: Box::pin(tokio::time::sleep_until((last + keepalive).min(deadline))),
+        last,
         deadline,
         shutdown,
         trace,
@@ -142,13 +148,28 @@ pub fn body<E: EventEncoder>(
             return None;
         }
         let opened = st.opened.as_mut()?;
-        let next = tokio::select! {
-            ev = opened.rx.recv() => Wake::Event(ev),
-            _ = st.idle.as_mut() => Wake::Idle,
-            _ = st.deadline.as_mut() => Wake::Deadline,
-            _ = super::dispatch::draining(&mut st.shutdown) => Wake::Shutdown,
+        let next = loop {
+            tokio::select! {
+                ev = opened.rx.recv() => break Wake::Event(ev),
+                _ = st.timer.as_mut() => {}
+                _ = super::dispatch::draining(&mut st.shutdown) => break Wake::Shutdown,
+            }
+            let now = Instant::now();
+            if now >= st.deadline {
+                break Wake::Deadline;
+            }
+            let quiet_until = st.last + st.keepalive;
+            if now >= quiet_until {
+                break Wake::Idle;
+            }
+            st.timer.as_mut().reset(quiet_until.min(st.deadline));
         };
-        st.idle.as_mut().reset(Instant::now() + st.keepalive);
+        st.last = Instant::now();
+        if let Wake::Idle = next {
+            st.timer
+                .as_mut()
+                .reset((st.last + st.keepalive).min(st.deadline));
+        }
         match next {
             Wake::Idle => {
                 let ping = st.enc.keepalive();

@@ -45,7 +45,7 @@ impl Trace {
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
             .map(str::to_owned)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+            .unwrap_or_else(|| random_id(""));
         Trace {
             id,
             frontend,
@@ -131,8 +131,7 @@ impl Trace {
         if let Ok(v) = HeaderValue::from_str(&self.id) {
             headers.insert(HeaderName::from_static(REQUEST_ID), v);
         }
-        let overhead = format!("{:.3}", self.overhead().as_secs_f64() * 1000.0);
-        if let Ok(v) = HeaderValue::from_str(&overhead) {
+        if let Ok(v) = HeaderValue::from_bytes(&millis(self.overhead())) {
             headers.insert(HeaderName::from_static(OVERHEAD_HEADER), v);
         }
         let status = resp.status();
@@ -198,9 +197,67 @@ impl Trace {
     }
 }
 
+/// `prefix` and a random (v4) UUID in 32 lowercase hex digits: a response
+/// or request id.
+pub fn random_id(prefix: &str) -> String {
+    let mut buf = uuid::Uuid::encode_buffer();
+    let hex = uuid::Uuid::new_v4().simple().encode_lower(&mut buf);
+    let mut id = String::with_capacity(prefix.len() + hex.len());
+    id.push_str(prefix);
+    id.push_str(hex);
+    id
+}
+
+/// `d` in milliseconds with three decimals (`12.345`), written without the
+/// float formatting machinery: this is on every response.
+fn millis(d: Duration) -> Vec<u8> {
+    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    let mut out = (micros / 1000).to_string().into_bytes();
+    let frac = (micros % 1000) as u16;
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
+    out
+}
+
 impl Drop for Trace {
     fn drop(&mut self) {
         // Dropped unrecorded: the client left mid-request.
         self.finish("client_closed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn millis_are_written_with_three_decimals() {
+        for (micros, text) in [
+            (0, "0.000"),
+            (7, "0.007"),
+            (12_345, "12.345"),
+            (1_000_050, "1000.050"),
+            (999_999, "999.999"),
+        ] {
+            let d = Duration::from_micros(micros);
+            assert_eq!(std::str::from_utf8(&millis(d)).unwrap(), text);
+            assert_eq!(text, format!("{:.3}", micros as f64 / 1000.0));
+        }
+    }
+
+    #[test]
+    fn random_ids_are_prefixed_hex_and_differ() {
+        let a = random_id("chatcmpl-");
+        let b = random_id("chatcmpl-");
+        assert_ne!(a, b);
+        let hex = a.strip_prefix("chatcmpl-").unwrap();
+        assert_eq!(hex.len(), 32);
+        assert!(hex
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
     }
 }

@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
-use super::client::{secret_header, ApiEndpoint};
+use super::client::ApiEndpoint;
 use super::openai::extra_headers;
 use super::stream::{pump, StreamDecoder};
 use super::{ApiKey, EventSink, Upstream, UpstreamContext};
@@ -72,7 +72,7 @@ impl Upstream for Anthropic {
                 format!("cannot encode request: {e}"),
             )
         })?;
-        let key = secret_header(&self.key.get())?;
+        let key = self.key.header("")?;
         let resp = self
             .endpoint
             .post((HeaderName::from_static("x-api-key"), key), body)

@@ -151,10 +151,21 @@ impl EventSink {
 /// An account's API key. A key given as `api_key_file` is read again when
 /// the upstream refuses it, so a key rotated on disk is picked up without a
 /// restart.
-#[derive(Debug)]
 pub struct ApiKey {
     current: std::sync::RwLock<Arc<str>>,
+    /// The header value last built, with its scheme and key: built once,
+    /// not on every request.
+    header: std::sync::RwLock<Option<(&'static str, Arc<str>, http::HeaderValue)>>,
     file: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key itself.
+        f.debug_struct("ApiKey")
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ApiKey {
@@ -164,6 +175,7 @@ impl ApiKey {
         let key = account.api_key.as_ref()?;
         Some(ApiKey {
             current: std::sync::RwLock::new(Arc::from(key.expose())),
+            header: std::sync::RwLock::new(None),
             file: account.api_key_file.clone(),
         })
     }
@@ -190,6 +202,22 @@ impl ApiKey {
         }
         *crate::sync::write(&self.current) = Arc::from(fresh);
         Ok(true)
+    }
+
+    /// The key as a sensitive header value, after `scheme` (`"Bearer "`, or
+    /// `""` for the bare key).
+    pub fn header(&self, scheme: &'static str) -> Result<http::HeaderValue, UpstreamError> {
+        let key = self.get();
+        if let Some((s, k, v)) = &*crate::sync::read(&self.header) {
+            if *s == scheme && Arc::ptr_eq(k, &key) {
+                return Ok(v.clone());
+            }
+        }
+        let mut value = String::from(scheme);
+        value.push_str(&key);
+        let v = client::secret_header(&value)?;
+        *crate::sync::write(&self.header) = Some((scheme, key, v.clone()));
+        Ok(v)
     }
 }
 
@@ -235,5 +263,34 @@ pub fn build(ctx: UpstreamContext<'_>) -> Result<Arc<dyn Upstream>, String> {
         Kind::Lingma => Err(
             "a lingma session is built with build_session, which knows its work directory".into(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_header_is_built_once_per_key_and_follows_a_rotated_file() {
+        let dir = std::env::temp_dir().join(format!("troupe-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("key");
+        std::fs::write(&file, "sk-one\n").unwrap();
+        let account = AccountConfig {
+            name: "a".into(),
+            api_key: Some(crate::config::Secret::new("sk-one")),
+            api_key_file: Some(file.clone()),
+        };
+        let key = ApiKey::of(Some(&account)).unwrap();
+        let first = key.header("Bearer ").unwrap();
+        assert_eq!(first, "Bearer sk-one");
+        assert!(first.is_sensitive());
+        assert_eq!(key.header("").unwrap(), "sk-one");
+        assert_eq!(key.header("Bearer ").unwrap(), "Bearer sk-one");
+        std::fs::write(&file, "sk-two\n").unwrap();
+        assert!(key.reload().unwrap());
+        assert_eq!(key.header("Bearer ").unwrap(), "Bearer sk-two");
+        assert!(!format!("{key:?}").contains("sk-"), "{key:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Limited};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 
-use super::client::{secret_header, ApiEndpoint};
+use super::client::ApiEndpoint;
 use super::stream::{pump, StreamDecoder};
 use super::{ApiKey, EventSink, Upstream, UpstreamContext};
 use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, UpstreamError};
@@ -197,7 +197,7 @@ impl Upstream for OpenAi {
                 format!("cannot encode request: {e}"),
             )
         })?;
-        let bearer = secret_header(&format!("Bearer {}", self.key.get()))?;
+        let bearer = self.key.header("Bearer ")?;
         let resp = self.endpoint.post((AUTHORIZATION, bearer), body).await?;
         pump(resp, model, ChunkDecoder::default(), sink).await
     }
