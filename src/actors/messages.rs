@@ -2,6 +2,7 @@
 //! through the Router: it hands out leases, and text flows from the session
 //! straight to the handler's mailbox.
 
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -169,16 +170,28 @@ pub struct Lease {
     pub(crate) _permit: Permit,
 }
 
-/// Returns a session slot to the Router when dropped.
+/// Returns a session slot when dropped. The slot's count is shared with
+/// the Router, so a lease that ends is one atomic decrement; the Router is
+/// sent a [`Release`] only while it has asked to hear of them (requests are
+/// waiting, or a retired session is draining). Requests on other threads
+/// than the Router's then cost it no message, and no wake-up, as they end.
 #[derive(Debug)]
 pub struct Permit {
     pub(crate) router: Addr<Router>,
     pub(crate) id: SessionId,
+    pub(crate) in_flight: Arc<AtomicU32>,
+    pub(crate) listening: Arc<AtomicBool>,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.router.do_send(Release { id: self.id });
+        // Sequentially consistent, paired with the Router's store to
+        // `listening` before it looks at the counts again: either the
+        // Router sees this slot free, or this sees that it listens.
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if self.listening.load(Ordering::SeqCst) {
+            self.router.do_send(Release { id: self.id });
+        }
     }
 }
 

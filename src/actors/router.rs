@@ -2,6 +2,7 @@
 //! parks requests in a bounded queue when every session is busy.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +26,8 @@ struct Slot {
     /// A reload removed it: no new leases; it leaves once drained.
     retiring: bool,
     state: SessionState,
-    in_flight: u32,
+    /// Leases out now: raised here, lowered by the leases' permits.
+    in_flight: Arc<AtomicU32>,
     max: u32,
     models: Vec<Arc<str>>,
     last_error: Option<Arc<str>>,
@@ -33,15 +35,19 @@ struct Slot {
 }
 
 impl Slot {
+    fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
     /// Whether the session can take one more request now.
     fn has_room(&self) -> bool {
         if self.retiring || self.addr.is_none() {
             return false;
         }
         match self.state {
-            SessionState::Ready => self.in_flight < self.max,
+            SessionState::Ready => self.in_flight() < self.max,
             // One trial request decides whether the cool-down is over.
-            SessionState::Trial => self.in_flight == 0,
+            SessionState::Trial => self.in_flight() == 0,
             _ => false,
         }
     }
@@ -78,6 +84,8 @@ pub struct Router {
     affinity_ttl: Duration,
     /// Rotates the choice among equally good sessions.
     turn: std::cell::Cell<usize>,
+    /// Whether permits that end should tell the Router (see [`Permit`]).
+    listening: Arc<AtomicBool>,
 }
 
 /// Conversations remembered by default, and for how long.
@@ -97,6 +105,7 @@ impl Router {
             affinity: lru::LruCache::new(capacity(AFFINITY_CAPACITY)),
             affinity_ttl: AFFINITY_TTL,
             turn: std::cell::Cell::new(0),
+            listening: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -149,7 +158,7 @@ impl Router {
                 (
                     Some(s.id) != preferred,
                     r.priority,
-                    s.in_flight,
+                    s.in_flight(),
                     (i + n - turn % n) % n,
                 )
             })
@@ -166,21 +175,26 @@ impl Router {
     ) -> Option<Lease> {
         let s = &mut self.slots[slot];
         let session = s.addr.clone()?;
-        s.in_flight += 1;
+        s.in_flight.fetch_add(1, Ordering::SeqCst);
         Some(Lease {
             session,
             id: s.id,
             pool: s.pool.clone(),
             session_name: s.name.clone(),
             upstream_model,
-            _permit: Permit { router, id: s.id },
+            _permit: Permit {
+                router,
+                id: s.id,
+                in_flight: s.in_flight.clone(),
+                listening: self.listening.clone(),
+            },
         })
     }
 
     /// Drops a retired session once its last request is over.
     fn leave_if_drained(&mut self, slot: usize) {
         let s = &mut self.slots[slot];
-        if s.retiring && s.in_flight == 0 && s.addr.is_some() {
+        if s.retiring && s.in_flight() == 0 && s.addr.is_some() {
             s.addr = None;
             for routes in self.routes.values_mut() {
                 routes.retain(|r| r.slot != slot);
@@ -224,9 +238,23 @@ impl Router {
         None
     }
 
-    /// Hands freed slots to waiting requests, oldest first.
+    /// Hands freed slots to waiting requests, oldest first, then tells the
+    /// permits whether the Router must hear of leases that end.
     fn drain_queue(&mut self, ctx: &mut Context<Self>) {
-        self.drain_queue_inner(ctx);
+        loop {
+            self.drain_queue_inner(ctx);
+            let listen =
+                !self.queue.is_empty() || self.slots.iter().any(|s| s.retiring && s.addr.is_some());
+            let was = self.listening.swap(listen, Ordering::SeqCst);
+            // Starting to listen: a lease may have ended unheard just
+            // before, so look at the counts once more.
+            if !listen || was {
+                break;
+            }
+            for slot in 0..self.slots.len() {
+                self.leave_if_drained(slot);
+            }
+        }
         if let Some(m) = crate::metrics::get() {
             m.queue_depth.set(self.queue.len() as i64);
         }
@@ -274,8 +302,9 @@ impl Actor for Router {
     fn started(&mut self, ctx: &mut Self::Context) {
         // Waiters whose handler gave up still count against max_queue until
         // swept.
-        ctx.run_interval(Duration::from_millis(500), |act, _| {
+        ctx.run_interval(Duration::from_millis(500), |act, ctx| {
             act.queue.retain(|w| !w.reply.is_closed());
+            act.drain_queue(ctx);
         });
     }
 }
@@ -312,7 +341,7 @@ impl Handler<Register> for Router {
             addr: msg.addr,
             retiring: false,
             state: SessionState::Starting,
-            in_flight: 0,
+            in_flight: Arc::new(AtomicU32::new(0)),
             max: msg.max_concurrency,
             models: msg.models.into_iter().map(|(p, _)| p).collect(),
             last_error: None,
@@ -354,15 +383,15 @@ impl Handler<Acquire> for Router {
             let _ = msg.reply.send(Err(AcquireError::QueueFull));
             return;
         }
-        if let Some(m) = crate::metrics::get() {
-            m.queue_depth.set(self.queue.len() as i64 + 1);
-        }
         self.queue.push_back(Waiter {
             model: msg.model,
             exclude: msg.exclude,
             affinity: msg.affinity,
             reply: msg.reply,
         });
+        // Starts listening for leases that end, and catches one that ended
+        // since the look above.
+        self.drain_queue(ctx);
     }
 }
 
@@ -370,13 +399,10 @@ impl Handler<Release> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: Release, ctx: &mut Self::Context) {
+        // The permit has lowered the count already.
         if let Some(&slot) = self.index.get(&msg.id) {
-            let s = &mut self.slots[slot];
-            s.in_flight = s.in_flight.saturating_sub(1);
             self.leave_if_drained(slot);
-            if !self.queue.is_empty() {
-                self.drain_queue(ctx);
-            }
+            self.drain_queue(ctx);
         }
     }
 }
@@ -470,7 +496,7 @@ impl Handler<Busy> for Router {
 
     fn handle(&mut self, _: Busy, _: &mut Self::Context) -> Self::Result {
         self.queue.retain(|w| !w.reply.is_closed());
-        let leased = self.slots.iter().map(|s| s.in_flight).sum();
+        let leased = self.slots.iter().map(Slot::in_flight).sum();
         MessageResult((leased, self.queue.len()))
     }
 }
@@ -490,7 +516,7 @@ impl Handler<Snapshot> for Router {
                     pool: s.pool.clone(),
                     name: s.name.clone(),
                     state: s.state.clone(),
-                    in_flight: s.in_flight,
+                    in_flight: s.in_flight(),
                     max_concurrency: s.max,
                     models: s.models.clone(),
                     last_error: s.last_error.clone(),

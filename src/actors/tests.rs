@@ -514,3 +514,55 @@ async fn a_declared_session_is_waited_for_not_given_up_on() {
         .unwrap();
     assert_eq!(lease.id, SessionId(2));
 }
+
+#[actix::test]
+async fn ended_leases_free_slots_for_waiters_and_let_retired_sessions_leave() {
+    // Slots come back through the permits' shared counts; the Router hears
+    // of ended leases only while a request waits or a session drains.
+    use super::messages::{Busy, Retire};
+    let rig = Rig::new();
+    rig.session(1, Scripted::new(0, vec![]));
+    settle().await;
+    let (a, b) = (rig.lease().await.unwrap(), rig.lease().await.unwrap());
+    let (tx, mut rx) = oneshot::channel();
+    rig.router.do_send(Acquire {
+        model: Arc::from("m"),
+        exclude: None,
+        affinity: None,
+        reply: tx,
+    });
+    settle().await;
+    assert!(rx.try_recv().is_err(), "leased beyond max_concurrency");
+    assert_eq!(rig.router.send(Busy).await.unwrap(), (2, 1));
+    drop(a);
+    // Well within the Router's half-second sweep, which would also serve it.
+    let c = tokio::time::timeout(Duration::from_millis(200), rx)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(rig.router.send(Busy).await.unwrap(), (2, 0));
+    drop((b, c));
+    assert_eq!(rig.router.send(Busy).await.unwrap(), (0, 0));
+    // Nobody waits now: an ended lease is counted at once all the same.
+    let d = rig.lease().await.unwrap();
+    assert_eq!(rig.router.send(Busy).await.unwrap(), (1, 0));
+    drop(d);
+    assert_eq!(rig.router.send(Busy).await.unwrap(), (0, 0));
+    // A retired session stays while a lease runs, and leaves after it.
+    let e = rig.lease().await.unwrap();
+    rig.router.do_send(Retire { id: SessionId(1) });
+    settle().await;
+    let listed =
+        |snap: Vec<super::messages::SessionInfo>| snap.iter().any(|s| s.id == SessionId(1));
+    assert!(
+        listed(rig.router.send(Snapshot).await.unwrap()),
+        "left while busy"
+    );
+    drop(e);
+    settle().await;
+    assert!(
+        !listed(rig.router.send(Snapshot).await.unwrap()),
+        "stayed once drained"
+    );
+}
