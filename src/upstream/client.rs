@@ -10,7 +10,6 @@
 //! which speaks to proxies. Neither follows redirects: an API endpoint that
 //! redirects is misconfigured, and following it would resend the key.
 
-use std::error::Error as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -167,7 +166,8 @@ impl Idle {
     /// last answer stays.
     fn take(&self) -> Option<SendRequest> {
         let mut idle = crate::sync::lock(&self.0);
-        idle.retain(|(c, at)| !c.is_closed() && at.elapsed() < IDLE_TIMEOUT);
+        let now = Instant::now();
+        idle.retain(|(c, at)| !c.is_closed() && now.duration_since(*at) < IDLE_TIMEOUT);
         let ready = idle.iter().rposition(|(c, _)| c.is_ready())?;
         Some(idle.swap_remove(ready).0)
     }
@@ -194,29 +194,18 @@ impl Plain {
     }
 
     async fn connect(&self, timeout: Duration) -> Result<SendRequest, UpstreamError> {
-        let failed = |e: &dyn std::fmt::Display| {
-            UpstreamError::new(
-                ErrorKind::Connect,
-                format!("upstream connection failed: {e}"),
-            )
-        };
         let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&self.addr))
             .await
             .map_err(|_| {
-                UpstreamError::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "upstream connection failed: connect to {} timed out",
-                        self.addr
-                    ),
-                )
+                let what = format!("connect to {} timed out", self.addr);
+                transport_error(&std::io::Error::new(std::io::ErrorKind::TimedOut, what))
             })?
-            .map_err(|e| failed(&e))?;
-        tcp.set_nodelay(true).map_err(|e| failed(&e))?;
+            .map_err(|e| transport_error(&e))?;
+        tcp.set_nodelay(true).map_err(|e| transport_error(&e))?;
         let (conn, driver) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
                 .await
-                .map_err(|e| failed(&e))?;
+                .map_err(|e| transport_error(&e))?;
         tokio::spawn(async move {
             if let Err(e) = driver.await {
                 tracing::debug!(error = %e, "upstream connection closed");
@@ -246,12 +235,7 @@ impl Plain {
                 }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if reused => req = unsent,
-                    _ => {
-                        return Err(UpstreamError::new(
-                            ErrorKind::Connect,
-                            format!("upstream connection failed: {}", e.error()),
-                        ))
-                    }
+                    _ => return Err(transport_error(e.error())),
                 },
             }
         }
@@ -352,12 +336,13 @@ pub fn secret_header(value: &str) -> Result<HeaderValue, UpstreamError> {
     Ok(v)
 }
 
-/// Classifies a transport error: a connect or read timeout, or a failed
-/// connection. The message carries the causes, which hyper keeps apart.
-fn transport_error(e: &hyper_util::client::legacy::Error) -> UpstreamError {
-    let mut message = format!("upstream connection failed: {e}");
+/// Classifies a transport error of either hyper client: a connect or read
+/// timeout, or a failed connection. The message carries the causes, which
+/// hyper keeps apart.
+fn transport_error(e: &(dyn std::error::Error + 'static)) -> UpstreamError {
+    let mut message = String::from("upstream connection failed");
     let mut timed_out = false;
-    let mut source = e.source();
+    let mut source = Some(e);
     while let Some(s) = source {
         message.push_str(": ");
         message.push_str(&s.to_string());
