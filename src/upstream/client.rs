@@ -161,15 +161,14 @@ impl Idle {
         }
     }
 
-    /// The newest idle connection ready for a request. Closed ones and
-    /// those past the idle timeout are dropped; one still finishing its
-    /// last answer stays.
+    /// The newest idle connection. Closed ones and those past the idle
+    /// timeout are dropped. It may still be finishing its last answer:
+    /// the caller waits until it is ready (or has closed).
     fn take(&self) -> Option<SendRequest> {
         let mut idle = crate::sync::lock(&self.0);
         let now = Instant::now();
         idle.retain(|(c, at)| !c.is_closed() && now.duration_since(*at) < IDLE_TIMEOUT);
-        let ready = idle.iter().rposition(|(c, _)| c.is_ready())?;
-        Some(idle.swap_remove(ready).0)
+        idle.pop().map(|(c, _)| c)
     }
 }
 
@@ -214,9 +213,10 @@ impl Plain {
         Ok(conn)
     }
 
-    /// Sends `req` on an idle connection, or a new one. A request that an
-    /// idle connection could not take (it was closing) is sent on a new
-    /// one; nothing was written for it.
+    /// Sends `req` on an idle connection, or a new one. An idle connection
+    /// that closes instead of getting ready is passed over, and a request
+    /// one could not take (it was closing) is sent on another; nothing was
+    /// written for it.
     async fn send(
         &self,
         mut req: http::Request<Full<Bytes>>,
@@ -228,6 +228,11 @@ impl Plain {
                 Some(c) => (c, true),
                 None => (self.connect(timeout).await?, false),
             };
+            // A connection whose last answer was just read may not have
+            // settled yet; one whose answer was left unread closes.
+            if reused && conn.ready().await.is_err() {
+                continue;
+            }
             match conn.try_send_request(req).await {
                 Ok(resp) => {
                     let back = Some((conn, self.idle.clone()));
