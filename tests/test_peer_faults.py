@@ -307,6 +307,22 @@ def test_a_connection_the_upstream_closes_is_not_reused(gateway_factory, clean_p
     assert log[2]["conn"] != closed and log[3]["conn"] == log[2]["conn"], [q["conn"] for q in log]
 
 
+def test_a_connection_whose_body_ends_after_done_is_kept(gateway_factory, clean_peer, tmp_path):
+    # The peer ends each body 30 ms after its [DONE]. The gateway reads on to
+    # the body's end before letting the connection go, so one account's
+    # requests keep using one connection.
+    cfg = gateway_config(tmp_path / "one", clean_peer.url, demo=False)
+    cfg = cfg[: cfg.index("  [[pools.accounts]]\n  name = \"k2\"")]
+    gw = gateway_factory(config_text=cfg)
+    clean_peer.fault("late_end", count=4, seconds=0.03)
+    for i in range(4):
+        res = send(gw, f"late end {i}", stream=i % 2 == 1)
+        assert answer_text(res, i % 2 == 1) == PEER_PREFIX + f"late end {i}"
+    log = clean_peer.requests()
+    assert [q["fault"] for q in log] == ["late_end"] * 4, [(q["fault"], q["outcome"]) for q in log]
+    assert len({q["conn"] for q in log}) == 1, [q["conn"] for q in log]
+
+
 def test_rejected_credentials_fail_over(gateway_factory, clean_peer, tmp_path):
     # Account k1 has a key the peer does not accept: the peer's 401 makes the
     # gateway use k2, and every answer still succeeds.

@@ -22,6 +22,9 @@ pub trait StreamDecoder {
     fn stopped(&self) -> bool;
 }
 
+/// How long the end of a body may trail its `[DONE]`: see [`pump`].
+const BODY_END_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Sends the events of a successful (2xx) upstream response to `sink`.
 /// The answer ends with its end marker or its stop reason; anything else is
 /// an error, so text is never cut silently.
@@ -83,6 +86,16 @@ where
                 break;
             }
         }
+    }
+    // The answer is over at its end marker, but its connection can carry
+    // the next request only once the body's own end has been read too:
+    // hyper closes a connection whose body is dropped unread, unless the
+    // rest is already there. Servers end the body right after the marker,
+    // often in a separate write; a short wait keeps their connection
+    // without holding the answer up long for one that does not.
+    if decoder.done() && !body.is_end_stream() {
+        let rest = async { while let Some(Ok(_)) = body.frame().await {} };
+        let _ = tokio::time::timeout(BODY_END_GRACE, rest).await;
     }
     finish(&decoder, events, sink).await
 }

@@ -51,7 +51,9 @@ Test control endpoints (no auth):
     ``event:`` lines, one event split across two writes);
   - ``slow``: a normal stream with ``seconds`` between chunks;
   - ``close``: a normal answer, after which the peer closes the connection
-    (``Connection: close``).
+    (``Connection: close``);
+  - ``late_end``: a normal stream whose body ends ``seconds`` after
+    ``[DONE]``, as when the last write trails behind.
 * ``GET /_peer/faults`` lists the active faults; rate faults carry
   ``hits``, how many requests they were applied to.
 * ``DELETE /_peer/faults`` clears the faults but keeps the request log.
@@ -85,7 +87,7 @@ try:  # imported as peers.<name> by tests, or run as a script
 except ImportError:
     from _common import peer_app, serve, split_list
 
-FAULT_MODES = ("429", "500", "503", "401", "400", "redirect", "reset", "hang", "drop", "no_usage", "quirky", "slow", "close")
+FAULT_MODES = ("429", "500", "503", "401", "400", "redirect", "reset", "hang", "drop", "no_usage", "quirky", "slow", "close", "late_end")
 DEFAULT_SEED = 20240601
 KNOWN_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 MODEL_CREATED = 1721172741
@@ -775,6 +777,8 @@ class Peer:
             await send_raw(f"data:[DONE]{nl}{nl}")
         else:
             await send_raw("data: [DONE]\n\n")
+        if mode == "late_end":
+            await asyncio.sleep(fault["seconds"])
         await resp.write_eof()
         entry["outcome"] = "completed"
         return resp
