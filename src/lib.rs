@@ -8,7 +8,9 @@
 //!    [`canonical::ChatRequest`].
 //! 2. The handler asks the [`actors::router::Router`] for a lease on a ready
 //!    session serving the model; it queues (bounded, with a deadline) when
-//!    every session is busy.
+//!    every session is busy. While a session is idle, the handler leases it
+//!    from the ticket the Router left for the model ([`actors::tickets`]),
+//!    without the round trip.
 //! 3. The handler sends the [`actors::session::Session`] a `Chat` message
 //!    with the request and a bounded mailbox. The session runs the request
 //!    on its [`upstream`] and sends back [`canonical::ChatEvent`]s.

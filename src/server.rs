@@ -120,13 +120,13 @@ pub async fn serve(cfg: Config, config_path: std::path::PathBuf) -> std::io::Res
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
     };
-    let (router, router_later) = Deferred::new(
-        Router::new(cfg.server.max_queue).with_models(
-            cfg.pools
-                .iter()
-                .flat_map(|p| p.models.iter().map(|m| Arc::from(m.public.as_str()))),
-        ),
+    let router = Router::new(cfg.server.max_queue).with_models(
+        cfg.pools
+            .iter()
+            .flat_map(|p| p.models.iter().map(|m| Arc::from(m.public.as_str()))),
     );
+    let tickets = router.tickets();
+    let (router, router_later) = Deferred::new(router);
     let (placement, placed) = Placement::new(
         workers,
         Box::new(move || {
@@ -142,7 +142,7 @@ pub async fn serve(cfg: Config, config_path: std::path::PathBuf) -> std::io::Res
     )
     .start();
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let state = web::Data::new(AppState::new(&cfg, router.clone(), shutdown_rx));
+    let state = web::Data::new(AppState::new(&cfg, router.clone(), tickets, shutdown_rx));
     // Starts every pool once the workers run, and later applies reloads.
     let (reloader, mut reloader_later) = Deferred::new(Reloader::new(
         config_path,

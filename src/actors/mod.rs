@@ -8,6 +8,7 @@ pub mod pool;
 pub mod restart_log;
 pub mod router;
 pub mod session;
+pub mod tickets;
 
 #[cfg(test)]
 mod tests;

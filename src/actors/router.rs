@@ -16,6 +16,7 @@ use super::messages::{
     ResetSession, Retire, SessionId, SessionInfo, SessionState, SetModels, Snapshot, StateChanged,
 };
 use super::session::Session;
+use super::tickets::{claim, Offer, Ticket, Tickets};
 
 struct Slot {
     id: SessionId,
@@ -86,6 +87,8 @@ pub struct Router {
     turn: std::cell::Cell<usize>,
     /// Whether permits that end should tell the Router (see [`Permit`]).
     listening: Arc<AtomicBool>,
+    /// Idle sessions handlers may lease without asking (see [`Tickets`]).
+    tickets: Arc<Tickets>,
 }
 
 /// Conversations remembered by default, and for how long.
@@ -106,6 +109,54 @@ impl Router {
             affinity_ttl: AFFINITY_TTL,
             turn: std::cell::Cell::new(0),
             listening: Arc::new(AtomicBool::new(false)),
+            tickets: Arc::default(),
+        }
+    }
+
+    /// The tickets this Router issues, for the handlers.
+    pub fn tickets(&self) -> Arc<Tickets> {
+        self.tickets.clone()
+    }
+
+    /// The ticket for `model`: the sessions the Router would pick when idle
+    /// (ready, not cooling down, of the best priority any open session of
+    /// the model has), in its order, the first turn after session `after`.
+    fn ticket(&self, model: &str, after: Option<SessionId>, router: Addr<Router>) -> Ticket {
+        let now = Instant::now();
+        let routes = self.routes.get(model).map_or(&[][..], Vec::as_slice);
+        let open = |r: &&Route| {
+            let s = &self.slots[r.slot];
+            s.state == SessionState::Ready
+                && !s.retiring
+                && s.addr.is_some()
+                && r.cool_until.is_none_or(|t| t <= now)
+        };
+        let best = routes.iter().filter(open).map(|r| r.priority).min();
+        let offers = routes
+            .iter()
+            .filter(open)
+            .filter(|r| Some(r.priority) == best)
+            .filter_map(|r| {
+                let s = &self.slots[r.slot];
+                Some(Offer {
+                    session: s.addr.clone()?,
+                    id: s.id,
+                    pool: s.pool.clone(),
+                    name: s.name.clone(),
+                    upstream_model: r.upstream_model.clone(),
+                    in_flight: s.in_flight.clone(),
+                })
+            })
+            .collect::<Vec<_>>();
+        let turn = offers
+            .iter()
+            .position(|o| Some(o.id) == after)
+            .map_or(0, |i| i + 1);
+        Ticket {
+            router,
+            listening: self.listening.clone(),
+            offers,
+            turn: turn.into(),
         }
     }
 
@@ -128,8 +179,6 @@ impl Router {
         self
     }
 
-    /// The ready session with a free slot: lowest priority value first, then
-    /// least loaded.
     /// The ready session with a free slot: the one that served the
     /// conversation first, then lowest priority value, then least loaded.
     fn pick(
@@ -175,7 +224,15 @@ impl Router {
     ) -> Option<Lease> {
         let s = &mut self.slots[slot];
         let session = s.addr.clone()?;
-        s.in_flight.fetch_add(1, Ordering::SeqCst);
+        // A handler may have taken the slot on its own thread since `pick`.
+        let cap = if s.state == SessionState::Trial {
+            1
+        } else {
+            s.max
+        };
+        if !claim(&s.in_flight, cap) {
+            return None;
+        }
         Some(Lease {
             session,
             id: s.id,
@@ -313,6 +370,7 @@ impl Handler<Register> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: Register, ctx: &mut Self::Context) {
+        self.tickets.clear();
         if let Some(&slot) = self.index.get(&msg.id) {
             // A declared session started, or the watchdog re-created a dead
             // session actor.
@@ -357,6 +415,9 @@ impl Handler<StateChanged> for Router {
     fn handle(&mut self, msg: StateChanged, ctx: &mut Self::Context) {
         if let Some(&slot) = self.index.get(&msg.id) {
             let s = &mut self.slots[slot];
+            if s.state != msg.state {
+                self.tickets.clear();
+            }
             s.state = msg.state;
             s.last_error = msg.last_error;
             s.restarts = msg.restarts;
@@ -373,7 +434,16 @@ impl Handler<Acquire> for Router {
             let _ = msg.reply.send(Err(err));
             return;
         }
-        if let Some((slot, upstream)) = self.pick(&msg.model, msg.exclude, msg.affinity) {
+        let picked = self.pick(&msg.model, msg.exclude, msg.affinity);
+        // A first attempt without a conversation to follow: the next ones
+        // may take an idle session without asking, continuing the turns
+        // after this one.
+        if msg.exclude.is_none() && msg.affinity.is_none() && !self.tickets.has(&msg.model) {
+            let after = picked.as_ref().map(|(slot, _)| self.slots[*slot].id);
+            let ticket = self.ticket(&msg.model, after, ctx.address());
+            self.tickets.issue(msg.model.clone(), ticket);
+        }
+        if let Some((slot, upstream)) = picked {
             if let Some(lease) = self.lease(slot, upstream, ctx.address()) {
                 let _ = msg.reply.send(Ok(lease));
                 return;
@@ -417,6 +487,7 @@ impl Handler<Retire> for Router {
     fn handle(&mut self, msg: Retire, ctx: &mut Self::Context) {
         if let Some(&slot) = self.index.get(&msg.id) {
             self.slots[slot].retiring = true;
+            self.tickets.clear();
             self.leave_if_drained(slot);
             // Waiters that only this session could serve learn it now.
             self.drain_queue(ctx);
@@ -429,6 +500,7 @@ impl Handler<SetModels> for Router {
 
     fn handle(&mut self, msg: SetModels, ctx: &mut Self::Context) {
         self.known = msg.models.into_iter().collect();
+        self.tickets.clear();
         self.drain_queue(ctx);
     }
 }
@@ -458,9 +530,14 @@ impl Handler<ModelCooldown> for Router {
             }
         }
         if any {
-            // Waiters may be served once the cool-down ends.
+            self.tickets.clear();
+            // Waiters may be served once the cool-down ends, and tickets
+            // offer the session again.
             let wait = msg.until.saturating_duration_since(Instant::now());
-            ctx.run_later(wait, |act, ctx| act.drain_queue(ctx));
+            ctx.run_later(wait, |act, ctx| {
+                act.tickets.clear();
+                act.drain_queue(ctx);
+            });
         }
     }
 }
@@ -481,6 +558,7 @@ impl Handler<ResetSession> for Router {
                 r.cool_until = None;
             }
         }
+        self.tickets.clear();
         match &self.slots[slot].addr {
             Some(addr) => {
                 addr.do_send(Reset);

@@ -78,6 +78,7 @@ fn policy() -> SupervisorConfig {
 
 struct Rig {
     router: Addr<Router>,
+    tickets: Arc<super::tickets::Tickets>,
     log: Addr<RestartLog>,
     dir: std::path::PathBuf,
 }
@@ -86,8 +87,10 @@ impl Rig {
     fn new() -> Self {
         let dir =
             std::env::temp_dir().join(format!("troupe-actors-{}", uuid::Uuid::new_v4().simple()));
+        let router = Router::new(16);
         Rig {
-            router: Router::new(16).start(),
+            tickets: router.tickets(),
+            router: router.start(),
             log: RestartLog::open(&dir, 1 << 20, 2, 100).start(),
             dir,
         }
@@ -564,5 +567,107 @@ async fn ended_leases_free_slots_for_waiters_and_let_retired_sessions_leave() {
     assert!(
         !listed(rig.router.send(Snapshot).await.unwrap()),
         "stayed once drained"
+    );
+}
+
+#[actix::test]
+async fn idle_sessions_are_leased_from_the_routers_ticket_in_turn() {
+    use super::messages::{Busy, ModelCooldown};
+    let rig = Rig::new();
+    rig.session(1, Scripted::new(0, vec![]));
+    rig.session(2, Scripted::new(0, vec![]));
+    settle().await;
+    assert!(
+        rig.tickets.lease("m").is_none(),
+        "a ticket before any Acquire"
+    );
+    let acquire = |exclude: Option<u32>| {
+        let (tx, rx) = oneshot::channel();
+        rig.router.do_send(Acquire {
+            model: Arc::from("m"),
+            exclude: exclude.map(SessionId),
+            affinity: None,
+            reply: tx,
+        });
+        rx
+    };
+    let first = acquire(None).await.unwrap().unwrap().id;
+    // Idle sessions still take turns, one request after another.
+    let turns: Vec<SessionId> = (0..4)
+        .map(|_| rig.tickets.lease("m").expect("no lease from the ticket").id)
+        .collect();
+    let other = SessionId(3 - first.0);
+    assert_eq!(turns, vec![other, first, other, first]);
+    // The ticket offers idle sessions only, counted where the Router counts.
+    let a = rig.tickets.lease("m").expect("no lease from the ticket");
+    let b = rig
+        .tickets
+        .lease("m")
+        .expect("no second lease from the ticket");
+    assert_ne!(a.id, b.id);
+    assert_eq!(a.upstream_model.as_ref(), "m-up");
+    assert!(rig.tickets.lease("m").is_none(), "leased a busy session");
+    assert!(
+        rig.tickets.lease("other").is_none(),
+        "another model's ticket"
+    );
+    assert_eq!(rig.router.send(Busy).await.unwrap(), (2, 0));
+    // The Router still fills each session to its max_concurrency of 2, and
+    // no further.
+    let (c, d) = (
+        acquire(None).await.unwrap().unwrap(),
+        acquire(None).await.unwrap().unwrap(),
+    );
+    let mut waiting = acquire(None);
+    settle().await;
+    assert!(waiting.try_recv().is_err(), "leased beyond max_concurrency");
+    assert_eq!(rig.router.send(Busy).await.unwrap(), (4, 1));
+    drop(a);
+    let e = tokio::time::timeout(Duration::from_millis(200), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    drop((b, c, d, e));
+    assert_eq!(rig.router.send(Busy).await.unwrap(), (0, 0));
+    // A request waiting in the Router's queue comes before the ticket.
+    let s2 = |rx: oneshot::Receiver<Result<Lease, super::AcquireError>>| async {
+        let lease: Lease = rx.await.unwrap().unwrap();
+        assert_eq!(lease.id, SessionId(2));
+        lease
+    };
+    let (f, g) = (s2(acquire(Some(1))).await, s2(acquire(Some(1))).await);
+    let mut waiting = acquire(Some(1));
+    settle().await;
+    assert!(waiting.try_recv().is_err());
+    assert!(rig.tickets.lease("m").is_none(), "jumped the queue");
+    drop(f);
+    let h = tokio::time::timeout(Duration::from_millis(200), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    drop((g, h));
+    settle().await;
+    assert!(
+        rig.tickets.lease("m").is_some(),
+        "no lease once the queue is empty"
+    );
+    // A cool-down withdraws the ticket; the next one leaves the session out.
+    rig.router.do_send(ModelCooldown {
+        id: SessionId(1),
+        model: Arc::from("m-up"),
+        until: tokio::time::Instant::now() + Duration::from_secs(60),
+    });
+    settle().await;
+    assert!(
+        rig.tickets.lease("m").is_none(),
+        "the ticket outlived a cool-down"
+    );
+    drop(acquire(None).await.unwrap().unwrap());
+    let held: Vec<Lease> = (0..2).filter_map(|_| rig.tickets.lease("m")).collect();
+    assert_eq!(
+        held.iter().map(|l| l.id).collect::<Vec<_>>(),
+        vec![SessionId(2)]
     );
 }

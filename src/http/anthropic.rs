@@ -147,7 +147,9 @@ mod tests {
                        "chunk_delay": "0s"}]
         }))
         .unwrap();
-        let router = Router::new(16).start();
+        let router = Router::new(16);
+        let tickets = router.tickets();
+        let router = router.start();
         // One fixed directory, so test runs do not pile up directories;
         // nothing restarts here, so nothing is written to it.
         let log_dir = std::env::temp_dir().join("troupe-test-restart-log");
@@ -171,7 +173,7 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         let (_, shutdown) = tokio::sync::watch::channel(false);
-        web::Data::new(AppState::new(&cfg, router, shutdown))
+        web::Data::new(AppState::new(&cfg, router, tickets, shutdown))
     }
 
     /// The app with every route, over a demo pool.

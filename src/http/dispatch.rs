@@ -13,6 +13,7 @@ use super::error::ApiError;
 use super::trace::Trace;
 use crate::actors::messages::{Acquire, Chat};
 use crate::actors::router::Router;
+use crate::actors::tickets::Tickets;
 use crate::actors::{Lease, SessionId};
 use crate::canonical::{Answer, ChatEvent, ChatRequest, ErrorKind, UpstreamError};
 use crate::config::ServerConfig;
@@ -24,6 +25,8 @@ pub const MAILBOX: usize = 64;
 #[derive(Clone)]
 pub struct Dispatcher {
     pub router: Addr<Router>,
+    /// Idle sessions a request may lease without asking the Router.
+    pub tickets: Arc<Tickets>,
     pub server: Arc<ServerConfig>,
     /// Other sessions tried before the first byte.
     pub retry_budget: u32,
@@ -78,6 +81,11 @@ impl Dispatcher {
         exclude: Option<SessionId>,
         affinity: Option<u64>,
     ) -> Result<Lease, ApiError> {
+        if exclude.is_none() && affinity.is_none() {
+            if let Some(lease) = self.tickets.lease(model) {
+                return Ok(lease);
+            }
+        }
         let (tx, rx) = oneshot::channel();
         self.router.do_send(Acquire {
             model: model.clone(),

@@ -87,11 +87,13 @@ impl AppState {
     pub fn new(
         cfg: &Config,
         router: actix::Addr<Router>,
+        tickets: Arc<crate::actors::tickets::Tickets>,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         AppState {
             dispatcher: Dispatcher {
                 router,
+                tickets,
                 server: Arc::new(cfg.server.clone()),
                 retry_budget: cfg.supervisor.retry_budget,
                 shutdown,
