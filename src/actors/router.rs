@@ -119,14 +119,15 @@ impl Router {
     }
 
     /// The ticket for `model`: the sessions the Router would pick when idle
-    /// (ready, not cooling down, of the best priority any open session of
-    /// the model has), in its order, the first turn after session `after`.
+    /// (ready or due their trial request, the model not cooling down on
+    /// them, of the best priority any such session has), in its order, the
+    /// first turn after session `after`.
     fn ticket(&self, model: &str, after: Option<SessionId>, router: Addr<Router>) -> Ticket {
         let now = Instant::now();
         let routes = self.routes.get(model).map_or(&[][..], Vec::as_slice);
         let open = |r: &&Route| {
             let s = &self.slots[r.slot];
-            s.state == SessionState::Ready
+            matches!(s.state, SessionState::Ready | SessionState::Trial)
                 && !s.retiring
                 && s.addr.is_some()
                 && r.cool_until.is_none_or(|t| t <= now)

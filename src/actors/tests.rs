@@ -671,3 +671,33 @@ async fn idle_sessions_are_leased_from_the_routers_ticket_in_turn() {
         vec![SessionId(2)]
     );
 }
+
+#[actix::test]
+async fn a_session_due_its_trial_request_is_offered_by_the_ticket() {
+    tokio::time::pause();
+    let rig = Rig::new();
+    let unavailable = || UpstreamError::new(ErrorKind::Unavailable, "502 from upstream");
+    rig.session(1, Scripted::new(0, vec![unavailable(), unavailable()]));
+    settle().await;
+    for _ in 0..2 {
+        assert!(rig.run().await.is_some());
+        settle().await;
+    }
+    assert!(matches!(
+        rig.state(1).await,
+        SessionState::CoolingDown { .. }
+    ));
+    rig.session(2, Scripted::new(0, vec![]));
+    settle().await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(rig.state(1).await, SessionState::Trial);
+    drop(rig.lease().await.unwrap());
+    // Taken and ended one after another: the turns reach the trial session.
+    let got: Vec<SessionId> = (0..2)
+        .map(|_| rig.tickets.lease("m").expect("no lease from the ticket").id)
+        .collect();
+    assert!(
+        got.contains(&SessionId(1)),
+        "the trial session was never offered: {got:?}"
+    );
+}

@@ -6,8 +6,8 @@
 //! thread hand-offs for every request, each waking the other CPU when it
 //! sleeps. So when the Router answers an `Acquire` for a model, it also
 //! leaves a ticket for the model: the sessions it would pick when they are
-//! idle (ready, not cooling down, of the best priority on offer), in its
-//! order. The next request for the model leases the next idle one of them
+//! idle (ready or due their trial request, the model not cooling down on
+//! them, of the best priority on offer), in its order. The next request for the model leases the next idle one of them
 //! itself, taking turns as the Router does, if no request waits in the
 //! Router's queue; otherwise, and on retries and for conversations that
 //! have a session of their own, it asks the Router as before.
