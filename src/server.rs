@@ -225,6 +225,9 @@ pub async fn serve(cfg: Config, config_path: std::path::PathBuf) -> std::io::Res
         // its own connections are done: so every request is drained first,
         // while all workers still run.
         handle.pause().await;
+        // The accept thread takes the pause a moment later; a listener
+        // closed before that wakes it to a failed accept, logged as errors.
+        tokio::time::sleep(Duration::from_millis(100)).await;
         if let Err(e) = socket2::SockRef::from(&closer).shutdown(std::net::Shutdown::Both) {
             tracing::warn!(error = %e, "cannot close the listening socket");
         }

@@ -750,6 +750,12 @@ def test_sigterm_lets_in_flight_answers_finish_within_the_drain_timeout(start_gw
     elapsed = time.monotonic() - t_term
     assert code == 0, f"exit code {code}"
     assert elapsed < 15, f"the gateway took {elapsed:.1f}s to stop with nothing left to drain"
+    # A clean stop logs no error (the listener closing under the accept
+    # thread used to log two).
+    stopping = gw.stderr_text(limit=10**7).split("stopping: no new connections", 1)
+    assert len(stopping) == 2, "no stopping line"
+    errors = [line for line in stopping[1].splitlines() if "ERROR" in line]
+    assert not errors, errors
 
 
 def test_sigterm_ends_streams_still_open_at_the_drain_deadline_with_an_error(start_gw, peer, tmp_path):
