@@ -12,7 +12,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::messages::{
-    Acquire, AcquireError, Busy, Lease, ModelCooldown, Permit, Register, Release, Remember, Reset,
+    Acquire, AcquireError, Busy, Lease, ModelCooldown, Register, Release, Remember, Reset,
     ResetSession, Retire, SessionId, SessionInfo, SessionState, SetModels, Snapshot, StateChanged,
 };
 use super::session::Session;
@@ -40,17 +40,26 @@ impl Slot {
         self.in_flight.load(Ordering::SeqCst)
     }
 
+    /// Whether the session takes requests at all: running, not retired,
+    /// ready or due its trial request.
+    fn open(&self) -> bool {
+        !self.retiring
+            && self.addr.is_some()
+            && matches!(self.state, SessionState::Ready | SessionState::Trial)
+    }
+
+    /// Requests it may run at once now.
+    fn cap(&self) -> u32 {
+        match self.state {
+            // One trial request decides whether the cool-down is over.
+            SessionState::Trial => 1,
+            _ => self.max,
+        }
+    }
+
     /// Whether the session can take one more request now.
     fn has_room(&self) -> bool {
-        if self.retiring || self.addr.is_none() {
-            return false;
-        }
-        match self.state {
-            SessionState::Ready => self.in_flight() < self.max,
-            // One trial request decides whether the cool-down is over.
-            SessionState::Trial => self.in_flight() == 0,
-            _ => false,
-        }
+        self.open() && self.in_flight() < self.cap()
     }
 }
 
@@ -61,6 +70,12 @@ struct Route {
     upstream_model: Arc<str>,
     /// The upstream rate-limited this model on this session until then.
     cool_until: Option<Instant>,
+}
+
+impl Route {
+    fn cooling(&self, now: Instant) -> bool {
+        self.cool_until.is_some_and(|t| t > now)
+    }
 }
 
 struct Waiter {
@@ -125,29 +140,13 @@ impl Router {
     fn ticket(&self, model: &str, after: Option<SessionId>, router: Addr<Router>) -> Ticket {
         let now = Instant::now();
         let routes = self.routes.get(model).map_or(&[][..], Vec::as_slice);
-        let open = |r: &&Route| {
-            let s = &self.slots[r.slot];
-            matches!(s.state, SessionState::Ready | SessionState::Trial)
-                && !s.retiring
-                && s.addr.is_some()
-                && r.cool_until.is_none_or(|t| t <= now)
-        };
+        let open = |r: &&Route| self.slots[r.slot].open() && !r.cooling(now);
         let best = routes.iter().filter(open).map(|r| r.priority).min();
         let offers = routes
             .iter()
             .filter(open)
             .filter(|r| Some(r.priority) == best)
-            .filter_map(|r| {
-                let s = &self.slots[r.slot];
-                Some(Offer {
-                    session: s.addr.clone()?,
-                    id: s.id,
-                    pool: s.pool.clone(),
-                    name: s.name.clone(),
-                    upstream_model: r.upstream_model.clone(),
-                    in_flight: s.in_flight.clone(),
-                })
-            })
+            .filter_map(|r| self.offer(r.slot, r.upstream_model.clone()))
             .collect::<Vec<_>>();
         let turn = offers
             .iter()
@@ -201,7 +200,7 @@ impl Router {
             .enumerate()
             .filter(|(_, r)| {
                 let s = &self.slots[r.slot];
-                s.has_room() && Some(s.id) != exclude && r.cool_until.is_none_or(|t| t <= now)
+                s.has_room() && Some(s.id) != exclude && !r.cooling(now)
             })
             .min_by_key(|(i, r)| {
                 let s = &self.slots[r.slot];
@@ -215,38 +214,28 @@ impl Router {
             .map(|(_, r)| (r.slot, r.upstream_model.clone()))
     }
 
-    /// A lease on a picked slot (`None` only for a slot that has left,
-    /// which `pick` never returns).
-    fn lease(
-        &mut self,
-        slot: usize,
-        upstream_model: Arc<str>,
-        router: Addr<Router>,
-    ) -> Option<Lease> {
-        let s = &mut self.slots[slot];
-        let session = s.addr.clone()?;
-        // A handler may have taken the slot on its own thread since `pick`.
-        let cap = if s.state == SessionState::Trial {
-            1
-        } else {
-            s.max
-        };
-        if !claim(&s.in_flight, cap) {
-            return None;
-        }
-        Some(Lease {
-            session,
+    /// A slot's session, to lease (`None` once it has left).
+    fn offer(&self, slot: usize, upstream_model: Arc<str>) -> Option<Offer> {
+        let s = &self.slots[slot];
+        Some(Offer {
+            session: s.addr.clone()?,
             id: s.id,
             pool: s.pool.clone(),
-            session_name: s.name.clone(),
+            name: s.name.clone(),
             upstream_model,
-            _permit: Permit {
-                router,
-                id: s.id,
-                in_flight: s.in_flight.clone(),
-                listening: self.listening.clone(),
-            },
+            in_flight: s.in_flight.clone(),
         })
+    }
+
+    /// A lease on a picked slot: `None` for a slot that has left (which
+    /// `pick` never returns), or whose last room a ticket has taken on
+    /// another thread since `pick`.
+    fn lease(&self, slot: usize, upstream_model: Arc<str>, router: Addr<Router>) -> Option<Lease> {
+        let offer = self.offer(slot, upstream_model)?;
+        if !claim(&offer.in_flight, self.slots[slot].cap()) {
+            return None;
+        }
+        Some(offer.into_lease(router, self.listening.clone()))
     }
 
     /// Drops a retired session once its last request is over.

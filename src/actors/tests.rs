@@ -131,15 +131,21 @@ impl Rig {
             .collect()
     }
 
-    async fn lease(&self) -> Result<Lease, super::AcquireError> {
+    /// Asks the Router for a lease on model `m`; the answer comes on the
+    /// receiver.
+    fn ask(&self, exclude: Option<u32>, affinity: Option<u64>) -> Asked {
         let (tx, rx) = oneshot::channel();
         self.router.do_send(Acquire {
             model: Arc::from("m"),
-            exclude: None,
-            affinity: None,
+            exclude: exclude.map(SessionId),
+            affinity,
             reply: tx,
         });
-        rx.await.unwrap()
+        rx
+    }
+
+    async fn lease(&self) -> Result<Lease, super::AcquireError> {
+        self.ask(None, None).await.unwrap()
     }
 
     /// Runs one request on a leased session; returns the error event if any.
@@ -165,6 +171,17 @@ impl Drop for Rig {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+type Asked = oneshot::Receiver<Result<Lease, super::AcquireError>>;
+
+/// The lease a request gets within `limit` (panics otherwise).
+async fn answered_within(rx: Asked, limit: Duration) -> Lease {
+    tokio::time::timeout(limit, rx)
+        .await
+        .expect("no answer in time")
+        .expect("the Router dropped the request")
+        .expect("no lease")
 }
 
 async fn settle() {
@@ -385,15 +402,8 @@ async fn conversations_continue_on_their_session_and_upstream_thread() {
         Arc::new(r)
     };
     async fn send(rig: &Rig, req: Arc<ChatRequest>) -> SessionId {
-        let (tx, rx) = oneshot::channel();
         let affinity = req.conversation.and_then(|c| c.route_key());
-        rig.router.do_send(Acquire {
-            model: Arc::from("m"),
-            exclude: None,
-            affinity,
-            reply: tx,
-        });
-        let lease = rx.await.unwrap().unwrap();
+        let lease = rig.ask(None, affinity).await.unwrap().unwrap();
         let (tx, mut rx) = mpsc::channel(8);
         lease.session.do_send(Chat {
             request: req,
@@ -500,21 +510,11 @@ async fn a_declared_session_is_waited_for_not_given_up_on() {
     rig.router.do_send(Rig::registration(2).message(None));
     rig.session(1, Scripted::new(0, vec![]));
     settle().await;
-    let (tx, mut rx) = oneshot::channel();
-    rig.router.do_send(Acquire {
-        model: Arc::from("m"),
-        exclude: Some(SessionId(1)),
-        affinity: None,
-        reply: tx,
-    });
+    let mut rx = rig.ask(Some(1), None);
     settle().await;
     assert!(rx.try_recv().is_err(), "answered before session 2 ran");
     rig.session(2, Scripted::new(0, vec![]));
-    let lease = tokio::time::timeout(Duration::from_secs(5), rx)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let lease = answered_within(rx, Duration::from_secs(5)).await;
     assert_eq!(lease.id, SessionId(2));
 }
 
@@ -527,23 +527,13 @@ async fn ended_leases_free_slots_for_waiters_and_let_retired_sessions_leave() {
     rig.session(1, Scripted::new(0, vec![]));
     settle().await;
     let (a, b) = (rig.lease().await.unwrap(), rig.lease().await.unwrap());
-    let (tx, mut rx) = oneshot::channel();
-    rig.router.do_send(Acquire {
-        model: Arc::from("m"),
-        exclude: None,
-        affinity: None,
-        reply: tx,
-    });
+    let mut rx = rig.ask(None, None);
     settle().await;
     assert!(rx.try_recv().is_err(), "leased beyond max_concurrency");
     assert_eq!(rig.router.send(Busy).await.unwrap(), (2, 1));
     drop(a);
     // Well within the Router's half-second sweep, which would also serve it.
-    let c = tokio::time::timeout(Duration::from_millis(200), rx)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let c = answered_within(rx, Duration::from_millis(200)).await;
     assert_eq!(rig.router.send(Busy).await.unwrap(), (2, 0));
     drop((b, c));
     assert_eq!(rig.router.send(Busy).await.unwrap(), (0, 0));
@@ -581,16 +571,7 @@ async fn idle_sessions_are_leased_from_the_routers_ticket_in_turn() {
         rig.tickets.lease("m").is_none(),
         "a ticket before any Acquire"
     );
-    let acquire = |exclude: Option<u32>| {
-        let (tx, rx) = oneshot::channel();
-        rig.router.do_send(Acquire {
-            model: Arc::from("m"),
-            exclude: exclude.map(SessionId),
-            affinity: None,
-            reply: tx,
-        });
-        rx
-    };
+    let acquire = |exclude: Option<u32>| rig.ask(exclude, None);
     let first = acquire(None).await.unwrap().unwrap().id;
     // Idle sessions still take turns, one request after another.
     let turns: Vec<SessionId> = (0..4)
@@ -623,15 +604,11 @@ async fn idle_sessions_are_leased_from_the_routers_ticket_in_turn() {
     assert!(waiting.try_recv().is_err(), "leased beyond max_concurrency");
     assert_eq!(rig.router.send(Busy).await.unwrap(), (4, 1));
     drop(a);
-    let e = tokio::time::timeout(Duration::from_millis(200), waiting)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let e = answered_within(waiting, Duration::from_millis(200)).await;
     drop((b, c, d, e));
     assert_eq!(rig.router.send(Busy).await.unwrap(), (0, 0));
     // A request waiting in the Router's queue comes before the ticket.
-    let s2 = |rx: oneshot::Receiver<Result<Lease, super::AcquireError>>| async {
+    let s2 = |rx: Asked| async {
         let lease: Lease = rx.await.unwrap().unwrap();
         assert_eq!(lease.id, SessionId(2));
         lease
@@ -642,11 +619,7 @@ async fn idle_sessions_are_leased_from_the_routers_ticket_in_turn() {
     assert!(waiting.try_recv().is_err());
     assert!(rig.tickets.lease("m").is_none(), "jumped the queue");
     drop(f);
-    let h = tokio::time::timeout(Duration::from_millis(200), waiting)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let h = answered_within(waiting, Duration::from_millis(200)).await;
     drop((g, h));
     settle().await;
     assert!(

@@ -32,7 +32,8 @@ use super::router::Router;
 use super::session::Session;
 use crate::sync::{read, write};
 
-/// One session a ticket offers.
+/// A session and the model name to send it: what a lease is made of.
+#[derive(Clone)]
 pub(super) struct Offer {
     pub session: Addr<Session>,
     pub id: SessionId,
@@ -41,6 +42,25 @@ pub(super) struct Offer {
     pub upstream_model: Arc<str>,
     /// The slot's lease count, shared with the Router.
     pub in_flight: Arc<AtomicU32>,
+}
+
+impl Offer {
+    /// The lease on this session, its slot already claimed.
+    pub fn into_lease(self, router: Addr<Router>, listening: Arc<AtomicBool>) -> Lease {
+        Lease {
+            session: self.session,
+            id: self.id,
+            pool: self.pool,
+            session_name: self.name,
+            upstream_model: self.upstream_model,
+            _permit: Permit {
+                router,
+                id: self.id,
+                in_flight: self.in_flight,
+                listening,
+            },
+        }
+    }
 }
 
 /// The idle sessions handlers may lease for one model.
@@ -82,19 +102,11 @@ impl Tickets {
         let offer = (0..n)
             .map(|k| &ticket.offers[(start + k) % n])
             .find(|o| claim(&o.in_flight, 1))?;
-        Some(Lease {
-            session: offer.session.clone(),
-            id: offer.id,
-            pool: offer.pool.clone(),
-            session_name: offer.name.clone(),
-            upstream_model: offer.upstream_model.clone(),
-            _permit: Permit {
-                router: ticket.router.clone(),
-                id: offer.id,
-                in_flight: offer.in_flight.clone(),
-                listening: ticket.listening.clone(),
-            },
-        })
+        Some(
+            offer
+                .clone()
+                .into_lease(ticket.router.clone(), ticket.listening.clone()),
+        )
     }
 
     /// Whether there is a ticket for `model` (possibly an empty one).
