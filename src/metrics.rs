@@ -32,6 +32,11 @@ pub struct Metrics {
     pub session_events: IntCounterVec,
     /// Upstream failures by pool and kind.
     pub upstream_errors: IntCounterVec,
+    /// Tasks that failed (panicked) where no error was expected, by where:
+    /// `handler`, `stream`, `session`, `tokenizer`. Each one is a bug.
+    pub task_failures: IntCounterVec,
+    /// Token counts refused because the counting queue was full.
+    pub tokenizer_busy: prometheus::IntCounter,
 }
 
 /// Latency buckets from 1 ms to 5 min.
@@ -102,6 +107,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "Upstream failures by kind.",
         &["pool", "kind"],
     )?;
+    let task_failures = counter(
+        "task_failures_total",
+        "Tasks that panicked, by where; the request got an error.",
+        &["where"],
+    )?;
+    let tokenizer_busy =
+        prometheus::IntCounter::new("tokenizer_busy_total", "Token counts refused: queue full.")?;
+    registry.register(Box::new(tokenizer_busy.clone()))?;
     let queue_depth = IntGauge::new("queue_depth", "Requests waiting for a free session.")?;
     registry.register(Box::new(queue_depth.clone()))?;
     let queue_wait = Histogram::with_opts(
@@ -126,6 +139,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         sessions,
         session_events,
         upstream_errors,
+        task_failures,
+        tokenizer_busy,
     })
 }
 
@@ -151,5 +166,12 @@ impl Metrics {
         let mut out = Vec::with_capacity(16 * 1024);
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+}
+
+/// Records a task that panicked (see [`Metrics::task_failures`]).
+pub fn task_failed(place: &'static str) {
+    if let Some(m) = get() {
+        m.task_failures.with_label_values(&[place]).inc();
     }
 }

@@ -15,7 +15,6 @@ use crate::actors::messages::Busy;
 use crate::actors::restart_log::RestartLog;
 use crate::actors::router::Router;
 use crate::admin::{self, AdminState};
-use crate::canonical::tokens;
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::placement::{Deferred, Placement};
@@ -95,12 +94,34 @@ fn listen_on(addr: SocketAddr) -> std::io::Result<(std::net::TcpListener, std::n
     Ok((listener, closer))
 }
 
+/// CORS for browser frontends: any origin when keys are set (a page must
+/// still present one), else only `server.cors_origins` and pages the
+/// gateway serves itself.
+fn cors(guard: &web::Data<http::guard::Guard>) -> Cors {
+    let mut cors = Cors::default();
+    if guard.cors_any() {
+        cors = cors.allow_any_origin();
+    } else {
+        let guard = guard.clone();
+        cors = cors.allowed_origin_fn(move |origin, head| guard.origin_allowed(origin, head));
+    }
+    cors.allow_any_method()
+        .allow_any_header()
+        // A fixed list: exposing "any" header lists the response's own
+        // header names anew for every response.
+        .expose_headers([
+            http::trace::REQUEST_ID,
+            http::trace::OVERHEAD_HEADER,
+            "retry-after",
+        ])
+        .max_age(3600)
+}
+
 /// Restart-log lines kept in memory for the admin API.
 const RECENT_EVENTS: usize = 1000;
 
 /// Runs the gateway until it is told to stop.
 pub async fn serve(cfg: Config, config_path: std::path::PathBuf) -> std::io::Result<()> {
-    tokens::init();
     let listen: SocketAddr = cfg
         .server
         .listen
@@ -110,9 +131,10 @@ pub async fn serve(cfg: Config, config_path: std::path::PathBuf) -> std::io::Res
         if listen.ip().is_loopback() {
             tracing::info!("server.api_keys is empty: no auth (listening on loopback only)");
         } else {
+            // Only with server.allow_keyless_remote: config validation refuses it otherwise.
             tracing::warn!(
                 %listen,
-                "server.api_keys is empty and the gateway listens beyond loopback: ANYONE WHO CAN REACH IT CAN USE YOUR UPSTREAM ACCOUNTS"
+                "server.api_keys is empty and the gateway listens beyond loopback (server.allow_keyless_remote): ANYONE WHO CAN REACH IT CAN USE YOUR UPSTREAM ACCOUNTS"
             );
         }
     }
@@ -164,36 +186,30 @@ pub async fn serve(cfg: Config, config_path: std::path::PathBuf) -> std::io::Res
     );
     actix_web::rt::spawn(reload_on_sighup(reloader));
     let (listener, closer) = listen_on(listen)?;
+    let guard = web::Data::new(http::guard::Guard::new(&cfg.server));
+    let connections = http::guard::Connections::default();
+    let max_connections = cfg.server.max_connections;
     let server = HttpServer::new(move || {
         placement.join();
         App::new()
             .app_data(state.clone())
             .app_data(admin.clone())
+            .app_data(guard.clone())
             .configure(admin::routes)
-            .wrap(
-                Cors::default()
-                    .allow_any_origin()
-                    .allow_any_method()
-                    .allow_any_header()
-                    // A fixed list: exposing "any" header lists the
-                    // response's own header names anew for every response.
-                    .expose_headers([
-                        http::trace::REQUEST_ID,
-                        http::trace::OVERHEAD_HEADER,
-                        "retry-after",
-                    ])
-                    .max_age(3600),
-            )
+            .wrap(cors(&guard))
+            .wrap(actix_web::middleware::from_fn(http::guard::check))
             .configure(http::routes)
     })
     .workers(workers)
     // Answers are written in pieces (headers, then chunks): without
     // TCP_NODELAY, Nagle's algorithm and delayed ACKs add ~40 ms to them.
-    .on_connect(|conn, _| {
+    .on_connect(move |conn, ext| {
         if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
             let _ = tcp.set_nodelay(true);
         }
+        connections.opened(ext, max_connections);
     })
+    .keep_alive(cfg.server.idle_timeout)
     // Signals are handled below, so streams still open at the drain
     // deadline end with an error event rather than a cut connection.
     .disable_signals()

@@ -567,8 +567,15 @@ impl Handler<Chat> for Session {
         let running = tokio_util::task::AbortOnDropHandle::new(actix::spawn(fut));
         ctx.spawn(running.into_actor(self).map(|out, act, ctx| {
             act.in_flight = act.in_flight.saturating_sub(1);
-            if let Ok(out) = out {
-                act.on_outcome(out, ctx);
+            match out {
+                Ok(out) => act.on_outcome(out, ctx),
+                // The call's mailbox closed with it, so its handler retries
+                // or reports the loss; the session itself is sound.
+                Err(e) if e.is_panic() => {
+                    tracing::error!(pool = %act.pool, session = %act.name, error = %e, "an upstream call panicked; its client got an error");
+                    crate::metrics::task_failed("session");
+                }
+                Err(_) => {}
             }
             if act.stopping && act.in_flight == 0 {
                 ctx.stop();

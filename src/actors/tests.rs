@@ -73,6 +73,8 @@ fn policy() -> SupervisorConfig {
         cooldown_max: Duration::from_secs(60),
         cooldown_initial: Duration::from_secs(5),
         circuit_threshold: 2,
+        failed_retry: Duration::from_secs(300),
+        failed_retry_max: Duration::from_secs(3600),
     }
 }
 

@@ -1,6 +1,8 @@
 //! Folding an event stream into one answer (non-streaming responses) and
 //! settling usage when the upstream reported none.
 
+use std::sync::Arc;
+
 use super::tokens;
 use super::{ChatEvent, ChatRequest, StopReason, UpstreamError, Usage};
 
@@ -24,6 +26,8 @@ pub struct Answer {
     pub stop: Option<StopReason>,
     /// Usage as the upstream reported it, if it did.
     pub reported_usage: Option<Usage>,
+    /// The final usage, once [`Answer::settle_usage`] ran.
+    pub settled: Option<Usage>,
 }
 
 impl Answer {
@@ -56,8 +60,26 @@ impl Answer {
         Ok(())
     }
 
-    /// The usage to report: the upstream's, else counted locally.
+    /// The usage to report: settled by [`Answer::settle_usage`], else the
+    /// upstream's, else counted here (in place only when cheap).
     pub fn usage(&self, req: &ChatRequest) -> Usage {
+        match self.settled {
+            Some(u) => u,
+            None => self.tally().finish(req),
+        }
+    }
+
+    /// Counts what the upstream did not report, off the HTTP workers when
+    /// it is big, and keeps the result for [`Answer::usage`].
+    pub async fn settle_usage(&mut self, req: &Arc<ChatRequest>) -> Usage {
+        let mut tally = self.tally();
+        tally.settle(req).await;
+        let u = tally.finish(req);
+        self.settled = Some(u);
+        u
+    }
+
+    fn tally(&self) -> UsageTally {
         let mut tally = UsageTally::new(true);
         tally.reported = self.reported_usage;
         if !tally.has_output() {
@@ -68,7 +90,7 @@ impl Answer {
                 tally.generated.push_str(&c.arguments);
             }
         }
-        tally.finish(req)
+        tally
     }
 }
 
@@ -82,6 +104,8 @@ pub struct UsageTally {
     /// Generated text, counted at the end: BPE counts of separate deltas
     /// add up to more than the count of the whole text.
     generated: String,
+    /// The count of `generated`, once [`UsageTally::settle`] made it.
+    counted_output: Option<u32>,
 }
 
 impl UsageTally {
@@ -126,23 +150,47 @@ impl UsageTally {
         self.reported.is_some_and(|r| r.output > 0)
     }
 
-    /// Input tokens: reported, else counted from the request.
+    fn reported_input(&self) -> bool {
+        self.reported.is_some_and(|u| u.prompt_total() > 0)
+    }
+
+    /// Input tokens: reported, else counted from the request (exact once
+    /// [`tokens::count_request`] ran for it).
     pub fn input(&self, req: &ChatRequest) -> Usage {
         match self.reported {
             Some(u) if u.prompt_total() > 0 => u,
             _ => Usage {
-                input: tokens::count_request(req),
+                input: tokens::request_tokens_now(req),
                 ..Usage::default()
             },
+        }
+    }
+
+    /// Makes the counts [`UsageTally::finish`] will need, on the counting
+    /// pool when they are big. A count that cannot be made (the pool is
+    /// full) leaves the estimate: an answer never fails for its usage.
+    pub async fn settle(&mut self, req: &Arc<ChatRequest>) {
+        if !self.enabled {
+            return;
+        }
+        if !self.reported_input() {
+            let _ = tokens::count_request(req).await;
+        }
+        if !self.has_output() && self.counted_output.is_none() {
+            let text = std::mem::take(&mut self.generated);
+            let bytes = text.len();
+            let n = tokens::count_text(text).await;
+            self.counted_output = Some(n.unwrap_or_else(|_| tokens::estimate(bytes)));
         }
     }
 
     /// The final usage.
     pub fn finish(&self, req: &ChatRequest) -> Usage {
         let mut u = self.input(req);
-        u.output = match self.reported {
-            Some(r) if r.output > 0 => r.output,
-            _ => tokens::count_text(&self.generated),
+        u.output = match (self.reported, self.counted_output) {
+            (Some(r), _) if r.output > 0 => r.output,
+            (_, Some(n)) => n,
+            _ => tokens::count_text_now(&self.generated),
         };
         u
     }
@@ -212,8 +260,8 @@ mod tests {
         assert!(err.is_err());
     }
 
-    #[test]
-    fn disabled_tally_counts_nothing() {
+    #[tokio::test]
+    async fn disabled_tally_counts_nothing() {
         let mut t = UsageTally::new(false);
         t.observe(&ChatEvent::TextDelta("hello".into()));
         assert!(t.generated.is_empty());
@@ -227,7 +275,8 @@ mod tests {
         let mut t = UsageTally::new(true);
         t.observe(&ChatEvent::TextDelta("hello ".into()));
         t.observe(&ChatEvent::TextDelta("world".into()));
-        let req = ChatRequest::default();
+        let req = Arc::new(ChatRequest::default());
+        t.settle(&req).await;
         assert_eq!(t.finish(&req).output, 2);
     }
 }

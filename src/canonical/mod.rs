@@ -5,6 +5,7 @@
 pub mod answer;
 pub mod conversation;
 mod event;
+pub mod fault;
 mod request;
 pub mod tokens;
 

@@ -35,6 +35,8 @@ pub struct ChatRequest {
     pub reasoning_effort: Option<String>,
     /// Anthropic extended thinking: the token budget when enabled.
     pub thinking_budget: Option<u32>,
+    /// The prompt's token count once counted (see [`super::tokens`]).
+    pub prompt_tokens: super::tokens::PromptTokens,
 }
 
 impl ChatRequest {

@@ -1,86 +1,236 @@
-//! Local token counting, for upstreams that report no usage and for
-//! `count_tokens`. The encoder is loaded once at start; if it cannot be
-//! loaded, counts fall back to a characters-per-token estimate.
+//! Local token counting (o200k), for upstreams that report no usage and for
+//! `count_tokens`.
+//!
+//! Counting must not hurt anyone else, whatever a client sends:
+//!
+//! - The tokenizer is `bpe-openai`: linear in its input, with a regex engine
+//!   that does not backtrack or recurse, so megabytes of spaces or of one
+//!   "word" cost milliseconds and cannot overflow a stack.
+//! - Its tables (tens of MiB) are loaded on the first count, on the counting
+//!   pool, not at start: a gateway whose upstreams report usage never pays.
+//! - Big inputs are counted on a small pool of blocking threads, never on an
+//!   HTTP worker; at most [`MAX_WAITING`] counts wait for it, and beyond that
+//!   a count is refused ([`CountError::Busy`]) rather than queued.
+//! - Small inputs (the common case) are counted in place: a thread hop would
+//!   cost more than the count.
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
-use tiktoken_rs::CoreBPE;
+use bpe_openai::Tokenizer;
+use tokio::sync::Semaphore;
 
 use super::{ChatRequest, ContentPart};
 
-static ENCODER: OnceLock<Option<CoreBPE>> = OnceLock::new();
+/// Texts up to this many bytes are counted in place once the tables are
+/// loaded (well under a millisecond).
+const INLINE_BYTES: usize = 16 * 1024;
+/// Counts running at once on the blocking pool: one, so a flood of huge
+/// counts takes at most one core from the HTTP workers.
+const RUNNING: usize = 1;
+/// Counts that may wait for the pool before new ones are refused.
+pub const MAX_WAITING: usize = 32;
 
-/// Loads the encoder; call once at start so the first request does not pay.
-pub fn init() {
-    // Encoding once also builds the encoder's lazily compiled parts.
-    count_text("warm up");
+static POOL: Semaphore = Semaphore::const_new(RUNNING);
+static WAITING: AtomicUsize = AtomicUsize::new(0);
+/// Set once the tables are loaded, so in-place counts never load them.
+static LOADED: OnceLock<&'static Tokenizer> = OnceLock::new();
+
+/// Why a count did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CountError {
+    #[error("too many token counts are waiting; retry later")]
+    Busy,
+    #[error("token counting failed")]
+    Failed,
 }
 
-fn encoder() -> Option<&'static CoreBPE> {
-    ENCODER
-        .get_or_init(|| match tiktoken_rs::o200k_base() {
-            Ok(bpe) => Some(bpe),
-            Err(e) => {
-                tracing::warn!(error = %e, "tokenizer unavailable, estimating token counts");
-                None
-            }
-        })
-        .as_ref()
+/// A request's prompt count, computed at most once. It is a cache, not part
+/// of the request's value: two requests compare equal whatever it holds.
+#[derive(Debug, Clone, Default)]
+pub struct PromptTokens(OnceLock<u32>);
+
+impl PartialEq for PromptTokens {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
-/// Tokens in `text`.
-pub fn count_text(text: &str) -> u32 {
+impl PromptTokens {
+    /// The count, if it is known.
+    pub fn get(&self) -> Option<u32> {
+        self.0.get().copied()
+    }
+}
+
+fn tokenizer() -> &'static Tokenizer {
+    LOADED.get_or_init(|| {
+        let started = std::time::Instant::now();
+        let t = bpe_openai::o200k_base();
+        tracing::info!(
+            ms = started.elapsed().as_millis() as u64,
+            "tokenizer loaded"
+        );
+        t
+    })
+}
+
+fn exact(text: &str) -> u32 {
+    u32::try_from(tokenizer().count(text)).unwrap_or(u32::MAX)
+}
+
+/// What a count is when it cannot be made: about four bytes a token.
+pub fn estimate(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(4)).unwrap_or(u32::MAX)
+}
+
+/// Tokens in `text`, counted here and now when that is cheap; else the
+/// estimate. Async callers use [`count_text`] for an exact count of anything.
+pub fn count_text_now(text: &str) -> u32 {
     if text.is_empty() {
         return 0;
     }
-    let n = match encoder() {
-        Some(bpe) => bpe.encode_ordinary(text).len(),
-        None => text.chars().count().div_ceil(4),
+    if text.len() <= INLINE_BYTES && LOADED.get().is_some() {
+        exact(text)
+    } else {
+        estimate(text.len())
+    }
+}
+
+/// Runs `work` (which counts about `bytes` bytes of text) in place when it
+/// is small and the tables are loaded, else on the counting pool.
+async fn run<T: Send + 'static>(
+    bytes: usize,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, CountError> {
+    if bytes <= INLINE_BYTES && LOADED.get().is_some() {
+        return Ok(work());
+    }
+    if WAITING.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
+        WAITING.fetch_sub(1, Ordering::AcqRel);
+        if let Some(m) = crate::metrics::get() {
+            m.tokenizer_busy.inc();
+        }
+        return Err(CountError::Busy);
+    }
+    let permit = POOL.acquire().await;
+    WAITING.fetch_sub(1, Ordering::AcqRel);
+    let Ok(permit) = permit else {
+        return Err(CountError::Failed);
     };
-    u32::try_from(n).unwrap_or(u32::MAX)
+    let done = tokio::task::spawn_blocking(move || {
+        let out = work();
+        drop(permit);
+        out
+    })
+    .await;
+    done.map_err(|e| {
+        tracing::error!(error = %e, "token counting failed");
+        crate::metrics::task_failed("tokenizer");
+        CountError::Failed
+    })
+}
+
+/// Exact tokens in `text`, off the HTTP workers when it is big.
+pub async fn count_text(text: String) -> Result<u32, CountError> {
+    if text.is_empty() {
+        return Ok(0);
+    }
+    run(text.len(), move || exact(&text)).await
+}
+
+/// The prompt tokens of `req` (system, messages, tools), counted once and
+/// remembered in the request.
+pub async fn count_request(req: &Arc<ChatRequest>) -> Result<u32, CountError> {
+    if let Some(n) = req.prompt_tokens.get() {
+        return Ok(n);
+    }
+    let shared = req.clone();
+    let n = run(text_bytes(req), move || request_with(&shared, exact)).await?;
+    let _ = req.prompt_tokens.0.set(n);
+    Ok(n)
+}
+
+/// The prompt tokens of `req` when known or cheap to count now; else the
+/// estimate. For synchronous encoders, after [`count_request`] ran.
+pub fn request_tokens_now(req: &ChatRequest) -> u32 {
+    if let Some(n) = req.prompt_tokens.get() {
+        return n;
+    }
+    request_with(req, count_text_now)
 }
 
 /// Per-message overhead of chat formatting, as OpenAI documents it.
 const PER_MESSAGE: u32 = 3;
 /// Tokens that prime the assistant's reply.
 const REPLY_PRIMING: u32 = 3;
+/// A flat charge for images, roughly what vision models bill for a small one.
+const IMAGE_TOKENS: u32 = 85;
 
-/// Prompt tokens of a whole request: system, messages and tool definitions.
-pub fn count_request(req: &ChatRequest) -> u32 {
+fn request_with(req: &ChatRequest, count: impl Fn(&str) -> u32 + Copy) -> u32 {
     let mut total = REPLY_PRIMING;
     if let Some(system) = &req.system {
-        total += PER_MESSAGE + count_text(system);
+        total = total.saturating_add(PER_MESSAGE + count(system));
     }
     for m in &req.messages {
-        total += PER_MESSAGE;
+        total = total.saturating_add(PER_MESSAGE);
         for part in &m.content {
-            total = total.saturating_add(count_part(part));
+            total = total.saturating_add(part_with(part, count));
         }
     }
     for tool in &req.tools {
-        total = total.saturating_add(count_text(&tool.name));
+        total = total.saturating_add(count(&tool.name));
         if let Some(d) = &tool.description {
-            total = total.saturating_add(count_text(d));
+            total = total.saturating_add(count(d));
         }
-        total = total.saturating_add(count_text(&tool.parameters.to_string()));
+        total = total.saturating_add(count(&tool.parameters.to_string()));
     }
     total
 }
 
-/// A flat charge for images, roughly what vision models bill for a small one.
-const IMAGE_TOKENS: u32 = 85;
-
-fn count_part(part: &ContentPart) -> u32 {
+fn part_with(part: &ContentPart, count: impl Fn(&str) -> u32 + Copy) -> u32 {
     match part {
-        ContentPart::Text(t) => count_text(t),
+        ContentPart::Text(t) => count(t),
         ContentPart::Image(_) => IMAGE_TOKENS,
         ContentPart::ToolCall {
             name, arguments, ..
-        } => count_text(name) + count_text(arguments),
-        ContentPart::ToolResult { content, .. } => content.iter().map(count_part).sum(),
-        ContentPart::Thinking { text, .. } => count_text(text),
+        } => count(name).saturating_add(count(arguments)),
+        ContentPart::ToolResult { content, .. } => content
+            .iter()
+            .fold(0u32, |n, p| n.saturating_add(part_with(p, count))),
+        ContentPart::Thinking { text, .. } => count(text),
         ContentPart::RedactedThinking { .. } => 0,
     }
+}
+
+/// About how many bytes of text counting `req` reads, to choose where to
+/// count it.
+fn text_bytes(req: &ChatRequest) -> usize {
+    fn part(p: &ContentPart) -> usize {
+        match p {
+            ContentPart::Text(t) => t.len(),
+            ContentPart::Image(_) | ContentPart::RedactedThinking { .. } => 0,
+            ContentPart::ToolCall {
+                name, arguments, ..
+            } => name.len() + arguments.len(),
+            ContentPart::ToolResult { content, .. } => content.iter().map(part).sum(),
+            ContentPart::Thinking { text, .. } => text.len(),
+        }
+    }
+    let system = req.system.as_ref().map_or(0, String::len);
+    let messages: usize = req
+        .messages
+        .iter()
+        .flat_map(|m| m.content.iter())
+        .map(part)
+        .sum();
+    // Tool schemas are small next to the limit; a rough size will do.
+    let tools: usize = req
+        .tools
+        .iter()
+        .map(|t| t.name.len() + t.description.as_ref().map_or(0, String::len) + 256)
+        .sum();
+    system + messages + tools
 }
 
 #[cfg(test)]
@@ -88,16 +238,48 @@ mod tests {
     use super::*;
     use crate::canonical::{Message, Role};
 
-    #[test]
-    fn counts_are_real_token_counts() {
-        init();
-        // "hello world" is two tokens in every OpenAI encoding.
-        assert_eq!(count_text("hello world"), 2);
-        assert_eq!(count_text(""), 0);
-        let req = ChatRequest {
+    #[tokio::test]
+    async fn counts_are_real_o200k_counts() {
+        // Reference counts from OpenAI's own o200k_base encoder.
+        for (text, n) in [
+            ("hello world", 2),
+            ("  leading spaces\n\n\ttabs  trailing   ", 9),
+            ("naïve café 東京 🎉 emoji's can't", 10),
+            ("fn main() {\n    println!(\"hi\");\n}\n", 10),
+        ] {
+            assert_eq!(count_text(text.to_owned()).await, Ok(n), "{text:?}");
+            // Once loaded, small texts are counted in place, exactly.
+            assert_eq!(count_text_now(text), n, "{text:?}");
+        }
+        assert_eq!(count_text(String::new()).await, Ok(0));
+        let req = Arc::new(ChatRequest {
             messages: vec![Message::text(Role::User, "hello world")],
             ..Default::default()
-        };
-        assert_eq!(count_request(&req), REPLY_PRIMING + PER_MESSAGE + 2);
+        });
+        assert_eq!(
+            count_request(&req).await,
+            Ok(REPLY_PRIMING + PER_MESSAGE + 2)
+        );
+        assert_eq!(
+            req.prompt_tokens.get(),
+            Some(REPLY_PRIMING + PER_MESSAGE + 2)
+        );
+    }
+
+    #[tokio::test]
+    async fn hostile_texts_count_quickly_and_without_panic() {
+        let spaces = " ".repeat(1_000_000);
+        let n = count_text(spaces).await.map_err(|e| e.to_string());
+        assert!(matches!(n, Ok(n) if (1_000..200_000).contains(&n)), "{n:?}");
+        // One "word" of a megabyte: quadratic for a naive BPE merge.
+        let word = "ab".repeat(500_000);
+        let n = count_text(word).await.map_err(|e| e.to_string());
+        assert!(matches!(n, Ok(n) if n > 1_000), "{n:?}");
+    }
+
+    #[test]
+    fn big_texts_are_never_counted_in_place() {
+        let big = "word ".repeat(INLINE_BYTES);
+        assert_eq!(count_text_now(&big), estimate(big.len()));
     }
 }

@@ -40,7 +40,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
                 .separator("__")
                 .try_parsing(true)
                 .list_separator(",")
-                .with_list_parse_key("server.api_keys"),
+                .with_list_parse_key("server.api_keys")
+                .with_list_parse_key("server.cors_origins")
+                .with_list_parse_key("server.allowed_hosts"),
         )
         .build()
         .map_err(|e| read_err(e.to_string()))?;
@@ -155,7 +157,7 @@ fn resolve_files(cfg: &mut Config) -> Result<(), ConfigError> {
 }
 
 fn validate(cfg: &Config) -> Result<(), ConfigError> {
-    if cfg.server.listen.parse::<SocketAddr>().is_err() {
+    let Ok(listen) = cfg.server.listen.parse::<SocketAddr>() else {
         return Err(invalid(
             "server.listen",
             format!(
@@ -163,6 +165,25 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 cfg.server.listen
             ),
         ));
+    };
+    if cfg.server.api_keys.is_empty()
+        && !listen.ip().is_loopback()
+        && !cfg.server.allow_keyless_remote
+    {
+        return Err(invalid(
+            "server.api_keys",
+            format!(
+                "empty while server.listen ({listen}) reaches beyond loopback: anyone who can \
+                 reach it could use your upstream accounts. Set server.api_keys, listen on \
+                 127.0.0.1, or set server.allow_keyless_remote = true to accept that"
+            ),
+        ));
+    }
+    if cfg.server.max_connections == 0 {
+        return Err(invalid("server.max_connections", "must be at least 1"));
+    }
+    if cfg.supervisor.failed_retry.is_zero() {
+        return Err(invalid("supervisor.failed_retry", "must be more than 0"));
     }
     if cfg.server.body_limit.0 == 0 {
         return Err(invalid("server.body_limit", "must be more than 0"));

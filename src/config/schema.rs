@@ -48,6 +48,22 @@ pub struct ServerConfig {
     pub restart_log_max_bytes: ByteSize,
     /// ...keeping this many rotated files.
     pub restart_log_files: usize,
+    /// The whole request body must arrive within this, after the headers.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// A kept-alive connection with no request is closed after this.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Open client connections beyond this get a 503 and are closed.
+    pub max_connections: usize,
+    /// Browser origins allowed cross-origin access. Keyless: only these
+    /// (others are refused). With keys: empty means any origin.
+    pub cors_origins: Vec<String>,
+    /// Keyless only: host names accepted in `Host` besides IP literals and
+    /// `localhost` (against DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// Keyless and listening beyond loopback is refused unless this is set.
+    pub allow_keyless_remote: bool,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +86,12 @@ impl Default for ServerConfig {
             log_format: LogFormat::Pretty,
             restart_log_max_bytes: ByteSize(10 * 1024 * 1024),
             restart_log_files: 5,
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            cors_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            allow_keyless_remote: false,
         }
     }
 }
@@ -102,6 +124,12 @@ pub struct SupervisorConfig {
     pub cooldown_initial: Duration,
     /// Consecutive upstream failures (5xx, broken streams) that open the circuit.
     pub circuit_threshold: u32,
+    /// A `failed` session is tried again after this; the wait doubles with
+    /// each failed try, up to `failed_retry_max`.
+    #[serde(with = "humantime_serde")]
+    pub failed_retry: Duration,
+    #[serde(with = "humantime_serde")]
+    pub failed_retry_max: Duration,
 }
 
 impl Default for SupervisorConfig {
@@ -116,6 +144,8 @@ impl Default for SupervisorConfig {
             cooldown_max: Duration::from_secs(300),
             cooldown_initial: Duration::from_secs(5),
             circuit_threshold: 3,
+            failed_retry: Duration::from_secs(300),
+            failed_retry_max: Duration::from_secs(3600),
         }
     }
 }
@@ -138,6 +168,10 @@ pub struct SupervisorOverrides {
     #[serde(default, with = "humantime_serde")]
     pub cooldown_initial: Option<Duration>,
     pub circuit_threshold: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub failed_retry: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub failed_retry_max: Option<Duration>,
 }
 
 impl SupervisorOverrides {
@@ -153,6 +187,8 @@ impl SupervisorOverrides {
             cooldown_max: self.cooldown_max.unwrap_or(base.cooldown_max),
             cooldown_initial: self.cooldown_initial.unwrap_or(base.cooldown_initial),
             circuit_threshold: self.circuit_threshold.unwrap_or(base.circuit_threshold),
+            failed_retry: self.failed_retry.unwrap_or(base.failed_retry),
+            failed_retry_max: self.failed_retry_max.unwrap_or(base.failed_retry_max),
         }
     }
 }

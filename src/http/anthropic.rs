@@ -20,12 +20,15 @@ pub async fn messages(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let mut trace = Trace::start(&req, "anthropic");
-    let resp = match message(&req, payload, &state, &mut trace).await {
-        Ok(resp) => resp,
-        Err(e) => e.render(Protocol::Anthropic),
-    };
-    trace.respond(resp)
+    super::unwinding(Protocol::Anthropic, async move {
+        let mut trace = Trace::start(&req, "anthropic");
+        let resp = match message(&req, payload, &state, &mut trace).await {
+            Ok(resp) => resp,
+            Err(e) => e.render(Protocol::Anthropic),
+        };
+        trace.respond(resp)
+    })
+    .await
 }
 
 async fn message(
@@ -56,10 +59,13 @@ pub async fn count_tokens(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    match count(&req, payload, &state).await {
-        Ok(resp) => resp,
-        Err(e) => e.render(Protocol::Anthropic),
-    }
+    super::unwinding(Protocol::Anthropic, async move {
+        match count(&req, payload, &state).await {
+            Ok(resp) => resp,
+            Err(e) => e.render(Protocol::Anthropic),
+        }
+    })
+    .await
 }
 
 async fn count(
@@ -71,7 +77,17 @@ async fn count(
     let mut trace = Trace::start(req, "count_tokens");
     trace.disarm();
     let chat = super::accept(req, payload, state, decode_request, &mut trace).await?;
-    let input_tokens = tokens::count_request(&chat).max(1);
+    let input_tokens = match tokens::count_request(&chat).await {
+        Ok(n) => n.max(1),
+        Err(tokens::CountError::Busy) => {
+            return Err(ApiError::Overloaded(
+                "too many token counts are waiting; retry later".into(),
+            ))
+        }
+        // Logged and counted where it failed; a count that is off by a
+        // little beats an error Claude Code would replace with its own guess.
+        Err(tokens::CountError::Failed) => tokens::request_tokens_now(&chat).max(1),
+    };
     Ok(HttpResponse::Ok().json(json!({ "input_tokens": input_tokens })))
 }
 

@@ -7,8 +7,51 @@ use futures_util::StreamExt as _;
 
 use super::error::ApiError;
 
-/// Reads the whole body, failing with 413 past `limit` bytes.
+/// Memory set aside for a body before it arrives: a declared length is a
+/// claim, not bytes, so the buffer grows only as bytes come in.
+const FIRST_CAPACITY: usize = 16 * 1024;
+
+/// Refuses a body that does not say it is JSON (415). Besides catching
+/// mistakes early, it keeps web pages out: a JSON content type is not one a
+/// page may send cross-origin without the browser asking first.
+pub fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
+    let given = req
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap_or("(not text)"));
+    let essence = given
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    if essence == "application/json" || (essence.contains('/') && essence.ends_with("+json")) {
+        return Ok(());
+    }
+    Err(ApiError::UnsupportedMediaType(match given {
+        Some(v) => format!("`{}`", super::guard::echo(v)),
+        None => "no Content-Type".into(),
+    }))
+}
+
+/// Reads the whole body within `timeout`, failing with 413 past `limit`
+/// bytes (before reading anything when the declared length says so).
 pub async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<BytesMut, ApiError> {
+    match tokio::time::timeout(timeout, read_all(req, payload, limit)).await {
+        Ok(read) => read,
+        Err(_) => Err(ApiError::BodyTimeout(timeout.as_secs())),
+    }
+}
+
+async fn read_all(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
@@ -21,7 +64,7 @@ pub async fn read_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(limit));
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(FIRST_CAPACITY).min(FIRST_CAPACITY));
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::BadRequest {
             param: None,

@@ -250,7 +250,7 @@ impl Dispatcher {
                     }
                     Ok(None) if answer.stop.is_some() => {
                         trace.upstream_end();
-                        trace.usage = Some(answer.usage(req));
+                        trace.usage = Some(answer.settle_usage(req).await);
                         return Ok(answer);
                     }
                     Ok(None) => {

@@ -27,7 +27,7 @@ pub enum ApiError {
         param: Option<String>,
         message: String,
     },
-    #[error("the model `{0}` does not exist or is not served here")]
+    #[error("the model `{}` does not exist or is not served here", crate::http::guard::echo(.0))]
     ModelNotFound(String),
     #[error("no route for {0}")]
     RouteNotFound(String),
@@ -45,6 +45,21 @@ pub enum ApiError {
     RequestTimeout(u64),
     #[error("{0}")]
     Upstream(UpstreamError),
+    /// Work the gateway refuses rather than queues (token counting).
+    #[error("{0}")]
+    Overloaded(String),
+    #[error("the request body must be JSON: send `Content-Type: application/json` (got {0})")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("the request body did not arrive within {0}s (server.body_timeout)")]
+    BodyTimeout(u64),
+    #[error("the gateway has too many open connections (server.max_connections); retry later")]
+    TooManyConnections,
+    /// A bug: a task failed where no error was expected (it is logged and
+    /// counted in `troupe_task_failures_total`).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl From<DecodeError> for ApiError {
@@ -82,6 +97,12 @@ impl ApiError {
                 StatusCode::GATEWAY_TIMEOUT
             }
             ApiError::Upstream(e) => upstream_status(e),
+            ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -90,16 +111,20 @@ impl ApiError {
     /// clients know the same thing as 429.
     pub fn status_for(&self, protocol: Protocol) -> StatusCode {
         match (self, protocol) {
-            (ApiError::QueueTimeout { .. } | ApiError::QueueFull, Protocol::Anthropic) => {
-                StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
-            }
+            (
+                ApiError::QueueTimeout { .. } | ApiError::QueueFull | ApiError::Overloaded(_),
+                Protocol::Anthropic,
+            ) => StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
             _ => self.status_code(),
         }
     }
 
     fn retry_after(&self) -> Option<u64> {
         match self {
-            ApiError::QueueTimeout { .. } | ApiError::QueueFull => Some(1),
+            ApiError::QueueTimeout { .. }
+            | ApiError::QueueFull
+            | ApiError::Overloaded(_)
+            | ApiError::TooManyConnections => Some(1),
             ApiError::Upstream(e) => e.retry_after.map(|d| d.as_secs().max(1)),
             _ => None,
         }
@@ -109,6 +134,16 @@ impl ApiError {
     pub fn render(&self, protocol: Protocol) -> HttpResponse {
         let status = self.status_for(protocol);
         let mut resp = HttpResponse::build(status);
+        if matches!(
+            self,
+            ApiError::BodyTimeout(_)
+                | ApiError::PayloadTooLarge { .. }
+                | ApiError::TooManyConnections
+        ) {
+            // The rest of the body is not worth reading, and a connection
+            // over the cap is the point.
+            resp.force_close();
+        }
         if let Some(secs) = self.retry_after() {
             resp.insert_header(("Retry-After", secs.to_string()));
         }
@@ -160,6 +195,18 @@ impl ApiError {
             ApiError::FirstTokenTimeout(_) | ApiError::RequestTimeout(_) => {
                 ("server_error".into(), s("timeout"), None)
             }
+            ApiError::Overloaded(_) => ("rate_limit_error".into(), s("rate_limit_exceeded"), None),
+            ApiError::UnsupportedMediaType(_) => (
+                "invalid_request_error".into(),
+                s("unsupported_media_type"),
+                None,
+            ),
+            ApiError::Forbidden(_) => ("invalid_request_error".into(), s("forbidden"), None),
+            ApiError::BodyTimeout(_) => {
+                ("invalid_request_error".into(), s("request_timeout"), None)
+            }
+            ApiError::TooManyConnections => ("server_error".into(), s("service_unavailable"), None),
+            ApiError::Internal(_) => ("server_error".into(), s("internal_error"), None),
             ApiError::Upstream(e) => {
                 let (kind, code) = openai_type_and_code(e);
                 let param = if e.kind == ErrorKind::InvalidRequest {
@@ -216,7 +263,9 @@ pub fn anthropic_type(status: StatusCode) -> &'static str {
         401 => "authentication_error",
         403 => "permission_error",
         404 => "not_found_error",
+        408 => "timeout_error",
         413 => "request_too_large",
+        415 => "invalid_request_error",
         429 => "rate_limit_error",
         503 | 529 => "overloaded_error",
         _ => "api_error",

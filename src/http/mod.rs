@@ -7,6 +7,7 @@ pub mod auth;
 pub mod body;
 pub mod dispatch;
 pub mod error;
+pub mod guard;
 pub mod health;
 pub mod openai;
 pub mod sse;
@@ -128,9 +129,12 @@ pub async fn accept(
     trace: &mut Trace,
 ) -> Result<Arc<ChatRequest>, ApiError> {
     state.catalog().auth.check(req)?;
-    let body = body::read_body(req, payload, state.dispatcher.server.body_limit.0).await?;
+    body::require_json(req)?;
+    let server = &state.dispatcher.server;
+    let body = body::read_body(req, payload, server.body_limit.0, server.body_timeout).await?;
     let mut chat = decode(&body)?;
     drop(body);
+    crate::canonical::fault::maybe_panic(&chat, "handler");
     state.check_model(&chat.model)?;
     trace.model = Some(chat.model.clone());
     let header = req
@@ -171,6 +175,38 @@ pub async fn respond<E: sse::EventEncoder>(
             .content_type("application/json")
             .body(body(&answer, &chat)))
     }
+}
+
+/// Runs a handler so that a panic inside it still answers the client, in
+/// its protocol, rather than cutting the connection with no reply.
+pub async fn unwinding(
+    protocol: Protocol,
+    handler: impl std::future::Future<Output = HttpResponse>,
+) -> HttpResponse {
+    use futures_util::FutureExt as _;
+    match std::panic::AssertUnwindSafe(handler).catch_unwind().await {
+        Ok(resp) => resp,
+        Err(panic) => {
+            let message = task_panicked("handler", panic.as_ref());
+            ApiError::Internal(message).render(protocol)
+        }
+    }
+}
+
+/// Logs and counts a task that panicked; returns what the client is told.
+pub fn task_panicked(place: &'static str, panic: &(dyn std::any::Any + Send)) -> String {
+    let what = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    tracing::error!(
+        place,
+        panic = what,
+        "a request task panicked; its client got an error"
+    );
+    crate::metrics::task_failed(place);
+    "the request failed inside the gateway (logged as a bug)".to_owned()
 }
 
 /// Seconds since the epoch.
@@ -220,11 +256,21 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(not_found));
 }
 
-async fn not_found(req: HttpRequest) -> HttpResponse {
-    let protocol = if req.path().starts_with("/anthropic/") || anthropic::wants_anthropic(&req) {
+/// The protocol a request speaks, for errors raised before its route runs.
+pub fn protocol_of(req: &HttpRequest) -> Protocol {
+    let path = req.path();
+    if path.starts_with("/anthropic/")
+        || path.ends_with("/messages")
+        || path.ends_with("/messages/count_tokens")
+        || anthropic::wants_anthropic(req)
+    {
         Protocol::Anthropic
     } else {
         Protocol::OpenAi
-    };
-    ApiError::RouteNotFound(format!("{} {}", req.method(), req.path())).render(protocol)
+    }
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    let what = format!("{} {}", req.method(), guard::echo(req.path()));
+    ApiError::RouteNotFound(what).render(protocol_of(&req))
 }

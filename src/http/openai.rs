@@ -14,12 +14,15 @@ pub async fn chat_completions(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let mut trace = Trace::start(&req, "openai");
-    let resp = match chat(&req, payload, &state, &mut trace).await {
-        Ok(resp) => resp,
-        Err(e) => e.render(Protocol::OpenAi),
-    };
-    trace.respond(resp)
+    super::unwinding(Protocol::OpenAi, async move {
+        let mut trace = Trace::start(&req, "openai");
+        let resp = match chat(&req, payload, &state, &mut trace).await {
+            Ok(resp) => resp,
+            Err(e) => e.render(Protocol::OpenAi),
+        };
+        trace.respond(resp)
+    })
+    .await
 }
 
 async fn chat(

@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use actix_web::HttpResponse;
 use bytes::{Bytes, BytesMut};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt as _};
 use tokio::time::{Instant, Sleep};
 
 use super::dispatch::Opened;
 use super::trace::Trace;
-use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, UpstreamError};
+use crate::canonical::answer::UsageTally;
+use crate::canonical::{tokens, ChatEvent, ChatRequest, ErrorKind, UpstreamError};
 
 /// A protocol's way of writing events into an SSE body.
 pub trait EventEncoder: 'static {
@@ -28,6 +29,21 @@ pub trait EventEncoder: 'static {
     fn usage(&self, _req: &ChatRequest) -> Option<crate::canonical::Usage> {
         None
     }
+    /// The encoder's usage tally, so its counts can be made off the HTTP
+    /// workers before it writes them.
+    fn tally(&mut self) -> Option<&mut UsageTally> {
+        None
+    }
+    /// Whether the first event written carries the prompt's token count
+    /// (Anthropic's `message_start`).
+    fn counts_prompt_first(&self) -> bool {
+        false
+    }
+    /// Appends the protocol's error event without the encoder's state: for
+    /// a stream whose encoder was lost to a panic.
+    fn write_error(e: &UpstreamError, out: &mut BytesMut)
+    where
+        Self: Sized;
     /// The keep-alive written after a silence.
     fn keepalive(&self) -> &'static [u8] {
         b": ping\n\n"
@@ -46,6 +62,12 @@ impl EventEncoder for crate::protocol::openai::StreamEncoder {
     }
     fn usage(&self, req: &ChatRequest) -> Option<crate::canonical::Usage> {
         self.known_usage(req)
+    }
+    fn tally(&mut self) -> Option<&mut UsageTally> {
+        Some(self.tally_mut())
+    }
+    fn write_error(e: &UpstreamError, out: &mut BytesMut) {
+        crate::protocol::openai::StreamEncoder::write_error(e, out)
     }
 }
 
@@ -137,8 +159,16 @@ pub fn body<E: EventEncoder>(
         keepalive,
         buf: BytesMut::with_capacity(1024),
     };
-    futures_util::stream::unfold(state, |mut st| async move {
+    let events = futures_util::stream::unfold(state, |mut st| async move {
         if !st.head.is_empty() {
+            let reported = st
+                .head
+                .iter()
+                .any(|ev| matches!(ev, ChatEvent::Usage(u) if u.prompt_total() > 0));
+            if st.enc.counts_prompt_first() && !reported {
+                // Remembered in the request; the estimate if it cannot be made.
+                let _ = tokens::count_request(&st.req).await;
+            }
             for ev in std::mem::take(&mut st.head) {
                 st.write(&ev);
             }
@@ -147,6 +177,7 @@ pub fn body<E: EventEncoder>(
         if st.rx_done {
             return None;
         }
+        crate::canonical::fault::maybe_panic(&st.req, "stream");
         let opened = st.opened.as_mut()?;
         let next = loop {
             tokio::select! {
@@ -203,6 +234,9 @@ pub fn body<E: EventEncoder>(
             Wake::Event(None) => {
                 if st.enc.stopped() {
                     let req = st.req.clone();
+                    if let Some(tally) = st.enc.tally() {
+                        tally.settle(&req).await;
+                    }
                     st.enc.finish(&req, &mut st.buf);
                     st.end();
                     st.trace.usage = st.enc.usage(&req);
@@ -216,7 +250,21 @@ pub fn body<E: EventEncoder>(
             }
         }
         Some((Ok(st.buf.split().freeze()), st))
-    })
+    });
+    // A panic while writing would otherwise cut the stream with no end: the
+    // client gets the protocol's error event instead, and the state, with
+    // the session's lease, is dropped on the way.
+    std::panic::AssertUnwindSafe(events)
+        .catch_unwind()
+        .map(|item| match item {
+            Ok(item) => item,
+            Err(panic) => {
+                let message = crate::http::task_panicked("stream", panic.as_ref());
+                let mut out = BytesMut::new();
+                E::write_error(&UpstreamError::new(ErrorKind::Protocol, message), &mut out);
+                Ok(out.freeze())
+            }
+        })
 }
 
 /// A `200 text/event-stream` response that proxies will not buffer.

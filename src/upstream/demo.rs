@@ -203,6 +203,7 @@ impl Upstream for Demo {
         model: &str,
         sink: &EventSink,
     ) -> Result<(), UpstreamError> {
+        crate::canonical::fault::maybe_panic(req, "session");
         if self.ttl.is_some() && !self.login().as_ref().is_some_and(Login::valid) {
             return Err(UpstreamError::new(
                 ErrorKind::Auth,

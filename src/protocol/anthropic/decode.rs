@@ -122,6 +122,7 @@ fn from_wire(w: MessagesRequest) -> Result<ChatRequest, DecodeError> {
         user,
         response_format: None,
         reasoning_effort: None,
+        prompt_tokens: Default::default(),
         thinking_budget,
     })
 }

@@ -500,6 +500,12 @@ impl StreamEncoder {
 
     fn error(&mut self, e: &UpstreamError, out: &mut BytesMut) {
         self.failed = true;
+        Self::write_error(e, out);
+    }
+
+    /// Appends an `error` event; needs no state, so it can end a stream
+    /// whose encoder is gone.
+    pub fn write_error(e: &UpstreamError, out: &mut BytesMut) {
         Self::write(
             out,
             &StreamEventOut::Error {
@@ -515,6 +521,18 @@ impl StreamEncoder {
 impl EventEncoder for StreamEncoder {
     fn usage(&self, req: &ChatRequest) -> Option<Usage> {
         Some(self.tally.finish(req))
+    }
+
+    fn tally(&mut self) -> Option<&mut crate::canonical::UsageTally> {
+        Some(&mut self.tally)
+    }
+
+    fn counts_prompt_first(&self) -> bool {
+        true
+    }
+
+    fn write_error(e: &UpstreamError, out: &mut BytesMut) {
+        Self::write_error(e, out)
     }
 
     fn event(&mut self, ev: &ChatEvent, out: &mut BytesMut) {
@@ -768,7 +786,7 @@ mod tests {
             ],
             true,
         );
-        let counted = crate::canonical::tokens::count_request(&request());
+        let counted = crate::canonical::tokens::request_tokens_now(&request());
         assert!(counted > 0);
         assert_eq!(evs[0].1["message"]["usage"]["input_tokens"], json!(counted));
         let last = &evs[evs.len() - 2].1;
@@ -871,6 +889,7 @@ mod tests {
                 cache_read: 3,
                 cache_write: 2,
             }),
+            ..Default::default()
         };
         let body: Value =
             serde_json::from_slice(&completion_body(&answer, &request(), "msg_1")).unwrap();

@@ -140,6 +140,7 @@ fn from_wire(w: ChatCompletionRequest) -> Result<ChatRequest, DecodeError> {
         conversation: None,
         response_format: w.response_format,
         reasoning_effort: w.reasoning_effort,
+        prompt_tokens: Default::default(),
         thinking_budget: None,
     })
 }

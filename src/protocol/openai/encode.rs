@@ -381,14 +381,6 @@ impl StreamEncoder {
         }
     }
 
-    fn write<T: Serialize>(&self, out: &mut BytesMut, value: &T) {
-        out.put_slice(b"data: ");
-        let mut w = out.writer();
-        // Writing to memory cannot fail; serialization of these types cannot either.
-        let _ = serde_json::to_writer(&mut w, value);
-        let _ = w.write_all(b"\n\n");
-    }
-
     /// Appends the chunk(s) for one event.
     pub fn event(&mut self, ev: &ChatEvent, out: &mut BytesMut) {
         self.tally.observe(ev);
@@ -466,6 +458,11 @@ impl StreamEncoder {
         }
     }
 
+    /// The usage tally, so counts can be made before [`Self::finish`].
+    pub fn tally_mut(&mut self) -> &mut UsageTally {
+        &mut self.tally
+    }
+
     /// The usage, if known without extra counting.
     pub fn known_usage(&self, req: &ChatRequest) -> Option<Usage> {
         self.tally.known(req)
@@ -491,11 +488,21 @@ impl StreamEncoder {
 
     /// Appends an in-stream error: a chunk with an `error` object, no `[DONE]`.
     pub fn error(&mut self, e: &UpstreamError, out: &mut BytesMut) {
+        Self::write_error(e, out);
+    }
+
+    /// Appends an in-stream error chunk; needs no state, so it can end a
+    /// stream whose encoder is gone.
+    pub fn write_error(e: &UpstreamError, out: &mut BytesMut) {
         let (kind, code) = crate::http::error::openai_type_and_code(e);
-        self.write(
-            out,
+        out.put_slice(b"data: ");
+        let mut w = out.writer();
+        // Writing to memory cannot fail; serialization of this value cannot either.
+        let _ = serde_json::to_writer(
+            &mut w,
             &json!({"error": {"message": e.message, "type": kind, "param": null, "code": code}}),
         );
+        let _ = w.write_all(b"\n\n");
     }
 }
 
