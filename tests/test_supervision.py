@@ -419,6 +419,58 @@ def test_reset_returns_a_failed_session_to_ready(start_gw, peer, tmp_path):
     assert a["restarts"] == 0, f"restarts not cleared by the reset: {a}"
 
 
+def test_a_failed_session_comes_back_by_itself_when_its_upstream_does(start_gw, peer, tmp_path):
+    """A single-account pool whose key the upstream refused for a while: the
+    session gives up, then is tried again by itself (no operator), with a
+    longer wait after each try that fails, and serves once the key works."""
+    admin_key = secret("adm")
+    data_dir = tmp_path / "revive" / "data"
+    supervisor = dict(FAST_SUPERVISOR, failed_retry="1s", failed_retry_max="30s")
+    gw = start_gw(
+        peer_pool_config(
+            tmp_path / "revive",
+            peer.url,
+            [{"name": "a", "api_key": KEY_A}],
+            admin_key=admin_key,
+            supervisor=supervisor,
+            max_concurrency=1,
+        )
+    )
+    admin = Admin(gw, admin_key)
+    assert gw.wait_ready(10)
+    peer.fault("401", count=10_000, key=KEY_A)
+
+    def fail_until(state: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while admin.session(POOL, "a")["state"] != state:
+            assert time.monotonic() < deadline, f"never {state}: {admin.session(POOL, 'a')}"
+            status, _ = ask(gw, "refused")
+            assert status != 200
+            time.sleep(0.05)
+
+    fail_until("failed", 30)
+    # The upstream still refuses: the session revives by itself and, failing
+    # again, gives up with a longer wait.
+    events = wait_events(data_dir, lambda evs: any(e["event"] == "revive" for e in evs), timeout=10)
+    assert any(e["event"] == "revive" for e in events), events
+    admin.wait_state(POOL, "a", ["ready", "starting", "failed"], timeout=5)
+    fail_until("failed", 30)
+    events = wait_events(data_dir, lambda evs: sum(e["event"] == "give_up" for e in evs) >= 2)
+    waits = [e["backoff_ms"] for e in events if e["event"] == "give_up"]
+    assert len(waits) >= 2 and 800 <= waits[0] <= 1200 and 1600 <= waits[1] <= 2400, waits
+
+    # The upstream takes the key again: nobody resets anything, and the
+    # session serves within the (doubled) wait.
+    clear_faults(peer)
+    admin.wait_state(POOL, "a", ["ready"], timeout=10)
+    status, text = ask(gw, "welcome back")
+    assert (status, text) == (200, PEER_PREFIX + "welcome back")
+    events = read_restart_log(data_dir)
+    assert not any(e["event"] == "reset" for e in events), events
+    revived = [e for e in events if e["event"] == "revive"]
+    assert len(revived) >= 2 and all(e["reason"] for e in revived), revived
+
+
 def test_restart_log_survives_a_gateway_restart(start_gw, peer, tmp_path):
     admin_key = secret("adm")
     data_dir = tmp_path / "shared-data"

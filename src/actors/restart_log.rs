@@ -31,6 +31,8 @@ pub enum EventKind {
     Refresh,
     /// An operator reset the session.
     Reset,
+    /// A `failed` session is tried again by itself, after `backoff_ms`.
+    Revive,
     /// The watchdog found a dead session actor and re-created it.
     Respawn,
     /// The configuration was reloaded (pool and session are `*`).
@@ -48,6 +50,7 @@ impl EventKind {
             EventKind::CooldownEnd => "cooldown_end",
             EventKind::Refresh => "refresh",
             EventKind::Reset => "reset",
+            EventKind::Revive => "revive",
             EventKind::Respawn => "respawn",
             EventKind::Reload => "reload",
             EventKind::ReloadRejected => "reload_rejected",

@@ -87,6 +87,11 @@ pub struct Session {
     in_flight: u32,
     /// A fault wants a restart once `in_flight` drops to zero.
     stopping: bool,
+    /// Times in a row the session gave up, for the wait before it is tried
+    /// again; a served request clears it.
+    gave_up: u32,
+    /// A revival's one try is under way: a fault now gives up at once.
+    reviving: bool,
     credentials: Option<CredentialStore>,
     /// Conversation key → upstream conversation handle, for stateful kinds.
     /// Shared with running requests, which record their turn before the
@@ -134,6 +139,8 @@ impl Session {
             refreshing: false,
             in_flight: 0,
             stopping: false,
+            gave_up: 0,
+            reviving: false,
             credentials: None,
             conversations: Arc::new(std::sync::Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(CONVERSATIONS).unwrap_or(std::num::NonZeroUsize::MIN),
@@ -214,6 +221,7 @@ impl Session {
                 .into_actor(self)
                 .map(|res, act, ctx| match res {
                     Ok(()) => {
+                        act.reviving = false;
                         act.save_credentials();
                         act.set_state(SessionState::Ready);
                         act.schedule_refresh(ctx);
@@ -301,10 +309,8 @@ impl Session {
             self.restarts.pop_front();
         }
         self.last_error = Some(Arc::from(reason.as_str()));
-        if self.restarts.len() as u32 >= self.policy.max_restarts {
-            tracing::error!(pool = %self.pool, session = %self.name, %reason, "session failed, giving up");
-            self.record(EventKind::GiveUp, &reason, self.attempt, None);
-            self.set_state(SessionState::Failed { reason });
+        if self.reviving || self.restarts.len() as u32 >= self.policy.max_restarts {
+            self.give_up(reason, ctx);
             return;
         }
         self.restarts.push_back(now);
@@ -320,6 +326,49 @@ impl Session {
         if self.in_flight == 0 {
             ctx.stop();
         }
+    }
+
+    /// Too many restarts: the session is `failed`. Unattended, it is tried
+    /// again after `failed_retry`, doubling with each failed try up to
+    /// `failed_retry_max`, so a pool heals when its upstream does.
+    fn give_up(&mut self, reason: String, ctx: &mut Context<Self>) {
+        self.reviving = false;
+        self.gave_up = self.gave_up.saturating_add(1);
+        let wait = exp_delay(
+            self.policy.failed_retry,
+            2.0,
+            self.gave_up,
+            self.policy.failed_retry_max,
+        );
+        tracing::error!(pool = %self.pool, session = %self.name, %reason, retry_in_secs = wait.as_secs(), "session failed, giving up for now");
+        self.record(EventKind::GiveUp, &reason, self.attempt, Some(wait));
+        self.set_state(SessionState::Failed { reason });
+        if let Some(t) = self.timer.take() {
+            ctx.cancel_future(t);
+        }
+        self.timer = Some(ctx.run_later(wait, |act, ctx| {
+            act.timer = None;
+            act.revive(ctx);
+        }));
+    }
+
+    /// One try of a `failed` session: a fault before it serves gives up
+    /// again at once, with a longer wait.
+    fn revive(&mut self, ctx: &mut Context<Self>) {
+        if !matches!(self.state, SessionState::Failed { .. }) {
+            return;
+        }
+        let reason = format!("trying again after giving up {} time(s)", self.gave_up);
+        tracing::info!(pool = %self.pool, session = %self.name, "{reason}");
+        self.record(EventKind::Revive, &reason, self.attempt, None);
+        self.restarts.clear();
+        self.attempt = 0;
+        self.failures = 0;
+        self.opened = 0;
+        self.reviving = true;
+        self.state = SessionState::Starting;
+        self.report();
+        self.establish(ctx);
     }
 
     fn cool_down(&mut self, until_in: Duration, reason: String, ctx: &mut Context<Self>) {
@@ -420,6 +469,7 @@ impl Session {
 
     fn succeeded(&mut self) {
         self.failures = 0;
+        self.gave_up = 0;
         // Served a request: the run of restarts is over, backoff starts afresh.
         self.attempt = 0;
         if self.state == SessionState::Trial {
@@ -606,6 +656,8 @@ impl Handler<Reset> for Session {
     fn handle(&mut self, _: Reset, ctx: &mut Self::Context) {
         self.restarts.clear();
         self.total_restarts = 0;
+        self.gave_up = 0;
+        self.reviving = false;
         self.attempt = 0;
         self.failures = 0;
         self.opened = 0;
