@@ -44,7 +44,7 @@ impl CredentialStore {
     pub fn save(&self, pool: &str, session: &str, value: &Value) -> std::io::Result<()> {
         let path = self.path(pool, session);
         let dir = path.parent().unwrap_or(&self.dir).to_path_buf();
-        std::fs::create_dir_all(&dir)?;
+        super::private_dir(&dir)?;
         let tmp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create_new(true);

@@ -4,7 +4,7 @@
 //! the admin API. Operators read it with `troupe restarts`.
 
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -133,7 +133,7 @@ impl RestartLog {
             recent_cap,
             viewers: Vec::new(),
         };
-        if let Err(e) = std::fs::create_dir_all(dir) {
+        if let Err(e) = super::private_dir(dir) {
             tracing::error!(dir = %dir.display(), error = %e, "cannot create data_dir; restart log kept in memory only");
             return log;
         }
@@ -149,11 +149,7 @@ impl RestartLog {
     }
 
     fn reopen(&mut self) {
-        match OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path())
-        {
+        match super::private_append(&self.path()) {
             Ok(f) => {
                 self.size = f.metadata().map(|m| m.len()).unwrap_or(0);
                 self.file = Some(f);

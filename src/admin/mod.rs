@@ -118,34 +118,59 @@ async fn dashboard() -> HttpResponse {
         .body(include_str!("dashboard.html"))
 }
 
-#[derive(Deserialize)]
-struct KeyQuery {
-    key: Option<String>,
+/// The subprotocol the live feed answers with.
+const EVENTS_PROTOCOL: &str = "troupe.admin";
+
+/// The admin key a WebSocket client offers as a subprotocol: browsers can
+/// set no header on a WebSocket, and a key in the URL would end up in
+/// proxies' logs and the browser's history. `troupe.key.<key>` for keys of
+/// token characters, `troupe.key64.<base64url of the key>` for any key.
+fn key_from_protocols(req: &HttpRequest) -> Option<String> {
+    use base64::Engine as _;
+    let offered = req.headers().get_all("sec-websocket-protocol");
+    for p in offered
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+    {
+        if let Some(k) = p.strip_prefix("troupe.key64.") {
+            let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(k.trim_end_matches('='))
+                .ok()?;
+            return String::from_utf8(bytes).ok();
+        }
+        if let Some(k) = p.strip_prefix("troupe.key.") {
+            return Some(k.to_owned());
+        }
+    }
+    None
 }
 
-/// `/admin/events`: the live feed. Browsers cannot set headers on a
-/// WebSocket, so the key may also come as `?key=`.
+/// `/admin/events`: the live feed. The key comes as a subprotocol (see
+/// [`key_from_protocols`]) or, from other clients, as a header.
 async fn live_events(
     req: HttpRequest,
     stream: web::Payload,
-    q: web::Query<KeyQuery>,
     state: web::Data<AdminState>,
 ) -> HttpResponse {
-    let by_query = match (&state.auth, q.key.as_deref()) {
-        (Some(auth), Some(k)) => auth.accepts(k),
+    let by_protocol = match (&state.auth, key_from_protocols(&req)) {
+        (Some(auth), Some(k)) => auth.accepts(&k),
         _ => false,
     };
-    if !by_query {
+    if !by_protocol {
         if let Some(resp) = state.refuse(&req) {
             return resp;
         }
     }
     let viewer = events::Viewer::new(state.router.clone(), state.log.clone());
-    ws::start(viewer, &req, stream).unwrap_or_else(|e| {
-        HttpResponse::BadRequest().json(json!({
-            "error": {"message": format!("not a WebSocket request: {e}"), "type": "invalid_request_error"}
-        }))
-    })
+    ws::WsResponseBuilder::new(viewer, &req, stream)
+        .protocols(&[EVENTS_PROTOCOL])
+        .start()
+        .unwrap_or_else(|e| {
+            HttpResponse::BadRequest().json(json!({
+                "error": {"message": format!("not a WebSocket request: {e}"), "type": "invalid_request_error"}
+            }))
+        })
 }
 
 /// `POST /admin/reload`: applies the configuration file now; 400 with the

@@ -54,8 +54,16 @@ pub fn parse_json<'de, T: serde::Deserialize<'de>>(body: &'de [u8]) -> Result<T,
         Err(e) => {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            if inner.is_syntax() || inner.is_eof() {
+            // serde_json reports a wrong-typed enum field (`"role": 5`) as
+            // a syntax error; in a well-formed body it is the field's error.
+            let well_formed = || serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
+            if (inner.is_syntax() || inner.is_eof()) && (path == "." || !well_formed()) {
                 Err(DecodeError::new("", format!("invalid JSON body: {inner}")))
+            } else if inner.is_syntax() {
+                Err(DecodeError::new(
+                    path.clone(),
+                    format!("invalid value for `{path}`: this field takes one of its named string values"),
+                ))
             } else if path == "." {
                 Err(DecodeError::new(
                     "",
