@@ -18,8 +18,11 @@ RUN apt-get update \
  && useradd --system --uid 10001 --home-dir /var/lib/troupe --create-home troupe
 COPY --from=build /src/target/dist/troupe /usr/local/bin/troupe
 COPY config/troupe.toml /etc/troupe/troupe.toml
+# 0.0.0.0 is the container's own interface; keyless use stays the
+# operator's choice of where to publish the port (README, Container).
 ENV TROUPE_CONFIG=/etc/troupe/troupe.toml \
     TROUPE__SERVER__LISTEN=0.0.0.0:8317 \
+    TROUPE__SERVER__ALLOW_KEYLESS_REMOTE=true \
     TROUPE__SERVER__DATA_DIR=/var/lib/troupe
 USER 10001:10001
 WORKDIR /var/lib/troupe
