@@ -31,8 +31,7 @@ const RUNNING: usize = 1;
 /// Counts that may wait for the pool before new ones are refused.
 pub const MAX_WAITING: usize = 32;
 
-static POOL: Semaphore = Semaphore::const_new(RUNNING);
-static WAITING: AtomicUsize = AtomicUsize::new(0);
+static POOL: Pool = Pool::new(RUNNING, MAX_WAITING);
 /// Set once the tables are loaded, so in-place counts never load them.
 static LOADED: OnceLock<&'static Tokenizer> = OnceLock::new();
 
@@ -97,38 +96,58 @@ pub fn count_text_now(text: &str) -> u32 {
     }
 }
 
-/// Runs `work` (which counts about `bytes` bytes of text) in place when it
-/// is small and the tables are loaded, else on the counting pool.
-async fn run<T: Send + 'static>(
-    bytes: usize,
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, CountError> {
-    if bytes <= INLINE_BYTES && LOADED.get().is_some() {
-        return Ok(work());
-    }
-    if WAITING.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
-        WAITING.fetch_sub(1, Ordering::AcqRel);
-        if let Some(m) = crate::metrics::get() {
-            m.tokenizer_busy.inc();
+/// Blocking threads for counting, with a bound on the counts that wait.
+struct Pool {
+    running: Semaphore,
+    waiting: AtomicUsize,
+    max_waiting: usize,
+}
+
+impl Pool {
+    const fn new(running: usize, max_waiting: usize) -> Self {
+        Pool {
+            running: Semaphore::const_new(running),
+            waiting: AtomicUsize::new(0),
+            max_waiting,
         }
-        return Err(CountError::Busy);
     }
-    let permit = POOL.acquire().await;
-    WAITING.fetch_sub(1, Ordering::AcqRel);
-    let Ok(permit) = permit else {
-        return Err(CountError::Failed);
-    };
-    let done = tokio::task::spawn_blocking(move || {
-        let out = work();
-        drop(permit);
-        out
-    })
-    .await;
-    done.map_err(|e| {
-        tracing::error!(error = %e, "token counting failed");
-        crate::metrics::task_failed("tokenizer");
-        CountError::Failed
-    })
+
+    /// Runs `work` (which counts about `bytes` bytes of text) in place when
+    /// it is small and the tables are loaded, else on a blocking thread.
+    async fn run<T: Send + 'static>(
+        &'static self,
+        bytes: usize,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, CountError> {
+        if bytes <= INLINE_BYTES && LOADED.get().is_some() {
+            return Ok(work());
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            if let Some(m) = crate::metrics::get() {
+                m.tokenizer_busy.inc();
+            }
+            return Err(CountError::Busy);
+        }
+        let permit = self.running.acquire().await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        let Ok(permit) = permit else {
+            return Err(CountError::Failed);
+        };
+        // The permit goes with the work: a request cancelled meanwhile does
+        // not free the thread before the count it started is done.
+        let done = tokio::task::spawn_blocking(move || {
+            let out = work();
+            drop(permit);
+            out
+        })
+        .await;
+        done.map_err(|e| {
+            tracing::error!(error = %e, "token counting failed");
+            crate::metrics::task_failed("tokenizer");
+            CountError::Failed
+        })
+    }
 }
 
 /// Exact tokens in `text`, off the HTTP workers when it is big.
@@ -136,7 +155,7 @@ pub async fn count_text(text: String) -> Result<u32, CountError> {
     if text.is_empty() {
         return Ok(0);
     }
-    run(text.len(), move || exact(&text)).await
+    POOL.run(text.len(), move || exact(&text)).await
 }
 
 /// The prompt tokens of `req` (system, messages, tools), counted once and
@@ -146,7 +165,9 @@ pub async fn count_request(req: &Arc<ChatRequest>) -> Result<u32, CountError> {
         return Ok(n);
     }
     let shared = req.clone();
-    let n = run(text_bytes(req), move || request_with(&shared, exact)).await?;
+    let n = POOL
+        .run(text_bytes(req), move || request_with(&shared, exact))
+        .await?;
     let _ = req.prompt_tokens.0.set(n);
     Ok(n)
 }
@@ -275,6 +296,29 @@ mod tests {
         let word = "ab".repeat(500_000);
         let n = count_text(word).await.map_err(|e| e.to_string());
         assert!(matches!(n, Ok(n) if n > 1_000), "{n:?}");
+    }
+
+    #[tokio::test]
+    async fn counts_beyond_the_waiting_bound_are_refused() {
+        static SMALL: Pool = Pool::new(1, 3);
+        let text = "many words ".repeat(100_000);
+        let counts = futures_util::future::join_all((0..8).map(|_| {
+            let text = text.clone();
+            SMALL.run(text.len(), move || exact(&text))
+        }))
+        .await;
+        let busy = counts
+            .iter()
+            .filter(|c| **c == Err(CountError::Busy))
+            .count();
+        // One runs, three wait, the other four are refused at once.
+        assert_eq!(busy, 4, "{counts:?}");
+        let done: Vec<_> = counts.iter().filter_map(|c| c.ok()).collect();
+        assert!(
+            done.len() == 4 && done.iter().all(|n| *n == done[0] && *n > 100_000),
+            "{done:?}"
+        );
+        assert_eq!(SMALL.waiting.load(Ordering::Acquire), 0);
     }
 
     #[test]
