@@ -538,7 +538,7 @@ impl Handler<Chat> for Session {
         if !matches!(self.state, SessionState::Ready | SessionState::Trial) {
             // Leased just before it changed state: let the handler retry elsewhere.
             let err = UpstreamError::new(ErrorKind::SessionLost, "session is not ready");
-            let _ = sink.try_send(ChatEvent::Error(err));
+            let _ = sink.try_send(ChatEvent::Error(Box::new(err)));
             return;
         }
         let handle = match conversation.and_then(|c| c.route_key()) {
@@ -596,7 +596,7 @@ impl Handler<Chat> for Session {
                 }
                 Err(e) => {
                     if e.kind != ErrorKind::Cancelled {
-                        let _ = sink.send(ChatEvent::Error(e.clone())).await;
+                        let _ = sink.send(ChatEvent::Error(Box::new(e.clone()))).await;
                     }
                     Some(e)
                 }

@@ -162,7 +162,7 @@ impl Rig {
         let mut err = None;
         while let Some(ev) = rx.recv().await {
             if let ChatEvent::Error(e) = ev {
-                err = Some(e);
+                err = Some(*e);
             }
         }
         err

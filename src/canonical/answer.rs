@@ -55,7 +55,7 @@ impl Answer {
                 .get_or_insert_with(Usage::default)
                 .merge(&u),
             ChatEvent::Stop(r) => self.stop = Some(r),
-            ChatEvent::Error(e) => return Err(e),
+            ChatEvent::Error(e) => return Err(*e),
         }
         Ok(())
     }
@@ -253,10 +253,10 @@ mod tests {
                 ..Default::default()
             }
         );
-        let err = a.push(ChatEvent::Error(UpstreamError::new(
+        let err = a.push(ChatEvent::Error(Box::new(UpstreamError::new(
             ErrorKind::Protocol,
             "x",
-        )));
+        ))));
         assert!(err.is_err());
     }
 

@@ -29,7 +29,9 @@ pub enum ChatEvent {
     },
     Usage(Usage),
     Stop(StopReason),
-    Error(UpstreamError),
+    /// Boxed: errors are rare, and every mailbox slot is the size of the
+    /// largest variant.
+    Error(Box<UpstreamError>),
 }
 
 impl ChatEvent {

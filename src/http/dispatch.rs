@@ -139,7 +139,7 @@ impl Dispatcher {
         let mut head = Vec::new();
         let result = loop {
             match timeout_at(first_deadline, rx.recv()).await {
-                Ok(Some(ChatEvent::Error(e))) => break Err((lease.id, e)),
+                Ok(Some(ChatEvent::Error(e))) => break Err((lease.id, *e)),
                 Ok(Some(ev)) if ev.is_preamble() => head.push(ev),
                 Ok(Some(ev)) => {
                     head.push(ev);

@@ -119,7 +119,8 @@ impl<E: EventEncoder> State<E> {
     }
 
     fn fail(&mut self, e: UpstreamError) {
-        self.enc.event(&ChatEvent::Error(e), &mut self.buf);
+        self.enc
+            .event(&ChatEvent::Error(Box::new(e)), &mut self.buf);
         self.end();
         self.trace.finish("stream_error");
     }

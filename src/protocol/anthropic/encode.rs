@@ -841,7 +841,7 @@ mod tests {
         enc.event(&ChatEvent::TextDelta("Hi".into()), &mut out);
         let mut e = UpstreamError::new(ErrorKind::RateLimited, "slow down");
         e.status = Some(429);
-        enc.event(&ChatEvent::Error(e), &mut out);
+        enc.event(&ChatEvent::Error(Box::new(e)), &mut out);
         enc.event(&ChatEvent::TextDelta("more".into()), &mut out);
         enc.finish(&req, &mut out);
         let evs = sse_events(&out);
