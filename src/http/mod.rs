@@ -119,6 +119,9 @@ impl AppState {
     }
 }
 
+/// Bodies up to this size are decoded on the HTTP worker itself.
+const DECODE_IN_PLACE: usize = 256 * 1024;
+
 /// The part of every chat route before dispatch: auth, the body limit,
 /// decoding in the route's protocol, and a 404 for a model nobody serves.
 pub async fn accept(
@@ -132,8 +135,22 @@ pub async fn accept(
     body::require_json(req)?;
     let server = &state.dispatcher.server;
     let body = body::read_body(req, payload, server.body_limit.0, server.body_timeout).await?;
-    let mut chat = decode(&body)?;
-    drop(body);
+    let mut chat = if body.len() <= DECODE_IN_PLACE {
+        decode(&body)?
+    } else {
+        // Megabytes of JSON take milliseconds to parse (much more in a
+        // debug build): not on the worker that serves everyone else.
+        match tokio::task::spawn_blocking(move || decode(&body)).await {
+            Ok(decoded) => decoded?,
+            Err(e) => {
+                let message = match e.try_into_panic() {
+                    Ok(panic) => task_panicked("handler", panic.as_ref()),
+                    Err(e) => e.to_string(),
+                };
+                return Err(ApiError::Internal(message));
+            }
+        }
+    };
     crate::canonical::fault::maybe_panic(&chat, "handler");
     state.check_model(&chat.model)?;
     trace.model = Some(chat.model.clone());
