@@ -23,22 +23,73 @@
 # share of the hop is taken from measurements seconds apart, and medians are
 # printed, with the steal seen during the run.
 #
-#   scripts/bench/run.sh                    # 5 rounds of 3 s, 32 connections
-#   ROUNDS=9 DURATION=5 CONNECTIONS=64 scripts/bench/run.sh
+# Then start-up and memory (scripts/bench/memory.py, against a `demo` pool,
+# no upstream): the time from spawning `troupe serve` to its "listening on"
+# line and to the first 200 from /healthz (median of STARTS starts); idle RSS
+# before and after one request; and N concurrent open streams for each N in
+# STREAMS, all from CLIENTS client processes (Python asyncio + aiohttp, from
+# the repo's .venv): RSS idle, with all N open, per stream, the gaps between
+# chunks the streams saw, and RSS AFTER seconds after the streams end.
 #
-# Needs wrk and nginx (apt-get install wrk nginx-light).
+#   scripts/bench/run.sh                    # 5 rounds of 3 s, 32 connections; then memory
+#   ROUNDS=9 DURATION=5 CONNECTIONS=64 scripts/bench/run.sh
+#   scripts/bench/run.sh latency            # only the latency part (or ONLY=latency)
+#   scripts/bench/run.sh memory             # only start-up and memory (or ONLY=memory), ~6 min
+#   STREAMS=1000 AFTER=10 scripts/bench/run.sh memory   # a quick one, ~2 min
+#   STARTS=0 STREAMS=10000 CLIENTS=2 scripts/bench/run.sh memory
+#   TROUPE_BIN=target/debug/troupe scripts/bench/run.sh memory   # no dist build
+#
+# Memory knobs: STARTS (5), STREAMS ("1000 10000"), CHUNK_DELAY_MS (1000: one
+# chunk a second per stream), STREAM_SECONDS (60: length of each answer),
+# AFTER (60), CLIENTS (1).
+#
+# The latency part needs wrk and nginx (apt-get install wrk nginx-light).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 DURATION="${DURATION:-3}"
 ROUNDS="${ROUNDS:-5}"
 CONNECTIONS="${CONNECTIONS:-32}"
+ONLY="${1:-${ONLY:-all}}"
+case "$ONLY" in
+    all | latency | memory) ;;
+    *) echo "usage: $0 [all|latency|memory]" >&2; exit 2 ;;
+esac
 
-for tool in wrk nginx; do
-    command -v "$tool" >/dev/null || { echo "$tool is not installed: apt-get install wrk nginx-light" >&2; exit 1; }
-done
-# The profile the container ships (see Cargo.toml).
-cargo build --profile dist --quiet
-BIN="$PWD/target/dist/troupe"
+if [ "$ONLY" != memory ]; then
+    for tool in wrk nginx; do
+        command -v "$tool" >/dev/null || { echo "$tool is not installed: apt-get install wrk nginx-light" >&2; exit 1; }
+    done
+fi
+if [ -n "${TROUPE_BIN:-}" ]; then
+    BIN="$(realpath "$TROUPE_BIN")"
+else
+    # The profile the container ships (see Cargo.toml).
+    cargo build --profile dist --quiet
+    BIN="$PWD/target/dist/troupe"
+fi
+
+# Start-up and memory: the .venv of scripts/test.sh (aiohttp), made if missing.
+memory_bench() {
+    local venv="$PWD/.venv" reqs="$PWD/tests/requirements.txt"
+    if [ ! -x "$venv/bin/python" ]; then
+        "${PYTHON:-python3}" -m venv "$venv" || { echo "python3 -m venv failed (apt-get install python3-venv)" >&2; exit 1; }
+    fi
+    if [ ! -f "$venv/.requirements.stamp" ] || [ "$reqs" -nt "$venv/.requirements.stamp" ]; then
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$reqs"
+        touch "$venv/.requirements.stamp"
+    fi
+    # N streams hold N sockets in the client and N in troupe (it inherits
+    # this limit).
+    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+    "$venv/bin/python" scripts/bench/memory.py --bin "$BIN" \
+        --starts "${STARTS:-5}" --streams "$(tr ' ' ',' <<<"${STREAMS:-1000 10000}")" \
+        --chunk-delay-ms "${CHUNK_DELAY_MS:-1000}" --stream-seconds "${STREAM_SECONDS:-60}" \
+        --after "${AFTER:-60}" --clients "${CLIENTS:-1}" --workers "${WORKERS:-0}"
+}
+if [ "$ONLY" = memory ]; then
+    memory_bench
+    exit 0
+fi
 TMP="$(mktemp -d)"
 chmod 755 "$TMP" # nginx workers run as another user when started by root
 TROUPE_PID=""
@@ -262,3 +313,11 @@ echo
 echo "errors: ${ERRORS:-none}"
 echo "CPU time stolen by the host during the run: $(awk -v a="$steal0" -v b="$steal1" -v c="$total0" -v d="$total1" 'BEGIN{ if (d > c) printf "%.0f%%", 100*(b-a)/(d-c); else print "?" }')"
 echo "gateway RSS after the run: $(ps -o rss= -p "$TROUPE_PID") KiB"
+
+if [ "$ONLY" = all ]; then
+    # Stop this part's gateway and nginx first: they would share the cores.
+    cleanup
+    trap - EXIT
+    echo
+    memory_bench
+fi
