@@ -97,6 +97,8 @@ pub struct Router {
     known: std::collections::HashSet<Arc<str>>,
     /// Conversation key → the session that served its last turn.
     affinity: lru::LruCache<u64, (SessionId, Instant)>,
+    /// Conversations remembered at most.
+    affinity_cap: usize,
     affinity_ttl: Duration,
     /// Rotates the choice among equally good sessions.
     turn: std::cell::Cell<usize>,
@@ -120,7 +122,10 @@ impl Router {
             queue: VecDeque::new(),
             max_queue,
             known: Default::default(),
-            affinity: lru::LruCache::new(capacity(AFFINITY_CAPACITY)),
+            // Grown as conversations come and capped in `Remember`: a
+            // bounded cache allocates its whole table (2 MiB) up front.
+            affinity: lru::LruCache::unbounded(),
+            affinity_cap: AFFINITY_CAPACITY,
             affinity_ttl: AFFINITY_TTL,
             turn: std::cell::Cell::new(0),
             listening: Arc::new(AtomicBool::new(false)),
@@ -162,7 +167,7 @@ impl Router {
 
     /// Remembers up to `capacity` conversations for `ttl` after their last turn.
     pub fn with_affinity(mut self, capacity_: usize, ttl: Duration) -> Self {
-        self.affinity = lru::LruCache::new(capacity(capacity_));
+        self.affinity_cap = capacity_.max(1);
         self.affinity_ttl = ttl;
         self
     }
@@ -467,10 +472,6 @@ impl Handler<Release> for Router {
     }
 }
 
-fn capacity(n: usize) -> std::num::NonZeroUsize {
-    std::num::NonZeroUsize::new(n.max(1)).unwrap_or(std::num::NonZeroUsize::MIN)
-}
-
 impl Handler<Retire> for Router {
     type Result = ();
 
@@ -500,6 +501,9 @@ impl Handler<Remember> for Router {
 
     fn handle(&mut self, msg: Remember, _: &mut Self::Context) {
         self.affinity.put(msg.key, (msg.id, Instant::now()));
+        if self.affinity.len() > self.affinity_cap {
+            self.affinity.pop_lru();
+        }
     }
 }
 

@@ -142,9 +142,10 @@ impl Session {
             gave_up: 0,
             reviving: false,
             credentials: None,
-            conversations: Arc::new(std::sync::Mutex::new(lru::LruCache::new(
-                std::num::NonZeroUsize::new(CONVERSATIONS).unwrap_or(std::num::NonZeroUsize::MIN),
-            ))),
+            // Grown as conversations come, capped in `put`: a bounded
+            // cache allocates its whole table up front, 270 KiB a session
+            // even for kinds that never keep a conversation.
+            conversations: Arc::new(std::sync::Mutex::new(lru::LruCache::unbounded())),
         }
     }
 
@@ -588,7 +589,11 @@ impl Handler<Chat> for Session {
                     });
                     if let Some((key, handle)) = remember {
                         if let Some(h) = handle {
-                            lock(&conversations).put(key, (h, Instant::now()));
+                            let mut kept = lock(&conversations);
+                            kept.put(key, (h, Instant::now()));
+                            if kept.len() > CONVERSATIONS {
+                                kept.pop_lru();
+                            }
                         }
                         router.do_send(Remember { key, id });
                     }
