@@ -59,8 +59,8 @@ pub struct ServerConfig {
     /// Browser origins allowed cross-origin access. Keyless: only these
     /// (others are refused). With keys: empty means any origin.
     pub cors_origins: Vec<String>,
-    /// Keyless only: host names accepted in `Host` besides IP literals and
-    /// `localhost` (against DNS rebinding).
+    /// Keyless only: dotted host names accepted in `Host`, besides IP
+    /// literals, `localhost` and names without a dot (against DNS rebinding).
     pub allowed_hosts: Vec<String>,
     /// Keyless and listening beyond loopback is refused unless this is set.
     pub allow_keyless_remote: bool,

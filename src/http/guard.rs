@@ -152,12 +152,14 @@ impl Guard {
 
     fn host_allowed(&self, name: &str) -> bool {
         let name = name.to_ascii_lowercase();
-        // A rebinding page always comes with a DNS name, never an address.
+        // A rebinding page comes with a name its attacker registered, so a
+        // name with a dot in it: never an address, `localhost`, or a
+        // single-label name such as a compose service's (`troupe:8317`).
         name.trim_start_matches('[')
             .trim_end_matches(']')
             .parse::<std::net::IpAddr>()
             .is_ok()
-            || name == "localhost"
+            || !name.contains('.')
             || name.ends_with(".localhost")
             || self.allowed_hosts.contains(&name)
     }
