@@ -171,6 +171,29 @@ def test_drop_mid_stream_is_reported_in_stream(fresh, clean_peer):
     assert finishes == [], f"a cut stream must not claim finish_reason {finishes}"
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_an_upstream_that_breaks_after_its_finish_still_gives_a_whole_answer(fresh, clean_peer, stream):
+    """The upstream sent every finish_reason, then its connection broke
+    before the usage chunk and [DONE]: the client has the whole answer, so it
+    gets the protocol's normal end (usage counted locally), not an error, and
+    the request is not sent again."""
+    clean_peer.fault("drop_after_finish", count=1)
+    text = "a whole answer whose line breaks at the end"
+    res = send(fresh, text, stream, stream_options={"include_usage": True})
+    assert answer_text(res, stream) == PEER_PREFIX + text
+    if stream:
+        chunks = res.chunks()
+        finishes = [ch["finish_reason"] for c in chunks for ch in c["choices"] if ch.get("finish_reason")]
+        assert finishes == ["stop"], finishes
+        usage = chunks[-1].get("usage")
+    else:
+        assert res.json()["choices"][0]["finish_reason"] == "stop"
+        usage = res.json().get("usage")
+    assert usage and usage["completion_tokens"] > 0, usage
+    sent = [q for q in clean_peer.requests() if q.get("outcome") in ("dropped", "completed")]
+    assert [q["outcome"] for q in sent] == ["dropped"], sent
+
+
 def test_drop_before_first_byte_is_retried(fresh, clean_peer):
     # Non-stream: the peer closes the connection without a response; nothing
     # reached the client yet, so the gateway retries on the other key.

@@ -243,15 +243,17 @@ impl Dispatcher {
                     }
                 };
                 match next {
+                    // An upstream that fails after the answer's stop (before
+                    // its usage or end marker) still gave the whole answer.
+                    Ok(Some(ChatEvent::Error(_)) | None) if answer.stop.is_some() => {
+                        trace.upstream_end();
+                        trace.usage = Some(answer.settle_usage(req).await);
+                        return Ok(answer);
+                    }
                     Ok(Some(ev)) => {
                         if let Err(e) = answer.push(ev) {
                             failure = Some(e);
                         }
-                    }
-                    Ok(None) if answer.stop.is_some() => {
-                        trace.upstream_end();
-                        trace.usage = Some(answer.settle_usage(req).await);
-                        return Ok(answer);
                     }
                     Ok(None) => {
                         failure = Some(UpstreamError::new(

@@ -94,10 +94,22 @@ struct State<E> {
     req: Arc<ChatRequest>,
     keepalive: Duration,
     buf: BytesMut,
+    /// The answer stopped, then its upstream failed: end it normally.
+    whole: bool,
 }
 
 impl<E: EventEncoder> State<E> {
     fn write(&mut self, ev: &ChatEvent) {
+        if let ChatEvent::Error(e) = ev {
+            if self.enc.stopped() {
+                // The upstream said the answer was over; what broke after
+                // that (its usage, its end marker) is not worth an error to
+                // a client that has the whole answer: it ends normally.
+                tracing::debug!(error = %e, "upstream failed after the answer's stop");
+                self.whole = true;
+                return;
+            }
+        }
         self.enc.event(ev, &mut self.buf);
         if let ChatEvent::Error(e) = ev {
             self.end();
@@ -116,6 +128,19 @@ impl<E: EventEncoder> State<E> {
     fn end(&mut self) {
         self.rx_done = true;
         self.opened = None;
+    }
+
+    /// The protocol's normal end, with the usage counted off the workers
+    /// if the upstream reported none.
+    async fn finish(&mut self) {
+        let req = self.req.clone();
+        if let Some(tally) = self.enc.tally() {
+            tally.settle(&req).await;
+        }
+        self.enc.finish(&req, &mut self.buf);
+        self.end();
+        self.trace.usage = self.enc.usage(&req);
+        self.trace.finish("200");
     }
 
     fn fail(&mut self, e: UpstreamError) {
@@ -159,6 +184,7 @@ pub fn body<E: EventEncoder>(
         req,
         keepalive,
         buf: BytesMut::with_capacity(1024),
+        whole: false,
     };
     let events = futures_util::stream::unfold(state, |mut st| async move {
         if !st.head.is_empty() {
@@ -219,7 +245,7 @@ pub fn body<E: EventEncoder>(
                 st.write(&ev);
                 // Write whatever else is already waiting in one chunk.
                 let mut n = 1;
-                while n < BATCH && !st.rx_done {
+                while n < BATCH && !st.rx_done && !st.whole {
                     let Some(opened) = st.opened.as_mut() else {
                         break;
                     };
@@ -231,17 +257,13 @@ pub fn body<E: EventEncoder>(
                         Err(_) => break,
                     }
                 }
+                if st.whole {
+                    st.finish().await;
+                }
             }
             Wake::Event(None) => {
                 if st.enc.stopped() {
-                    let req = st.req.clone();
-                    if let Some(tally) = st.enc.tally() {
-                        tally.settle(&req).await;
-                    }
-                    st.enc.finish(&req, &mut st.buf);
-                    st.end();
-                    st.trace.usage = st.enc.usage(&req);
-                    st.trace.finish("200");
+                    st.finish().await;
                 } else {
                     st.fail(UpstreamError::new(
                         ErrorKind::SessionLost,

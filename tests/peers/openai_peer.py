@@ -87,7 +87,10 @@ try:  # imported as peers.<name> by tests, or run as a script
 except ImportError:
     from _common import peer_app, serve, split_list
 
-FAULT_MODES = ("429", "500", "503", "401", "400", "redirect", "reset", "hang", "drop", "no_usage", "quirky", "slow", "close", "late_end")
+FAULT_MODES = (
+    "429", "500", "503", "401", "400", "redirect", "reset", "hang", "drop", "drop_after_finish",
+    "no_usage", "quirky", "slow", "close", "late_end",
+)
 DEFAULT_SEED = 20240601
 KNOWN_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 MODEL_CREATED = 1721172741
@@ -771,6 +774,11 @@ class Peer:
                 obf += 1
                 chunk["obfuscation"] = "x" * (obf % 7)
                 await send_chunk(chunk)
+        if mode == "drop_after_finish":
+            # Every choice finished; the line breaks before usage and [DONE].
+            await asyncio.sleep(0.05)
+            entry["outcome"] = "dropped"
+            return await self.abort(request, resp)
         if include_usage:
             await send_chunk(dict(base, choices=[], usage=usage_body(ptoks, ctoks), obfuscation="pad"))
         if quirky:
