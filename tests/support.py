@@ -448,3 +448,34 @@ def collect_sdk_stream(stream: Any) -> dict:
 def make_client(base_url: str, api_key: str = GATEWAY_KEY, timeout: float = 30) -> openai.OpenAI:
     """The official SDK pointed at ``base_url`` (no SDK-side retries)."""
     return openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
+
+
+def read_named_events(resp: Any) -> tuple[list[tuple[str | None, Any]], str | None]:
+    """Reads an SSE body with named events (Anthropic's) from an httpx
+    streaming response: ([(event, data)], the transport error if the body
+    broke off)."""
+    events: list[tuple[str | None, Any]] = []
+    error: str | None = None
+    name: str | None = None
+    buf: list[str] = []
+    try:
+        for line in resp.iter_lines():
+            line = line.rstrip("\r")
+            if line == "":
+                if buf:
+                    events.append((name, json.loads("\n".join(buf))))
+                name, buf = None, []
+            elif line.startswith(":"):
+                continue
+            else:
+                field, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if field == "event":
+                    name = value
+                elif field == "data":
+                    buf.append(value)
+    except httpx.HTTPError as e:
+        error = f"{type(e).__name__}: {e}"
+    if buf:
+        events.append((name, json.loads("\n".join(buf))))
+    return events, error

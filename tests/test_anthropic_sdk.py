@@ -307,28 +307,7 @@ def raw_stream(client: httpx.Client, path: str, body: dict, **kw: Any) -> SSE:
         if resp.status_code != 200 or not resp.headers.get("content-type", "").startswith("text/event-stream"):
             out.body = resp.read()
             return out
-        name: str | None = None
-        buf: list[str] = []
-        try:
-            for line in resp.iter_lines():
-                line = line.rstrip("\r")
-                if line == "":
-                    if buf:
-                        out.events.append((name, json.loads("\n".join(buf))))
-                    name, buf = None, []
-                elif line.startswith(":"):
-                    continue
-                else:
-                    field, _, value = line.partition(":")
-                    value = value[1:] if value.startswith(" ") else value
-                    if field == "event":
-                        name = value
-                    elif field == "data":
-                        buf.append(value)
-        except httpx.HTTPError as e:
-            out.transport_error = f"{type(e).__name__}: {e}"
-        if buf:
-            out.events.append((name, json.loads("\n".join(buf))))
+        out.events, out.transport_error = support.read_named_events(resp)
         return out
 
 

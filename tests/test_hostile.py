@@ -784,33 +784,11 @@ def test_chat_stream_with_million_spaces(gw):
 
 def anthropic_events(c: httpx.Client, body: dict) -> tuple[int, list[tuple[str | None, dict]], bytes, str | None]:
     """POST a streamed /v1/messages; (status, [(event, data)], error body, transport error)."""
-    events: list[tuple[str | None, dict]] = []
     with c.stream("POST", MESSAGES, json=body) as resp:
         if resp.status_code != 200:
-            return resp.status_code, events, resp.read(), None
-        name: str | None = None
-        buf: list[str] = []
-        try:
-            for line in resp.iter_lines():
-                line = line.rstrip("\r")
-                if line == "":
-                    if buf:
-                        events.append((name, json.loads("\n".join(buf))))
-                    name, buf = None, []
-                elif line.startswith(":"):
-                    continue
-                else:
-                    key, _, value = line.partition(":")
-                    value = value[1:] if value.startswith(" ") else value
-                    if key == "event":
-                        name = value
-                    elif key == "data":
-                        buf.append(value)
-        except httpx.HTTPError as e:
-            return 200, events, b"", f"{type(e).__name__}: {e}"
-        if buf:
-            events.append((name, json.loads("\n".join(buf))))
-        return 200, events, b"", None
+            return resp.status_code, [], resp.read(), None
+        events, error = support.read_named_events(resp)
+        return 200, events, b"", error
 
 
 def test_messages_stream_with_million_spaces(gw):
