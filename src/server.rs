@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use actix_cors::Cors;
-use actix_web::{web, App, HttpServer};
+use actix_service::{IntoServiceFactory as _, ServiceFactoryExt as _};
+use actix_web::dev::AppConfig;
+use actix_web::{web, App};
 
 use crate::actors::messages::Busy;
 use crate::actors::restart_log::RestartLog;
@@ -189,7 +191,10 @@ pub async fn serve(cfg: Config, config_path: std::path::PathBuf) -> std::io::Res
     let guard = web::Data::new(http::guard::Guard::new(&cfg.server));
     let connections = http::guard::Connections::default();
     let max_connections = cfg.server.max_connections;
-    let server = HttpServer::new(move || {
+    let body_limit = cfg.server.body_limit.0;
+    let idle_timeout = cfg.server.idle_timeout;
+    let local = listener.local_addr()?;
+    let app = move || {
         placement.join();
         App::new()
             .app_data(state.clone())
@@ -199,32 +204,53 @@ pub async fn serve(cfg: Config, config_path: std::path::PathBuf) -> std::io::Res
             .wrap(cors(&guard))
             .wrap(actix_web::middleware::from_fn(http::guard::check))
             .configure(http::routes)
-    })
-    .workers(workers)
-    // Answers are written in pieces (headers, then chunks): without
-    // TCP_NODELAY, Nagle's algorithm and delayed ACKs add ~40 ms to them.
-    .on_connect(move |conn, ext| {
-        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-            let _ = tcp.set_nodelay(true);
-        }
-        connections.opened(ext, max_connections);
-    })
-    .keep_alive(cfg.server.idle_timeout)
-    // Signals are handled below, so streams still open at the drain
-    // deadline end with an error event rather than a cut connection.
-    .disable_signals()
-    // A client that closes its side is gone: drop its response at once, which
-    // closes the request's mailbox and cancels the upstream call.
-    .h1_allow_half_closed(false)
-    // Requests are drained below, before the workers are told to stop; what
-    // is left then is idle keep-alive connections.
-    .shutdown_timeout(DRAIN_GRACE_SECS)
-    .listen(listener)?;
-    for addr in server.addrs() {
-        tracing::info!(%addr, "listening");
+    };
+    // actix-web's `HttpServer`, assembled by hand for one thing it cannot
+    // do: answer `Expect: 100-continue` with a 413 when the declared length
+    // is over the limit (it always sends `100 Continue`).
+    let server = actix_server::Server::build()
+        .workers(workers)
+        // Signals are handled below, so streams still open at the drain
+        // deadline end with an error event rather than a cut connection.
+        .disable_signals()
+        // Requests are drained below, before the workers are told to stop;
+        // what is left then is idle keep-alive connections.
+        .shutdown_timeout(DRAIN_GRACE_SECS)
+        .listen("troupe", listener, move || {
+            let connections = connections.clone();
+            let app = app()
+                .into_factory()
+                .map_err(|e: actix_web::Error| e.error_response());
+            actix_http::HttpService::build()
+                .keep_alive(idle_timeout)
+                // actix-web's defaults for these two.
+                .client_request_timeout(Duration::from_secs(5))
+                .client_disconnect_timeout(Duration::from_secs(1))
+                // A client that closes its side is gone: drop its response at
+                // once, which closes the request's mailbox and cancels the
+                // upstream call.
+                .h1_allow_half_closed(false)
+                .local_addr(local)
+                .on_connect_ext(move |tcp: &actix_web::rt::net::TcpStream, ext| {
+                    // Answers are written in pieces (headers, then chunks):
+                    // without TCP_NODELAY, Nagle's algorithm and delayed ACKs
+                    // add ~40 ms to them.
+                    let _ = tcp.set_nodelay(true);
+                    connections.opened(ext, max_connections);
+                })
+                .expect(actix_service::fn_service(move |req| {
+                    std::future::ready(http::body::expect_continue(req, body_limit))
+                }))
+                // actix-web's `AppConfig` only feeds URL generation and the
+                // host of requests without a `Host` header, neither used here.
+                .finish(actix_service::map_config(app, |()| AppConfig::default()))
+                .tcp()
+        })?;
+    tracing::info!(addr = %local, "listening");
+    {
         // Scripts and tests read the bound address (port 0 picks one) here.
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "listening on http://{addr}");
+        let _ = writeln!(out, "listening on http://{local}");
         let _ = out.flush();
     }
     let server = server.run();

@@ -634,24 +634,27 @@ def test_declared_huge_bodies_do_not_reserve_memory(gateway_factory):
     assert vgrew < 2048, f"virtual memory grew by {vgrew:.0f} MiB: buffers are sized from the declared Content-Length"
 
 
-def test_expect_continue_over_limit_is_413_before_any_body(gateway_factory):
-    """The 413 is decided from the declared length: it comes without the
-    client sending a byte of the body, and the connection is closed so the
-    body is never read. (actix-web writes `100 Continue` itself before any
-    handler runs, so a `100` may precede the 413; see the README.)"""
+@pytest.mark.parametrize("path,anthropic", [(CHAT, False), ("/v1/messages", True)])
+def test_expect_continue_over_limit_is_413_before_any_body(gateway_factory, path, anthropic):
+    """The 413 is decided from the declared length: it comes instead of
+    `100 Continue`, without the client sending a byte of the body, in the
+    caller's envelope, and the connection is closed so the body is never
+    read."""
     g = gateway_factory(server_extra='body_limit = "1KiB"')
     raw = Raw(g)
     try:
-        raw.send(raw.head("POST", CHAT, {**JSON_AUTH, "Expect": "100-continue"}, content_length=4096))
+        raw.send(raw.head("POST", path, {**JSON_AUTH, "Expect": "100-continue"}, content_length=4096))
         try:
             first = raw.read_response(timeout=10)
-            if first.status == 100:
-                first = raw.read_response(timeout=10)
         except (TimeoutError, ConnectionClosed) as e:
             pytest.fail(f"no answer to an oversized Expect: 100-continue request: {e}")
-        assert first.status == 413, f"expected 413, got {first.status} {first.reason}: {first.body[:300]!r}"
+        assert first.status == 413, f"expected 413 (and no 100), got {first.status} {first.reason}: {first.body[:300]!r}"
         assert first.headers.get("connection", "").lower() == "close", first.headers
-        openai_error_body(first.body, first.headers.get("content-type", ""))
+        if anthropic:
+            err = json.loads(first.body)
+            assert err["type"] == "error" and err["error"]["type"] == "request_too_large", err
+        else:
+            openai_error_body(first.body, first.headers.get("content-type", ""))
     finally:
         raw.close()
 

@@ -93,8 +93,8 @@ async fn count(
 
 /// Whether a request comes from an Anthropic client, which always sends
 /// `anthropic-version` and expects Anthropic's shapes back.
-pub fn wants_anthropic(req: &HttpRequest) -> bool {
-    req.headers().contains_key("anthropic-version")
+pub fn wants_anthropic(headers: &actix_web::http::header::HeaderMap) -> bool {
+    headers.contains_key("anthropic-version")
 }
 
 fn model_out<'a>(m: &'a ModelEntry, created_at: &'a str) -> ModelOut<'a> {

@@ -77,3 +77,24 @@ async fn read_all(
     }
     Ok(body)
 }
+
+/// Answers `Expect: 100-continue` for the HTTP server: a request whose
+/// declared length is already over `limit` gets its 413 instead of
+/// `100 Continue`, so the client never sends the body (and the connection
+/// closes, as its body is unread).
+pub(crate) fn expect_continue(
+    req: actix_http::Request,
+    limit: usize,
+) -> Result<actix_http::Request, actix_http::Response<actix_http::body::BoxBody>> {
+    use actix_http::HttpMessage as _;
+    let declared = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        let protocol = super::protocol_for(req.path(), req.headers());
+        return Err(ApiError::PayloadTooLarge { limit }.render(protocol).into());
+    }
+    Ok(req)
+}

@@ -275,11 +275,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 /// The protocol a request speaks, for errors raised before its route runs.
 pub fn protocol_of(req: &HttpRequest) -> Protocol {
-    let path = req.path();
+    protocol_for(req.path(), req.headers())
+}
+
+/// [`protocol_of`] from a request's parts, for code that runs before
+/// actix-web has made an `HttpRequest` (the `Expect: 100-continue` check).
+pub(crate) fn protocol_for(path: &str, headers: &actix_web::http::header::HeaderMap) -> Protocol {
     if path.starts_with("/anthropic/")
         || path.ends_with("/messages")
         || path.ends_with("/messages/count_tokens")
-        || anthropic::wants_anthropic(req)
+        || anthropic::wants_anthropic(headers)
     {
         Protocol::Anthropic
     } else {

@@ -47,7 +47,7 @@ async fn chat(
 
 /// `GET /v1/models`, in Anthropic's shape for Anthropic clients.
 pub async fn list_models(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let anthropic = super::anthropic::wants_anthropic(&req);
+    let anthropic = super::anthropic::wants_anthropic(req.headers());
     if let Err(e) = state.catalog().auth.check(&req) {
         return e.render(protocol(anthropic));
     }
@@ -77,7 +77,7 @@ pub async fn get_model(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let anthropic = super::anthropic::wants_anthropic(&req);
+    let anthropic = super::anthropic::wants_anthropic(req.headers());
     if let Err(e) = state.catalog().auth.check(&req) {
         return e.render(protocol(anthropic));
     }
