@@ -13,6 +13,15 @@ use troupe::config::{self, Config};
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Frees this thread's empty mimalloc pages and purges what has been free
+/// long enough (mimalloc's own delay), returning it to the OS.
+#[allow(unsafe_code)]
+fn release_memory() {
+    // SAFETY: `mi_collect` takes no pointers; it only walks the calling
+    // thread's heap and mimalloc's arenas, and may be called at any time.
+    unsafe { libmimalloc_sys::mi_collect(false) }
+}
+
 /// One OpenAI-compatible API in front of pools of upstream chat sessions.
 #[derive(Parser)]
 #[command(name = "troupe", version)]
@@ -212,8 +221,11 @@ fn main() -> ExitCode {
         }
         Command::Serve => {
             init_logging(&cfg);
-            let result = actix_web::rt::System::new()
-                .block_on(troupe::server::serve(cfg, cli.config.clone()));
+            let result = actix_web::rt::System::new().block_on(troupe::server::serve(
+                cfg,
+                cli.config.clone(),
+                Some(release_memory),
+            ));
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -122,8 +122,30 @@ fn cors(guard: &web::Data<http::guard::Guard>) -> Cors {
 /// Restart-log lines kept in memory for the admin API.
 const RECENT_EVENTS: usize = 1000;
 
+/// How often each HTTP worker thread runs the `release_memory` hook.
+const RELEASE_MEMORY_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs `release` on this thread every [`RELEASE_MEMORY_EVERY`].
+async fn release_memory(release: fn()) {
+    let mut tick = tokio::time::interval(RELEASE_MEMORY_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        release();
+    }
+}
+
 /// Runs the gateway until it is told to stop.
-pub async fn serve(cfg: Config, config_path: std::path::PathBuf) -> std::io::Result<()> {
+///
+/// `release_memory`, if given, is run every few seconds on each HTTP worker
+/// thread: the binary passes its allocator's collection there, which hands
+/// memory freed after a load back to the OS (mimalloc does so lazily, on a
+/// thread's later allocations, so a worker gone quiet would keep it).
+pub async fn serve(
+    cfg: Config,
+    config_path: std::path::PathBuf,
+    release: Option<fn()>,
+) -> std::io::Result<()> {
     let listen: SocketAddr = cfg
         .server
         .listen
@@ -196,6 +218,9 @@ pub async fn serve(cfg: Config, config_path: std::path::PathBuf) -> std::io::Res
     let local = listener.local_addr()?;
     let app = move || {
         placement.join();
+        if let Some(release) = release {
+            actix_web::rt::spawn(release_memory(release));
+        }
         App::new()
             .app_data(state.clone())
             .app_data(admin.clone())
