@@ -20,9 +20,10 @@ use super::messages::{
 };
 use super::restart_log::{EventKind, RestartEvent, RestartLog};
 use super::router::Router;
-use crate::canonical::{ChatEvent, ErrorKind, UpstreamError};
+use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, UpstreamError};
 use crate::config::SupervisorConfig;
 use crate::sync::lock;
+use crate::upstream::text::tools;
 use crate::upstream::{EventSink, Upstream};
 
 /// What the Router needs to route to a session.
@@ -542,7 +543,14 @@ impl Handler<Chat> for Session {
             let _ = sink.try_send(ChatEvent::Error(Box::new(err)));
             return;
         }
+        // Kinds without native tools get them from one layer: the request
+        // rewritten into text, the answer's call blocks taken back out.
+        let native_tools = self.upstream.native_tools();
+        let emulating = !native_tools && tools::applies(&msg.request);
         let handle = match conversation.and_then(|c| c.route_key()) {
+            // An emulated-tools turn carries this request's instruction and
+            // nonce, so it starts a fresh upstream conversation.
+            Some(_) if emulating => None,
             Some(key) if stateful => lock(&self.conversations)
                 .get(&key)
                 .filter(|(_, at)| at.elapsed() <= CONVERSATION_TTL)
@@ -554,7 +562,17 @@ impl Handler<Chat> for Session {
         let upstream = self.upstream.clone();
         let model = msg.model.clone();
         let fut = async move {
-            let req = &msg.request;
+            let (prepared, extractor) = if emulating {
+                let (req, extractor) = tools::prepare(&msg.request);
+                (Some(req), extractor)
+            } else {
+                (None, None)
+            };
+            let sink = sink.extracting_tools(extractor);
+            let req: &ChatRequest = match &prepared {
+                Some(req) => req,
+                None => &msg.request,
+            };
             let run = async {
                 let mut refreshed = None;
                 let turn = |handle| upstream.chat_turn(req, &msg.model, &sink, handle);
@@ -566,6 +584,11 @@ impl Handler<Chat> for Session {
                         result = turn(handle.as_deref()).await;
                     }
                     refreshed = Some(r);
+                }
+                if result.is_ok() {
+                    if let Err(e) = sink.flush().await {
+                        result = Err(e);
+                    }
                 }
                 (result, refreshed)
             };
@@ -588,7 +611,7 @@ impl Handler<Chat> for Session {
                         (None, false) => None,
                     });
                     if let Some((key, handle)) = remember {
-                        if let Some(h) = handle {
+                        if let Some(h) = handle.filter(|_| !emulating) {
                             let mut kept = lock(&conversations);
                             kept.put(key, (h, Instant::now()));
                             if kept.len() > CONVERSATIONS {

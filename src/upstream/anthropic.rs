@@ -56,6 +56,10 @@ impl Anthropic {
 
 #[async_trait]
 impl Upstream for Anthropic {
+    fn native_tools(&self) -> bool {
+        true
+    }
+
     async fn refresh(&self) -> Result<bool, UpstreamError> {
         self.key.reload()
     }

@@ -145,6 +145,10 @@ fn words(text: &str) -> impl Iterator<Item = &str> {
 
 #[async_trait]
 impl Upstream for Demo {
+    fn native_tools(&self) -> bool {
+        true
+    }
+
     async fn establish(&self) -> Result<(), UpstreamError> {
         if let Some(ttl) = self.ttl {
             let mut login = self.login();

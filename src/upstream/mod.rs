@@ -12,7 +12,7 @@ pub mod ondemand;
 pub mod openai;
 pub mod socketio;
 pub mod stream;
-pub mod tool_emulation;
+pub(crate) mod text;
 
 use std::sync::Arc;
 
@@ -61,6 +61,13 @@ pub trait Upstream: Send + Sync + 'static {
         std::future::pending().await
     }
 
+    /// Whether this kind takes tools itself. Kinds that do not get them
+    /// from one layer the session applies ([`text::tools`]): they never
+    /// see tools, tool calls or tool results, only text.
+    fn native_tools(&self) -> bool {
+        false
+    }
+
     /// Whether this kind keeps conversations upstream (threads, upstream
     /// sessions), so a turn should continue the upstream conversation of
     /// the turns before it.
@@ -101,6 +108,9 @@ pub struct EventSink {
     tx: mpsc::Sender<ChatEvent>,
     /// The answer's text, kept only when a conversation key depends on it.
     transcript: Option<std::sync::Mutex<String>>,
+    /// The tool-emulation layer, for kinds without native tools: it turns
+    /// call blocks in the answer's text into tool-call events.
+    tools: Option<std::sync::Mutex<text::tools::Extractor>>,
 }
 
 impl EventSink {
@@ -108,7 +118,14 @@ impl EventSink {
         EventSink {
             tx,
             transcript: None,
+            tools: None,
         }
+    }
+
+    /// Sends the answer's events through `extractor` first.
+    pub(crate) fn extracting_tools(mut self, extractor: Option<text::tools::Extractor>) -> Self {
+        self.tools = extractor.map(std::sync::Mutex::new);
+        self
     }
 
     /// Also keeps the answer's text, for [`EventSink::transcript`].
@@ -126,6 +143,34 @@ impl EventSink {
     /// Sends one event; fails with [`ErrorKind::Cancelled`] when the client
     /// is gone, so the upstream call stops.
     pub async fn send(&self, ev: ChatEvent) -> Result<(), UpstreamError> {
+        let Some(tools) = &self.tools else {
+            return self.deliver(ev).await;
+        };
+        let mut out = Vec::new();
+        crate::sync::lock(tools).event(ev, &mut out);
+        for ev in out {
+            self.deliver(ev).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends an answer whose kind sent no `Stop`: text the tool layer still
+    /// holds is delivered (nothing is cut silently).
+    pub(crate) async fn flush(&self) -> Result<(), UpstreamError> {
+        let Some(tools) = &self.tools else {
+            return Ok(());
+        };
+        let mut out = Vec::new();
+        {
+            crate::sync::lock(tools).finish(&mut out);
+        }
+        for ev in out {
+            self.deliver(ev).await?;
+        }
+        Ok(())
+    }
+
+    async fn deliver(&self, ev: ChatEvent) -> Result<(), UpstreamError> {
         if let (Some(t), ChatEvent::TextDelta(text)) = (&self.transcript, &ev) {
             crate::sync::lock(t).push_str(text);
         }

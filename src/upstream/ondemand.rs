@@ -16,7 +16,6 @@ use serde_json::{json, Value};
 
 use super::openai::{extra_headers, reply_id, send_checked};
 use super::stream::{pump, StreamDecoder};
-use super::tool_emulation::{self, Piece, ToolCallParser};
 use super::{ApiKey, EventSink, Upstream, UpstreamContext};
 use crate::canonical::{
     ChatEvent, ChatRequest, ContentPart, ErrorKind, Message, Role, StopReason, UpstreamError,
@@ -117,13 +116,7 @@ impl OnDemand {
             call = call.header(ACCEPT, "text/event-stream");
         }
         let resp = send_checked(call).await?;
-        pump(
-            http::Response::from(resp),
-            model,
-            Decoder::new(tool_emulation::wanted(req)),
-            sink,
-        )
-        .await
+        pump(http::Response::from(resp), model, Decoder::new(), sink).await
     }
 
     /// Opens a fresh upstream session, one per conversation.
@@ -205,7 +198,7 @@ pub fn build_query(req: &ChatRequest, continuing: bool) -> String {
     let (history, newest) = req.messages.split_at(start);
     let newest: Vec<String> = newest
         .iter()
-        .map(|m| render(req, m))
+        .map(render)
         .filter(|t| !t.is_empty())
         .collect();
     let newest = newest.join("\n\n");
@@ -215,13 +208,10 @@ pub fn build_query(req: &ChatRequest, continuing: bool) -> String {
             sections.push(system.to_owned());
         }
     }
-    if tool_emulation::wanted(req) {
-        sections.push(tool_emulation::instruction(req));
-    }
     if !continuing && !history.is_empty() {
         let mut lines = String::from("Conversation so far:");
         for m in history {
-            let text = render(req, m);
+            let text = render(m);
             if text.is_empty() {
                 continue;
             }
@@ -242,33 +232,19 @@ pub fn build_query(req: &ChatRequest, continuing: bool) -> String {
     sections.join("\n\n")
 }
 
-/// A message as text: tool calls and results in the emulation's markup,
-/// images noted (the query is text only), thinking left out.
-fn render(req: &ChatRequest, m: &Message) -> String {
+/// A message as text: images noted (the query is text only), thinking left
+/// out. Tool calls and results never get here: the tool layer has made
+/// them text ([`crate::upstream::text::tools`]).
+fn render(m: &Message) -> String {
     let mut parts: Vec<String> = Vec::new();
     for p in &m.content {
         match p {
             ContentPart::Text(t) => parts.push(t.clone()),
-            ContentPart::ToolCall {
-                name, arguments, ..
-            } => parts.push(tool_emulation::render_call(name, arguments)),
-            ContentPart::ToolResult {
-                call_id,
-                content,
-                is_error,
-            } => {
-                let text = Message {
-                    role: Role::Tool,
-                    content: content.clone(),
-                    name: None,
-                }
-                .joined_text();
-                parts.push(tool_emulation::render_result(
-                    req, call_id, &text, *is_error,
-                ));
-            }
             ContentPart::Image(_) => parts.push("[image omitted]".to_owned()),
-            ContentPart::Thinking { .. } | ContentPart::RedactedThinking { .. } => {}
+            ContentPart::ToolCall { .. }
+            | ContentPart::ToolResult { .. }
+            | ContentPart::Thinking { .. }
+            | ContentPart::RedactedThinking { .. } => {}
         }
     }
     parts.join("\n")
@@ -276,67 +252,25 @@ fn render(req: &ChatRequest, m: &Message) -> String {
 
 /// Reads OnDemand's answer, streamed (`eventType` events) or not
 /// (`data.answer`), into events.
+#[derive(Default)]
 pub struct Decoder {
-    /// Present when tools are emulated: answer text goes through it.
-    tools: Option<ToolCallParser>,
-    next_call: u32,
     done: bool,
     stopped: bool,
 }
 
 impl Decoder {
-    pub fn new(emulate_tools: bool) -> Self {
-        Decoder {
-            tools: emulate_tools.then(ToolCallParser::default),
-            next_call: 0,
-            done: false,
-            stopped: false,
-        }
+    pub fn new() -> Self {
+        Decoder::default()
     }
 
     fn text(&mut self, text: &str, out: &mut Vec<ChatEvent>) {
-        if text.is_empty() {
-            return;
-        }
-        let Some(parser) = self.tools.as_mut() else {
+        if !text.is_empty() {
             out.push(ChatEvent::TextDelta(text.to_owned()));
-            return;
-        };
-        let mut pieces = Vec::new();
-        parser.feed(text, &mut pieces);
-        self.pieces(pieces, out);
-    }
-
-    fn pieces(&mut self, pieces: Vec<Piece>, out: &mut Vec<ChatEvent>) {
-        for p in pieces {
-            match p {
-                Piece::Text(t) => out.push(ChatEvent::TextDelta(t)),
-                Piece::Call { name, args } => {
-                    let index = self.next_call;
-                    self.next_call += 1;
-                    out.push(ChatEvent::ToolCallStart {
-                        index,
-                        id: format!("call_{}", uuid::Uuid::new_v4().simple()),
-                        name,
-                    });
-                    out.push(ChatEvent::ToolCallArgsDelta { index, json: args });
-                }
-            }
         }
     }
 
     fn finish(&mut self, out: &mut Vec<ChatEvent>) {
-        if let Some(parser) = self.tools.as_mut() {
-            let mut pieces = Vec::new();
-            parser.finish(&mut pieces);
-            self.pieces(pieces, out);
-        }
-        let reason = if self.next_call > 0 {
-            StopReason::ToolUse
-        } else {
-            StopReason::End
-        };
-        out.push(ChatEvent::Stop(reason));
+        out.push(ChatEvent::Stop(StopReason::End));
         self.done = true;
         self.stopped = true;
     }
@@ -418,7 +352,6 @@ impl StreamDecoder for Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::canonical::Tool;
 
     fn sse(data: &str) -> SseEvent {
         SseEvent {
@@ -427,8 +360,8 @@ mod tests {
         }
     }
 
-    fn decode(events: &[&str], tools: bool) -> Result<Vec<ChatEvent>, UpstreamError> {
-        let mut d = Decoder::new(tools);
+    fn decode(events: &[&str]) -> Result<Vec<ChatEvent>, UpstreamError> {
+        let mut d = Decoder::new();
         let mut out = Vec::new();
         for e in events {
             d.event(&sse(e), &mut out)?;
@@ -460,16 +393,13 @@ mod tests {
 
     #[test]
     fn fulfillment_is_text_and_reasoning_is_thinking() {
-        let out = decode(
-            &[
-                r#"{"eventType":"reasoning","answer":"let me think"}"#,
-                r#"{"eventType":"fulfillment","answer":"Hello "}"#,
-                r#"{"eventType":"metricsLog","publicMetrics":{"inputTokens":3}}"#,
-                r#"{"eventType":"fulfillment","answer":"world"}"#,
-                "[DONE]",
-            ],
-            false,
-        )
+        let out = decode(&[
+            r#"{"eventType":"reasoning","answer":"let me think"}"#,
+            r#"{"eventType":"fulfillment","answer":"Hello "}"#,
+            r#"{"eventType":"metricsLog","publicMetrics":{"inputTokens":3}}"#,
+            r#"{"eventType":"fulfillment","answer":"world"}"#,
+            "[DONE]",
+        ])
         .unwrap();
         assert_eq!(
             out,
@@ -484,56 +414,25 @@ mod tests {
 
     #[test]
     fn error_events_fail_the_answer() {
-        let e = decode(&["[ERROR]: model overloaded"], false).unwrap_err();
+        let e = decode(&["[ERROR]: model overloaded"]).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Unavailable);
         assert!(e.message.contains("model overloaded"), "{}", e.message);
-        let mut d = Decoder::new(false);
+        let mut d = Decoder::new();
         let e = d.event(&sse("{not json"), &mut Vec::new()).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Protocol);
     }
 
     #[test]
-    fn tool_blocks_become_calls_with_tool_use_stop() {
-        let out = decode(
-            &[
-                r#"{"eventType":"fulfillment","answer":"Sure. <function_"}"#,
-                r#"{"eventType":"fulfillment","answer":"call><tool>search</tool><args>{\"q\":"}"#,
-                r#"{"eventType":"fulfillment","answer":"\"rust\"}</args></function_call>"}"#,
-                "[DONE]",
-            ],
-            true,
-        )
-        .unwrap();
-        assert_eq!(out[0], ChatEvent::TextDelta("Sure. ".into()));
-        match &out[1] {
-            ChatEvent::ToolCallStart { index, id, name } => {
-                assert_eq!((*index, name.as_str()), (0, "search"));
-                assert!(id.starts_with("call_"), "{id}");
-            }
-            other => panic!("expected a tool call, got {other:?}"),
-        }
-        assert_eq!(
-            out[2],
-            ChatEvent::ToolCallArgsDelta {
-                index: 0,
-                json: r#"{"q":"rust"}"#.into()
-            }
-        );
-        assert_eq!(out[3], ChatEvent::Stop(StopReason::ToolUse));
-        assert_eq!(out.len(), 4);
-    }
-
-    #[test]
-    fn without_tools_markup_is_plain_text() {
+    fn markup_is_plain_text() {
         let block = "<function_call><tool>a</tool></function_call>";
         let ev = json!({"eventType": "fulfillment", "answer": block}).to_string();
-        let out = decode(&[&ev, "[DONE]"], false).unwrap();
+        let out = decode(&[&ev, "[DONE]"]).unwrap();
         assert_eq!(out[0], ChatEvent::TextDelta(block.into()));
     }
 
     #[test]
     fn sync_bodies_decode() {
-        let mut d = Decoder::new(false);
+        let mut d = Decoder::new();
         let mut out = Vec::new();
         d.body(
             br#"{"data":{"answer":"hi there","sessionId":"s"}}"#,
@@ -578,31 +477,5 @@ mod tests {
     #[test]
     fn a_continued_session_gets_only_the_newest_turn() {
         assert_eq!(build_query(&conversation(), true), "second");
-    }
-
-    #[test]
-    fn tool_results_are_sent_with_the_tool_name() {
-        let mut req = conversation();
-        req.tools = vec![Tool {
-            name: "search".into(),
-            description: None,
-            parameters: json!({"type": "object"}),
-        }];
-        req.messages
-            .push(Message::tool_call("call_1", "search", r#"{"q":"x"}"#));
-        req.messages.push(Message::tool_result("call_1", "42"));
-        let q = build_query(&req, true);
-        assert!(q.contains("You can call tools"), "{q}");
-        assert!(
-            q.ends_with(
-                "<function_result><tool>search</tool><result>42</result></function_result>"
-            ),
-            "{q}"
-        );
-        let q = build_query(&req, false);
-        assert!(
-            q.contains("Assistant: <function_call><tool>search</tool><args>{\"q\":\"x\"}</args></function_call>"),
-            "{q}"
-        );
     }
 }

@@ -181,6 +181,10 @@ where
 
 #[async_trait]
 impl Upstream for OpenAi {
+    fn native_tools(&self) -> bool {
+        true
+    }
+
     async fn refresh(&self) -> Result<bool, UpstreamError> {
         self.key.reload()
     }

@@ -31,7 +31,10 @@ execution id (which a client must ignore), then ``{executionId, status:
 **whole text so far**, one more word per event, then the same with ``status:
 "completed"`` and ``finish_reason: "stop"``. Every other run also emits
 ``completion_finished`` ``{executionId}``. The answer is
-``"langfast reply to: " + <text of the last user message>``.
+``"langfast reply to: " + <text of the last user message>``, unless the
+messages hold a ``troupe-say`` directive: then it is the scripted answer
+(``_common.scripted_answer`` over every message's text, in order), one
+piece of the directive's size more per event.
 
 Like the real service, sampling parameters are refused: a ``prompt_meta``
 with ``temperature``, ``top_p``, ``max_tokens`` and the like gets 400
@@ -65,9 +68,9 @@ import socketio
 from aiohttp import web
 
 try:  # imported as peers.<name> by tests, or run as a script
-    from ._common import serve
+    from ._common import pieces, scripted_answer, serve
 except ImportError:
-    from _common import serve
+    from _common import pieces, scripted_answer, serve
 
 PREFIX = "langfast reply to: "
 SAMPLING = ("temperature", "top_p", "top_k", "max_tokens", "frequency_penalty", "presence_penalty", "seed", "stop")
@@ -256,16 +259,20 @@ class Peer:
         for m in meta["messages"]:
             if isinstance(m, dict) and m.get("role") == "user":
                 last_user = m.get("content") if isinstance(m.get("content"), str) else ""
-        text = PREFIX + last_user
+        prompt = "\n\n".join(
+            m["content"] for m in meta["messages"] if isinstance(m, dict) and isinstance(m.get("content"), str)
+        )
+        scripted = scripted_answer(prompt)
+        parts = pieces(*scripted) if scripted is not None else words(PREFIX + last_user)
         drop = self.take_fault("disconnect")
         finished_event = self.run_counter % 2 == 0
         self.record(request, body, 200)
-        task = asyncio.create_task(self.run(user, exec_id, text, drop, finished_event))
+        task = asyncio.create_task(self.run(user, exec_id, parts, drop, finished_event))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return web.json_response(reply)
 
-    async def run(self, user: str, exec_id: str, text: str, drop: bool, finished_event: bool) -> None:
+    async def run(self, user: str, exec_id: str, parts: list[str], drop: bool, finished_event: bool) -> None:
         # Another run's event: a client must not mix it into this answer.
         await self.emit_user(
             user,
@@ -273,7 +280,7 @@ class Peer:
             {"executionId": "job-other-" + uuid.uuid4().hex, "status": "in_progress", "finish_reason": None, "content": "NOISE"},
         )
         content = ""
-        for i, w in enumerate(words(text)):
+        for i, w in enumerate(parts):
             await asyncio.sleep(self.chunk_delay)
             content += w
             await self.emit_user(

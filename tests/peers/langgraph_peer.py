@@ -13,7 +13,10 @@ off), waits until it answers ``GET /ok``, and then prints exactly one line
 ``listening on http://127.0.0.1:PORT`` for the proxy. The app's graph
 answers ``langgraph reply #N to: <last user text>`` where N counts the user
 messages in the thread, streamed token by token by langchain-core's fake
-chat model, so tests can tell a continued thread from a new one.
+chat model, so tests can tell a continued thread from a new one. Messages
+with a ``troupe-say`` directive get the scripted answer of
+``_common.scripted_answer`` (the graph loads ``_common.py`` from the path
+in ``TROUPE_PEER_COMMON``, which this script sets for the server).
 
 The proxy forwards everything to the server as it arrives (SSE included),
 checks ``x-api-key`` when ``--keys`` is given (401 otherwise), and adds:
@@ -202,6 +205,8 @@ async def amain(args: argparse.Namespace) -> None:
         LANGCHAIN_TRACING_V2="false",
         LANGSMITH_API_KEY="",
         PYTHONDONTWRITEBYTECODE="1",
+        # The graph answers scripted prompts with the peers' shared model.
+        TROUPE_PEER_COMMON=str(Path(__file__).resolve().parent / "_common.py"),
     )
     exe = Path(sys.executable).parent / "langgraph"
     log = open(workdir / "langgraph-dev.log", "wb")

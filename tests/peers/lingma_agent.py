@@ -20,11 +20,15 @@ Every ``chat/ask`` is appended to ``asks.jsonl`` in the work directory.
 
 Markers in the text: ``[[tool]]`` makes the agent report a tool event
 (``tool/invoke`` with name and parameters); ``[[crash]]`` exits non-zero
-mid-answer; ``[[stall]]`` stops answering mid-answer. A prompt carrying
-the gateway's tool instructions (``<function_call>``) gets a call of the
-first listed tool; one carrying a ``<function_result>`` gets an answer
-quoting it. Answers are split across WebSocket messages at odd points, and
-several LSP messages share a WebSocket message, as real agents do.
+mid-answer; ``[[stall]]`` stops answering mid-answer. A prompt with a
+``troupe-say`` directive gets the scripted answer of
+``_common.scripted_answer`` (one ``chat/answer`` per piece of the
+directive's size). Otherwise a prompt carrying the gateway's tool
+instructions (``<function_call nonce="N">``) gets a call of the first
+listed tool, with that nonce; one carrying a ``<function_result ...>`` gets
+an answer quoting it. Answers are split across WebSocket messages at odd
+points, and several LSP messages share a WebSocket message, as real agents
+do.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ import sys
 from pathlib import Path
 
 from aiohttp import web, WSMsgType
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import instruction_nonce, pieces as split_pieces, scripted_answer  # noqa: E402
 
 LIFETIME = 600  # seconds: a backstop so a leaked agent cannot live forever
 
@@ -143,16 +150,21 @@ class Agent:
         n = self.turns[sid]
         self.log({**p, "answered": "result" in answer, "turn": n})
         is_reply = bool(p.get("isReply"))
-        if re.search(r"<function_result[^>]*><tool>", text):
+        scripted = scripted_answer(text)
+        chunk = 7
+        if scripted is not None:
+            reply, chunk = scripted
+        elif re.search(r"<function_result[^>]*><tool>", text):
             res = re.findall(r"<result>(.*?)</result>", text, re.S)
             reply = f"lingma reply #{n} (isReply={str(is_reply).lower()}) saw result: {res[-1] if res else '?'}"
-        elif "<function_call>" in text and "Tools:" in text:
+        elif '<function_call nonce="' in text and "Tools:" in text:
             tool = re.search(r"^- ([A-Za-z0-9_]+)", text, re.M)
             name = tool.group(1) if tool else "unknown"
-            reply = f'Let me check. <function_call><tool>{name}</tool><args>{{"city": "Paris"}}</args></function_call>'
+            nonce = instruction_nonce(text) or ""
+            reply = f'Let me check. <function_call nonce="{nonce}"><tool>{name}</tool><args>{{"city": "Paris"}}</args></function_call>'
         else:
             reply = f"lingma reply #{n} (isReply={str(is_reply).lower()}) to: {text}"
-        pieces = [reply[i : i + 7] for i in range(0, len(reply), 7)] or [""]
+        pieces = split_pieces(reply, chunk)
         answer_msgs = [{"jsonrpc": "2.0", "method": "chat/answer", "params": {**ids, "text": piece}} for piece in pieces]
         if "[[tool]]" in text:
             self.next_id += 1

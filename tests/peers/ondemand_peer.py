@@ -23,12 +23,15 @@ to stdout. It speaks OnDemand's chat REST API under ``/chat/v1``:
   ``eventType: "reasoning"`` events (``answer`` holds the reasoning text,
   ``"pondering: <query>"``) come before the first fulfillment.
 * Tools (emulated by the gateway in the query text): when the query holds
-  the gateway's tool instruction (``You can call tools``) and its text asks
-  to ``use the tool``, the answer is ``"Calling it now. "`` followed by a
-  ``<function_call><tool>FIRST_TOOL</tool><args>{"q": "troupe"}</args>
-  </function_call>`` block (streamed in small pieces, so the block is split
-  across events). When the query holds a ``<function_result>`` block the
-  answer is ``"ondemand reply #N: saw tool result: <result>"``.
+  the gateway's tool instruction (``<function_call nonce="N">``) and its
+  text asks to ``use the tool``, the answer is ``"Calling it now. "``
+  followed by a ``<function_call nonce="N"><tool>FIRST_TOOL</tool><args>
+  {"q": "troupe"}</args></function_call>`` block with the instruction's
+  nonce (streamed in small pieces, so the block is split across events).
+  When the query holds a ``<function_result ...>`` block the answer is
+  ``"ondemand reply #N: saw tool result: <result>"``.
+* A query with a ``troupe-say`` directive gets the scripted answer instead
+  (``_common.scripted_answer``), in pieces of the directive's size.
 * Errors use OnDemand's shape ``{"message", "errorCode"}``: a wrong key is
   401, an unknown session or an unknown ``endpointId`` is 404.
 
@@ -58,9 +61,9 @@ from typing import Any
 from aiohttp import web
 
 try:  # imported as peers.<name> by tests, or run as a script
-    from ._common import peer_app, serve, split_list
+    from ._common import instruction_nonce, peer_app, pieces, scripted_answer, serve, split_list
 except ImportError:
-    from _common import peer_app, serve, split_list
+    from _common import instruction_nonce, peer_app, pieces, scripted_answer, serve, split_list
 
 FAULT_MODES = ("401", "429", "500", "drop", "error")
 DEFAULT_ENDPOINTS = (
@@ -165,18 +168,24 @@ class Peer:
             status=201,
         )
 
-    def answer_for(self, query: str, n: int) -> str:
+    def answer_for(self, query: str, n: int) -> tuple[str, int | None]:
+        """The answer and the size of its stream pieces (``None``: the
+        peer's own split)."""
+        scripted = scripted_answer(query)
+        if scripted is not None:
+            return scripted
         results = RESULT_RE.findall(query)
         if results:
-            return f"ondemand reply #{n}: saw tool result: {results[-1].strip()}"
-        if "You can call tools" in query and "use the tool" in query:
+            return f"ondemand reply #{n}: saw tool result: {results[-1].strip()}", None
+        if '<function_call nonce="' in query and "use the tool" in query:
             tools = TOOL_LINE_RE.findall(query.split("Tools:", 1)[-1])
             name = tools[0] if tools else "unknown"
+            nonce = instruction_nonce(query) or ""
             return (
-                f"Calling it now. <function_call><tool>{name}</tool>"
+                f'Calling it now. <function_call nonce="{nonce}"><tool>{name}</tool>'
                 '<args>{"q": "troupe"}</args></function_call>'
-            )
-        return f"ondemand reply #{n} to: {query}"
+            ), 7
+        return f"ondemand reply #{n} to: {query}", None
 
     async def query(self, request: web.Request) -> web.StreamResponse:
         key, err = self.auth(request)
@@ -217,7 +226,7 @@ class Peer:
             return error(400, "pluginIds must be a list", "bad_request")
         session["queries"].append(body["query"])
         n = len(session["queries"])
-        answer = self.answer_for(body["query"], n)
+        answer, chunk = self.answer_for(body["query"], n)
         reasoning = f"pondering: {body['query']}" if "deepseek-r1" in endpoint else ""
         message_id = uuid.uuid4().hex[:24]
         if body.get("responseMode") == "sync":
@@ -233,7 +242,7 @@ class Peer:
         if body.get("responseMode") != "stream":
             entry["outcome"] = "status 400"
             return error(400, "responseMode must be sync or stream", "bad_request")
-        return await self.stream(request, entry, sid, message_id, answer, reasoning, mode)
+        return await self.stream(request, entry, sid, message_id, answer, chunk, reasoning, mode)
 
     async def stream(
         self,
@@ -242,6 +251,7 @@ class Peer:
         sid: str,
         message_id: str,
         answer: str,
+        chunk: int | None,
         reasoning: str,
         mode: str | None,
     ) -> web.StreamResponse:
@@ -260,9 +270,9 @@ class Peer:
 
         for piece in WORD_RE.findall(reasoning):
             await send(event("reasoning", piece))
-        # Small pieces, so a tool block arrives split across events.
-        pieces = [answer[i : i + 7] for i in range(0, len(answer), 7)] if "<function_call>" in answer else WORD_RE.findall(answer)
-        for step, piece in enumerate(pieces):
+        # A tool block comes in small pieces, so it arrives split across events.
+        parts = pieces(answer, chunk) if chunk is not None else WORD_RE.findall(answer)
+        for step, piece in enumerate(parts):
             if mode == "drop" and step >= 3:
                 entry["outcome"] = "dropped"
                 if request.transport is not None:
@@ -274,7 +284,7 @@ class Peer:
                 entry["outcome"] = "error"
                 return resp
             await send(event("fulfillment", piece))
-        await send(json.dumps({"eventType": "metricsLog", "publicMetrics": {"inputTokens": 5, "outputTokens": len(pieces)}}))
+        await send(json.dumps({"eventType": "metricsLog", "publicMetrics": {"inputTokens": 5, "outputTokens": len(parts)}}))
         # Complete once [DONE] is out: a client may hang up right after it.
         entry["outcome"] = "completed"
         await resp.write(b"data:[DONE]\n\n")

@@ -29,7 +29,6 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
 
 use super::ondemand::build_query;
-use super::tool_emulation::{self, Piece, ToolCallParser};
 use super::{EventSink, Upstream, UpstreamContext};
 use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, StopReason, UpstreamError, Usage};
 
@@ -251,7 +250,6 @@ impl Cli {
     async fn run(
         &self,
         args: Vec<String>,
-        req: &ChatRequest,
         model: &str,
         sink: &EventSink,
         content: &mut bool,
@@ -281,7 +279,7 @@ impl Cli {
         })
         .await?;
         let mut reader = BufReader::new(stdout);
-        let mut out = Out::new(tool_emulation::wanted(req));
+        let mut out = Out::new();
         let mut parser: Option<Box<dyn Parser>> = match self.format {
             Format::Text => None,
             Format::Claude => Some(Box::new(claude::Claude::default())),
@@ -364,7 +362,6 @@ impl Cli {
                 return Err(with_stderr(UpstreamError::new(kind, how)));
             }
         }
-        out.finish();
         for ev in out.events.drain(..) {
             sink.send(ev).await?;
         }
@@ -466,7 +463,7 @@ impl Upstream for Cli {
         let mut content = false;
         if let Some(id) = handle.filter(|_| self.stateful()) {
             let args = self.args(req, model, Some(id));
-            match self.run(args, req, model, sink, &mut content).await {
+            match self.run(args, model, sink, &mut content).await {
                 Ok(session) => return Ok(session.or_else(|| Some(id.to_owned()))),
                 // The CLI lost its session (deleted, another machine): the
                 // whole conversation goes to a new one. Only before any
@@ -478,7 +475,7 @@ impl Upstream for Cli {
             }
         }
         let args = self.args(req, model, None);
-        self.run(args, req, model, sink, &mut content).await
+        self.run(args, model, sink, &mut content).await
     }
 
     async fn chat(
@@ -635,20 +632,18 @@ pub struct Out {
     pub done: bool,
     /// Some answer text was read.
     pub any_text: bool,
-    /// Present when tools are emulated: answer text goes through it.
-    tools: Option<ToolCallParser>,
+    /// Tool calls the CLI reported itself.
     calls: u32,
 }
 
 impl Out {
-    fn new(emulate_tools: bool) -> Self {
+    fn new() -> Self {
         Out {
             events: Vec::new(),
             session: None,
             usage: None,
             done: false,
             any_text: false,
-            tools: emulate_tools.then(ToolCallParser::default),
             calls: 0,
         }
     }
@@ -658,13 +653,7 @@ impl Out {
             return;
         }
         self.any_text = true;
-        let Some(parser) = self.tools.as_mut() else {
-            self.events.push(ChatEvent::TextDelta(t.to_owned()));
-            return;
-        };
-        let mut pieces = Vec::new();
-        parser.feed(t, &mut pieces);
-        self.pieces(pieces);
+        self.events.push(ChatEvent::TextDelta(t.to_owned()));
     }
 
     pub fn thinking(&mut self, t: &str) {
@@ -692,24 +681,6 @@ impl Out {
             json: args.to_owned(),
         });
     }
-
-    fn pieces(&mut self, pieces: Vec<Piece>) {
-        for p in pieces {
-            match p {
-                Piece::Text(t) => self.events.push(ChatEvent::TextDelta(t)),
-                Piece::Call { name, args } => self.tool_call("", &name, &args),
-            }
-        }
-    }
-
-    /// Flushes text held by the tool-call parser.
-    fn finish(&mut self) {
-        if let Some(parser) = self.tools.as_mut() {
-            let mut pieces = Vec::new();
-            parser.finish(&mut pieces);
-            self.pieces(pieces);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -719,7 +690,7 @@ mod tests {
     use serde_json::json;
 
     fn feed(p: &mut dyn Parser, lines: &[Value]) -> Result<Out, UpstreamError> {
-        let mut out = Out::new(false);
+        let mut out = Out::new();
         for l in lines {
             p.line(l, &mut out)?;
         }

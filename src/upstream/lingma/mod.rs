@@ -14,7 +14,7 @@
 //! by `sessionId`: a turn that continues one sends only the newest user
 //! message with `isReply: true`. Turns that offer tools never continue one,
 //! since the tool instructions and results must travel with the
-//! conversation; tools are emulated in text ([`super::tool_emulation`]).
+//! conversation; tools come from the session's tool layer ([`crate::upstream::text::tools`]).
 
 pub mod bundle;
 pub mod rpc;
@@ -29,7 +29,6 @@ use serde_json::{json, Value};
 use tokio::io::AsyncReadExt as _;
 
 use self::rpc::Connection;
-use super::tool_emulation::{self, Piece, ToolCallParser};
 use super::{EventSink, Place, Upstream, UpstreamContext};
 use crate::canonical::{
     ChatEvent, ChatRequest, ContentPart, ErrorKind, Role, StopReason, UpstreamError,
@@ -477,60 +476,27 @@ pub fn parse_info(text: &str) -> Option<u16> {
         .filter(|p| *p != 0)
 }
 
-/// A message's text as the agent sees it, with tool calls and results in
-/// the emulation's notation.
-fn message_text(req: &ChatRequest, m: &crate::canonical::Message) -> String {
-    let mut out = String::new();
-    let mut push = |t: &str| {
-        if !out.is_empty() {
-            out.push('\n');
-        }
-        out.push_str(t);
-    };
-    for part in &m.content {
-        match part {
-            ContentPart::Text(t) => push(t),
-            ContentPart::ToolCall {
-                name, arguments, ..
-            } => push(&tool_emulation::render_call(name, arguments)),
-            ContentPart::ToolResult {
-                call_id,
-                content,
-                is_error,
-            } => {
-                let text: Vec<&str> = content
-                    .iter()
-                    .filter_map(|c| match c {
-                        ContentPart::Text(t) => Some(t.as_str()),
-                        _ => None,
-                    })
-                    .collect();
-                push(&tool_emulation::render_result(
-                    req,
-                    call_id,
-                    &text.join("\n"),
-                    *is_error,
-                ))
-            }
-            _ => {}
-        }
-    }
-    out
+/// A message's text as the agent sees it. Tool calls and results never get
+/// here: the tool layer has made them text ([`crate::upstream::text::tools`]).
+fn message_text(m: &crate::canonical::Message) -> String {
+    let texts: Vec<&str> = m
+        .content
+        .iter()
+        .filter_map(|part| match part {
+            ContentPart::Text(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
+    texts.join("\n")
 }
 
 /// The whole conversation as one prompt, for a turn that starts an agent
 /// session: a lone user message goes as it is, anything more is labelled
 /// by role.
-pub fn flatten(req: &ChatRequest, tools: bool) -> String {
-    let mut system = req.system.clone().unwrap_or_default();
-    if tools {
-        if !system.is_empty() {
-            system.push_str("\n\n");
-        }
-        system.push_str(&tool_emulation::instruction(req));
-    }
+pub fn flatten(req: &ChatRequest) -> String {
+    let system = req.system.clone().unwrap_or_default();
     if system.is_empty() && req.messages.len() == 1 && req.messages[0].role == Role::User {
-        return message_text(req, &req.messages[0]);
+        return message_text(&req.messages[0]);
     }
     let mut out = String::new();
     if !system.is_empty() {
@@ -542,7 +508,7 @@ pub fn flatten(req: &ChatRequest, tools: bool) -> String {
             Role::User | Role::Tool => "User",
             Role::Assistant => "Assistant",
         };
-        out.push_str(&format!("{role}: {}\n\n", message_text(req, m)));
+        out.push_str(&format!("{role}: {}\n\n", message_text(m)));
     }
     out.trim_end().to_owned()
 }
@@ -556,7 +522,7 @@ fn newest_turn(req: &ChatRequest) -> String {
         .map_or(0, |i| i + 1);
     let parts: Vec<String> = req.messages[start..]
         .iter()
-        .map(|m| message_text(req, m))
+        .map(message_text)
         .filter(|t| !t.is_empty())
         .collect();
     parts.join("\n\n")
@@ -644,7 +610,6 @@ fn finish_outcome(params: &Value) -> Result<StopReason, String> {
 /// Streams a turn's answer from its subscription into `sink`.
 struct Turn<'a> {
     sink: &'a EventSink,
-    parser: Option<ToolCallParser>,
     calls: u32,
     seen_ids: BTreeSet<String>,
     text_sent: bool,
@@ -655,26 +620,8 @@ impl Turn<'_> {
         if t.is_empty() {
             return Ok(());
         }
-        let Some(parser) = self.parser.as_mut() else {
-            self.text_sent = true;
-            return self.sink.send(ChatEvent::TextDelta(t.to_owned())).await;
-        };
-        let mut pieces = Vec::new();
-        parser.feed(t, &mut pieces);
-        self.pieces(pieces).await
-    }
-
-    async fn pieces(&mut self, pieces: Vec<Piece>) -> Result<(), UpstreamError> {
-        for p in pieces {
-            match p {
-                Piece::Text(t) => {
-                    self.text_sent = true;
-                    self.sink.send(ChatEvent::TextDelta(t)).await?
-                }
-                Piece::Call { name, args } => self.call(None, name, args).await?,
-            }
-        }
-        Ok(())
+        self.text_sent = true;
+        self.sink.send(ChatEvent::TextDelta(t.to_owned())).await
     }
 
     async fn call(
@@ -697,15 +644,6 @@ impl Turn<'_> {
         self.sink
             .send(ChatEvent::ToolCallArgsDelta { index, json: args })
             .await
-    }
-
-    async fn finish(&mut self) -> Result<(), UpstreamError> {
-        if let Some(mut parser) = self.parser.take() {
-            let mut pieces = Vec::new();
-            parser.finish(&mut pieces);
-            self.pieces(pieces).await?;
-        }
-        Ok(())
     }
 }
 
@@ -769,15 +707,14 @@ impl Upstream for Lingma {
             .current_conn()
             .filter(|c| c.is_alive())
             .ok_or_else(|| self.lost_error())?;
-        let tools = tool_emulation::wanted(req);
         let handle = handle.filter(|h| {
             lock(&self.started).set.contains(*h) && !lock(&self.broken).set.contains(*h)
         });
-        // Tools: the instructions and results must travel with the whole
-        // conversation, so never continue an agent session.
+        // (A turn with emulated tools comes without a handle: its
+        // instruction must travel with the whole conversation.)
         let (session_id, is_reply, content) = match handle {
-            Some(h) if !tools => (h.to_owned(), true, newest_turn(req)),
-            _ => (uuid::Uuid::new_v4().to_string(), false, flatten(req, tools)),
+            Some(h) => (h.to_owned(), true, newest_turn(req)),
+            None => (uuid::Uuid::new_v4().to_string(), false, flatten(req)),
         };
         let request_id = uuid::Uuid::new_v4().to_string();
         let mut sub = conn
@@ -812,7 +749,6 @@ impl Upstream for Lingma {
         .await?;
         let mut turn = Turn {
             sink,
-            parser: tools.then(ToolCallParser::default),
             calls: 0,
             seen_ids: BTreeSet::new(),
             text_sent: false,
@@ -848,7 +784,6 @@ impl Upstream for Lingma {
                             turn.text(full).await?;
                         }
                     }
-                    turn.finish().await?;
                     let stop = if turn.calls > 0 {
                         StopReason::ToolUse
                     } else {
@@ -856,7 +791,7 @@ impl Upstream for Lingma {
                     };
                     sink.send(ChatEvent::Stop(stop)).await?;
                     unfinished.done = true;
-                    return Ok((!tools).then_some(session_id));
+                    return Ok(Some(session_id));
                 }
                 _ => {}
             }
@@ -890,11 +825,11 @@ mod tests {
             messages: vec![Message::text(Role::User, "hi")],
             ..Default::default()
         };
-        assert_eq!(flatten(&req, false), "hi");
+        assert_eq!(flatten(&req), "hi");
         req.system = Some("be brief".into());
         req.messages.push(Message::text(Role::Assistant, "hello"));
         req.messages.push(Message::text(Role::User, "again"));
-        let all = flatten(&req, false);
+        let all = flatten(&req);
         assert!(all.starts_with("System: be brief"), "{all}");
         assert!(all.ends_with("User: again"), "{all}");
         assert_eq!(newest_turn(&req), "again");

@@ -140,12 +140,19 @@ struct Routes {
     next: u64,
     /// Key (session or request id) → subscription number.
     keys: HashMap<String, u64>,
-    subs: HashMap<u64, mpsc::UnboundedSender<Note>>,
+    subs: HashMap<u64, mpsc::Sender<Note>>,
 }
+
+/// Notifications a turn may have waiting: beyond it the connection stops
+/// reading the agent until the turn (its client) catches up, the same
+/// backpressure every other kind has.
+const NOTE_MAILBOX: usize = 64;
+/// Frames waiting to be written to the agent.
+const OUT_MAILBOX: usize = 64;
 
 /// One WebSocket to an agent.
 pub struct Connection {
-    out: mpsc::UnboundedSender<String>,
+    out: mpsc::Sender<String>,
     routes: Arc<Mutex<Routes>>,
     alive: watch::Receiver<bool>,
     reason: Arc<Mutex<Option<String>>>,
@@ -157,10 +164,17 @@ impl Drop for Connection {
         // The task closes the socket when the sender goes; abort is the
         // backstop should it be stuck on a write.
         let task = self.task.abort_handle();
-        tokio::spawn(async move {
-            tokio::time::sleep(CLOSE_TIMEOUT).await;
-            task.abort();
-        });
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    tokio::time::sleep(CLOSE_TIMEOUT).await;
+                    task.abort();
+                });
+            }
+            // Dropped after the runtime is gone (the gateway is stopping):
+            // there is no socket left to close gracefully.
+            Err(_) => task.abort(),
+        }
     }
 }
 
@@ -169,7 +183,7 @@ impl Drop for Connection {
 pub struct Subscription {
     id: u64,
     routes: Arc<Mutex<Routes>>,
-    rx: mpsc::UnboundedReceiver<Note>,
+    rx: mpsc::Receiver<Note>,
 }
 
 impl Subscription {
@@ -216,7 +230,7 @@ impl Connection {
                     format!("cannot open the agent's WebSocket {url}: {e}"),
                 )
             })?;
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (out_tx, out_rx) = mpsc::channel(OUT_MAILBOX);
         let routes = Arc::new(Mutex::new(Routes::default()));
         let (alive_tx, alive) = watch::channel(true);
         let reason = Arc::new(Mutex::new(None));
@@ -260,7 +274,7 @@ impl Connection {
         }
         r.next += 1;
         let id = r.next;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(NOTE_MAILBOX);
         r.subs.insert(id, tx);
         for k in keys {
             r.keys.insert((*k).to_owned(), id);
@@ -275,14 +289,18 @@ impl Connection {
     /// Sends a notification (no `id`: no reply is awaited).
     pub fn notify(&self, method: &str, params: Value) -> Result<(), UpstreamError> {
         let msg = json!({"jsonrpc": "2.0", "method": method, "params": params});
-        self.out.send(frame(&msg)).map_err(|_| {
-            UpstreamError::new(
+        self.out.try_send(frame(&msg)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => UpstreamError::new(
+                ErrorKind::Unavailable,
+                "the agent is not reading what the gateway writes",
+            ),
+            mpsc::error::TrySendError::Closed(_) => UpstreamError::new(
                 ErrorKind::SessionLost,
                 format!(
                     "agent connection lost: {}",
                     self.down_reason().unwrap_or_else(|| "closed".into())
                 ),
-            )
+            ),
         })
     }
 }
@@ -294,8 +312,8 @@ type Ws =
 /// agent sends, until either side closes.
 async fn run(
     mut ws: Ws,
-    mut out_rx: mpsc::UnboundedReceiver<String>,
-    out_tx: mpsc::UnboundedSender<String>,
+    mut out_rx: mpsc::Receiver<String>,
+    out_tx: mpsc::Sender<String>,
     routes: Arc<Mutex<Routes>>,
     alive: watch::Sender<bool>,
     reason: Arc<Mutex<Option<String>>>,
@@ -333,7 +351,7 @@ async fn run(
                     Err(e) => break format!("agent broke the framing: {e}"),
                 };
                 for m in msgs {
-                    handle(m, &routes, &replies, &answer);
+                    handle(m, &routes, &replies, &answer).await;
                 }
             }
         }
@@ -348,19 +366,29 @@ async fn run(
     let _ = alive.send(false);
 }
 
-/// Acts on one message from the agent.
-fn handle(
+/// Acts on one message from the agent (a batch is its messages in turn).
+async fn handle(
     m: Value,
     routes: &Mutex<Routes>,
-    replies: &mpsc::WeakUnboundedSender<String>,
+    replies: &mpsc::WeakSender<String>,
     answer: &Value,
 ) {
-    if let Value::Array(batch) = m {
-        for one in batch {
-            handle(one, routes, replies, answer);
+    match m {
+        Value::Array(batch) => {
+            for one in batch {
+                handle_one(one, routes, replies, answer).await;
+            }
         }
-        return;
+        one => handle_one(one, routes, replies, answer).await,
     }
+}
+
+async fn handle_one(
+    m: Value,
+    routes: &Mutex<Routes>,
+    replies: &mpsc::WeakSender<String>,
+    answer: &Value,
+) {
     let method = m.get("method").and_then(Value::as_str);
     let id = m.get("id").filter(|v| !v.is_null());
     let Some(method) = method else {
@@ -371,20 +399,28 @@ fn handle(
         // A request of ours to answer, so the agent does not stall.
         let reply = json!({"jsonrpc": "2.0", "id": id, "result": answer});
         if let Some(tx) = replies.upgrade() {
-            let _ = tx.send(frame(&reply));
+            // Not awaited: this task is the one that empties the queue.
+            let _ = tx.try_send(frame(&reply));
         }
     }
     let params = m.get("params").cloned().unwrap_or(Value::Null);
-    let r = lock(routes);
-    let sub = route_keys(&params)
-        .iter()
-        .find_map(|k| r.keys.get(k))
-        .and_then(|id| r.subs.get(id));
+    let sub = {
+        let r = lock(routes);
+        route_keys(&params)
+            .iter()
+            .find_map(|k| r.keys.get(k))
+            .and_then(|id| r.subs.get(id))
+            .cloned()
+    };
     if let Some(tx) = sub {
-        let _ = tx.send(Note {
-            method: method.to_owned(),
-            params,
-        });
+        // Waits while the turn's mailbox is full; fails only when the turn
+        // is gone.
+        let _ = tx
+            .send(Note {
+                method: method.to_owned(),
+                params,
+            })
+            .await;
     }
 }
 
@@ -502,11 +538,11 @@ mod tests {
         assert!(d.feed(&vec![b'x'; MAX_HEADER + 10]).is_err());
     }
 
-    #[test]
-    fn notifications_route_and_requests_are_answered() {
+    #[tokio::test]
+    async fn notifications_route_and_requests_are_answered() {
         let routes = Arc::new(Mutex::new(Routes::default()));
-        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-        let (sub_tx, mut sub_rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = mpsc::channel::<String>(4);
+        let (sub_tx, mut sub_rx) = mpsc::channel(4);
         {
             let mut r = lock(&routes);
             r.subs.insert(1, sub_tx);
@@ -519,19 +555,22 @@ mod tests {
             &routes,
             &weak,
             &answer,
-        );
+        )
+        .await;
         handle(
             json!({"method": "chat/answer", "params": {"sessionId": "other", "text": "y"}}),
             &routes,
             &weak,
             &answer,
-        );
+        )
+        .await;
         handle(
             json!({"jsonrpc": "2.0", "id": 7, "method": "config/get", "params": {}}),
             &routes,
             &weak,
             &answer,
-        );
+        )
+        .await;
         assert_eq!(sub_rx.try_recv().unwrap().params["text"], "x");
         assert!(sub_rx.try_recv().is_err());
         let reply = rx.try_recv().unwrap();

@@ -12,6 +12,15 @@ Markers (anywhere in the prompt):
   [stderr]    write noise to stderr while answering normally
   [long]      print one line of 2 MiB
 
+A prompt (with claude's --system-prompt before it) holding a
+`troupe-say` directive gets the scripted answer of the peers' shared model
+(`tests/peers/_common.py`, `scripted_answer`), one output event per piece
+of the directive's size, instead of the usual answer.
+
+`fakecli.py --plain PROMPT` is a plain-text program for the `custom`
+preset: it prints the answer (the scripted one, or `plain reply: <last
+line of the prompt>`) as text, piece by piece, flushed after each.
+
 State lives in FAKE_CLI_STATE (a directory): one transcript per session
 (`<session>.json`, the prompts in order), `calls.jsonl` (every argv) and
 `pids/` (the pid of every process started, grandchildren included).
@@ -28,6 +37,9 @@ import sys
 import time
 import uuid
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _common import pieces as split_pieces, scripted_answer  # noqa: E402
 
 
 def state_dir() -> Path | None:
@@ -115,6 +127,31 @@ def turn(name: str, prompt: str, model: str | None, resume: str | None) -> tuple
     return sid, n, pieces
 
 
+def scripted(prompt: str, system: str | None = None) -> list[str] | None:
+    """The pieces of the scripted answer to `prompt` (after `system`, when
+    the CLI got the system prompt apart), or None without a directive."""
+    text = f"{system}\n\n{prompt}" if system else prompt
+    found = scripted_answer(text)
+    return split_pieces(*found) if found is not None else None
+
+
+def plain(argv: list[str]) -> None:
+    """`--plain PROMPT`: the answer as plain text."""
+    start(argv)
+    if len(argv) != 2:
+        sys.stderr.write("error: usage: fakecli.py --plain PROMPT\n")
+        sys.exit(64)
+    prompt = argv[1]
+    turn("plain", prompt, None, None)
+    last = prompt.strip().splitlines()[-1] if prompt.strip() else ""
+    out = scripted(prompt) or [f"plain reply: {last}"]
+    for piece in out:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
 def delay(prompt: str) -> None:
     if "[slow]" in prompt or "[stubborn]" in prompt:
         time.sleep(float(os.environ.get("FAKE_CLI_DELAY", "0.2")))
@@ -147,3 +184,5 @@ def maybe_stubborn(prompt: str) -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--sleeper"]:
         sleeper()
+    elif sys.argv[1:2] == ["--plain"]:
+        plain(sys.argv[1:])
