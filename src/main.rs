@@ -134,16 +134,7 @@ fn check(cfg: &Config) {
         }
     );
     for pool in &cfg.pools {
-        let sessions = if pool.kind == config::Kind::Socketio {
-            pool.max_accounts.or(pool.min_accounts).unwrap_or(2) as usize
-        } else if pool.kind == config::Kind::Cli && pool.accounts.is_empty() {
-            // As the pool starts them: one local program session unless told.
-            pool.sessions.unwrap_or(1) as usize
-        } else if pool.accounts.is_empty() {
-            pool.sessions.unwrap_or(2) as usize
-        } else {
-            pool.accounts.len()
-        };
+        let sessions = troupe::upstream::session_names(pool).len();
         println!(
             "pool {} (kind {}, {} session(s), max_concurrency {}, priority {})",
             pool.name,

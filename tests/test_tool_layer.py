@@ -326,7 +326,7 @@ class Outcome:
     ids: list[str]
     stop: str  # "tool" or "end", from either SDK
     text_parts: int
-    blocks: list[str]  # Anthropic: the content block types, in order
+    blocks: list[str]  # Anthropic: the content block types but thinking, in order
 
 
 OPENAI_STOP = {"tool_calls": "tool", "stop": "end"}
@@ -381,7 +381,8 @@ def ask_anthropic(t: Target, messages: list[dict], stream: bool, **kw: Any) -> O
         ids=[b.id for b in uses],
         stop=ANTHROPIC_STOP.get(m.stop_reason, m.stop_reason),
         text_parts=parts,
-        blocks=[b.type for b in m.content],
+        # Thinking (codex reports its reasoning) is not the answer's concern here.
+        blocks=[b.type for b in m.content if b.type not in ("thinking", "redacted_thinking")],
     )
 
 

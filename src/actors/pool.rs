@@ -14,7 +14,7 @@ use super::messages::{Retire, SessionId};
 use super::restart_log::{EventKind, RestartEvent, RestartLog};
 use super::router::Router;
 use super::session::{Registration, Session};
-use crate::config::{Kind, PoolConfig, SupervisorConfig};
+use crate::config::{PoolConfig, SupervisorConfig};
 use crate::upstream::client::HttpClient;
 use crate::upstream::{self, Upstream, UpstreamContext};
 
@@ -77,24 +77,7 @@ impl PoolSupervisor {
 
     /// Session names: one per account, or `name-1..n` for account-less kinds.
     fn session_names(&self) -> Vec<String> {
-        if !self.cfg.accounts.is_empty() {
-            return self.cfg.accounts.iter().map(|a| a.name.clone()).collect();
-        }
-        let n = match self.cfg.kind {
-            Kind::Demo => self.cfg.sessions.unwrap_or(2),
-            // A local agent server needs no key: one connection unless told.
-            Kind::Langgraph => self.cfg.sessions.unwrap_or(1),
-            // A local program needs no login: one session unless told;
-            // `max_concurrency` is how many processes each one runs.
-            Kind::Cli => self.cfg.sessions.unwrap_or(1),
-            // One agent process per session.
-            Kind::Lingma => self.cfg.sessions.unwrap_or(1),
-            // One anonymous account per session; a session whose sign-up
-            // fails restarts with backoff, which refills the pool.
-            Kind::Socketio => self.cfg.max_accounts.or(self.cfg.min_accounts).unwrap_or(2),
-            _ => 0,
-        };
-        (1..=n).map(|i| format!("{}-{i}", self.cfg.name)).collect()
+        crate::upstream::session_names(&self.cfg)
     }
 
     fn spawn(

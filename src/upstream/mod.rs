@@ -284,6 +284,31 @@ pub struct Place<'a> {
     pub data_dir: &'a std::path::Path,
 }
 
+/// The sessions a pool runs: one per account, or `POOL-1..n` for kinds that
+/// need none. The one place this is decided: the pool supervisor starts
+/// these and `troupe check` prints them.
+pub fn session_names(pool: &PoolConfig) -> Vec<String> {
+    if !pool.accounts.is_empty() {
+        return pool.accounts.iter().map(|a| a.name.clone()).collect();
+    }
+    let n = match pool.kind {
+        Kind::Demo => pool.sessions.unwrap_or(2),
+        // A local agent server needs no key: one connection unless told.
+        Kind::Langgraph => pool.sessions.unwrap_or(1),
+        // A local program needs no login: one session unless told;
+        // `max_concurrency` is how many processes each one runs.
+        Kind::Cli => pool.sessions.unwrap_or(1),
+        // One agent process per session.
+        Kind::Lingma => pool.sessions.unwrap_or(1),
+        // One anonymous account per session; a session whose sign-up
+        // fails restarts with backoff, which refills the pool.
+        Kind::Socketio => pool.max_accounts.or(pool.min_accounts).unwrap_or(2),
+        // Kinds whose sessions are their accounts.
+        Kind::Openai | Kind::Anthropic | Kind::Ondemand => 0,
+    };
+    (1..=n).map(|i| format!("{}-{i}", pool.name)).collect()
+}
+
 /// Builds the upstream instance of session `place`.
 pub fn build_session(
     ctx: UpstreamContext<'_>,
