@@ -2,18 +2,17 @@
 //! `openai` and `anthropic` kinds go through hyper and nothing more:
 //! reqwest, which the other kinds use for their REST calls, re-parses the
 //! URL twice per request and runs redirect and retry layers around every
-//! call, which showed in profiles on the hot path. A plain `http` endpoint
-//! keeps its own list of HTTP/1.1 connections; an `https` one goes through
-//! hyper's pooled client, which does TLS and HTTP/2. An upstream
+//! call, which showed in profiles on the hot path. hyper's pooled client
+//! does TLS and HTTP/2 for `https` endpoints and HTTP/1.1 for plain ones.
+//! An upstream
 //! that the environment's proxy settings (`HTTPS_PROXY`, `HTTP_PROXY`,
 //! `ALL_PROXY`, `NO_PROXY`) send through a proxy is called through reqwest,
 //! which speaks to proxies. Neither follows redirects: an API endpoint that
 //! redirects is misconfigured, and following it would resend the key.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::Frame;
@@ -22,7 +21,7 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE, HOST};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE};
 
 use crate::canonical::{ErrorKind, UpstreamError};
 
@@ -32,21 +31,7 @@ pub type Response = http::Response<Body>;
 /// The body of an upstream's answer, from either client.
 pub enum Body {
     Direct(hyper::body::Incoming),
-    /// From a connection of a plain endpoint's own list, which goes back to
-    /// the list when the body is dropped; if the answer was not read to its
-    /// end, hyper closes the connection and the list drops it.
-    Pooled(hyper::body::Incoming, Option<(SendRequest, Arc<Idle>)>),
     Proxied(reqwest::Body),
-}
-
-impl Drop for Body {
-    fn drop(&mut self) {
-        if let Body::Pooled(_, back) = self {
-            if let Some((conn, idle)) = back.take() {
-                idle.put(conn);
-            }
-        }
-    }
 }
 
 impl http_body::Body for Body {
@@ -59,7 +44,6 @@ impl http_body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match &mut *self {
             Body::Direct(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Body::Pooled(b, _) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Body::Proxied(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
         }
     }
@@ -72,7 +56,6 @@ impl http_body::Body for Body {
 pub struct HttpClient {
     inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     rest: reqwest::Client,
-    connect_timeout: Duration,
 }
 
 impl HttpClient {
@@ -99,11 +82,7 @@ impl HttpClient {
             .pool_idle_timeout(IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .build(connector);
-        Ok(HttpClient {
-            inner,
-            rest,
-            connect_timeout,
-        })
+        Ok(HttpClient { inner, rest })
     }
 
     /// The reqwest client, for REST calls.
@@ -123,128 +102,6 @@ pub struct ApiEndpoint {
     uri: http::Uri,
     proxied: bool,
     headers: HeaderMap,
-    /// A plain `http` endpoint's own connections (HTTP/1.1).
-    plain: Option<Plain>,
-}
-
-type SendRequest = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-
-/// How a plain `http` endpoint is called: over HTTP/1.1 connections the
-/// session keeps itself, so a request is a pop from a list, where the
-/// general client hashes its pool key twice per request and re-derives the
-/// Host header from the URI. (`https` needs TLS and may speak HTTP/2: it
-/// goes through the general client.)
-#[derive(Debug)]
-struct Plain {
-    /// `host:port`, to connect to.
-    addr: String,
-    host: HeaderValue,
-    /// The path and query, sent as the request target.
-    target: http::Uri,
-    idle: Arc<Idle>,
-}
-
-/// Idle connections, newest last.
-#[derive(Default)]
-pub struct Idle(std::sync::Mutex<Vec<(SendRequest, Instant)>>);
-
-impl std::fmt::Debug for Idle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Idle")
-    }
-}
-
-impl Idle {
-    fn put(&self, conn: SendRequest) {
-        if !conn.is_closed() {
-            crate::sync::lock(&self.0).push((conn, Instant::now()));
-        }
-    }
-
-    /// The newest idle connection. Closed ones and those past the idle
-    /// timeout are dropped. It may still be finishing its last answer:
-    /// the caller waits until it is ready (or has closed).
-    fn take(&self) -> Option<SendRequest> {
-        let mut idle = crate::sync::lock(&self.0);
-        let now = Instant::now();
-        idle.retain(|(c, at)| !c.is_closed() && now.duration_since(*at) < IDLE_TIMEOUT);
-        idle.pop().map(|(c, _)| c)
-    }
-}
-
-impl Plain {
-    fn new(uri: &http::Uri) -> Option<Plain> {
-        if uri.scheme_str() != Some("http") {
-            return None;
-        }
-        let authority = uri.authority()?;
-        let (host, port) = (authority.host(), authority.port_u16());
-        let addr = format!("{host}:{}", port.unwrap_or(80));
-        let host = match port {
-            Some(p) if p != 80 => HeaderValue::from_str(&addr),
-            _ => HeaderValue::from_str(host),
-        };
-        Some(Plain {
-            addr,
-            host: host.ok()?,
-            target: uri.path_and_query()?.as_str().parse().ok()?,
-            idle: Arc::default(),
-        })
-    }
-
-    async fn connect(&self, timeout: Duration) -> Result<SendRequest, UpstreamError> {
-        let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&self.addr))
-            .await
-            .map_err(|_| {
-                let what = format!("connect to {} timed out", self.addr);
-                transport_error(&std::io::Error::new(std::io::ErrorKind::TimedOut, what))
-            })?
-            .map_err(|e| transport_error(&e))?;
-        tcp.set_nodelay(true).map_err(|e| transport_error(&e))?;
-        let (conn, driver) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .map_err(|e| transport_error(&e))?;
-        tokio::spawn(async move {
-            if let Err(e) = driver.await {
-                tracing::debug!(error = %e, "upstream connection closed");
-            }
-        });
-        Ok(conn)
-    }
-
-    /// Sends `req` on an idle connection, or a new one. An idle connection
-    /// that closes instead of getting ready is passed over, and a request
-    /// one could not take (it was closing) is sent on another; nothing was
-    /// written for it.
-    async fn send(
-        &self,
-        mut req: http::Request<Full<Bytes>>,
-        timeout: Duration,
-    ) -> Result<Response, UpstreamError> {
-        req.headers_mut().insert(HOST, self.host.clone());
-        loop {
-            let (mut conn, reused) = match self.idle.take() {
-                Some(c) => (c, true),
-                None => (self.connect(timeout).await?, false),
-            };
-            // A connection whose last answer was just read may not have
-            // settled yet; one whose answer was left unread closes.
-            if reused && conn.ready().await.is_err() {
-                continue;
-            }
-            match conn.try_send_request(req).await {
-                Ok(resp) => {
-                    let back = Some((conn, self.idle.clone()));
-                    return Ok(resp.map(|b| Body::Pooled(b, back)));
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => req = unsent,
-                    _ => return Err(transport_error(e.error())),
-                },
-            }
-        }
-    }
 }
 
 impl ApiEndpoint {
@@ -259,13 +116,11 @@ impl ApiEndpoint {
         let proxied = hyper_util::client::proxy::matcher::Matcher::from_env()
             .intercept(&uri)
             .is_some();
-        let plain = if proxied { None } else { Plain::new(&uri) };
         Ok(ApiEndpoint {
             http,
             uri,
             proxied,
             headers,
-            plain,
         })
     }
 
@@ -277,10 +132,7 @@ impl ApiEndpoint {
         credential: (HeaderName, HeaderValue),
         body: Vec<u8>,
     ) -> Result<Response, UpstreamError> {
-        // A plain endpoint's connections are to its host: the request
-        // target is the path alone.
-        let target = self.plain.as_ref().map_or(&self.uri, |p| &p.target);
-        let mut req = http::Request::post(target.clone())
+        let mut req = http::Request::post(self.uri.clone())
             .body(Bytes::from(body))
             .map_err(|e| UpstreamError::new(ErrorKind::InvalidRequest, e.to_string()))?;
         let h = req.headers_mut();
@@ -301,10 +153,6 @@ impl ApiEndpoint {
                 .await
                 .map_err(|e| super::openai::transport_error(&e))?;
             http::Response::from(resp).map(Body::Proxied)
-        } else if let Some(plain) = &self.plain {
-            plain
-                .send(req.map(Full::new), self.http.connect_timeout)
-                .await?
         } else {
             self.http
                 .inner
