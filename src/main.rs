@@ -81,33 +81,29 @@ enum Command {
     },
 }
 
-/// A minimal HTTP/1.0 GET over loopback.
+/// GETs `url` (no proxy: it is the gateway next to us) and wants a 2xx
+/// within 3 s.
 fn probe(url: &str) -> Result<(), String> {
-    use std::io::{Read as _, Write as _};
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or("only http:// URLs can be probed")?;
-    let (host, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let timeout = std::time::Duration::from_secs(3);
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(host)
-        .map_err(|e| format!("{host}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{host}: no address"))?;
-    let mut stream =
-        std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{url}: {e}"))?;
-    let _ = stream.set_read_timeout(Some(timeout));
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut head = [0u8; 16];
-    let n = stream.read(&mut head).map_err(|e| e.to_string())?;
-    let line = String::from_utf8_lossy(&head[..n]);
-    match line.split_whitespace().nth(1) {
-        Some(code) if code.starts_with('2') => Ok(()),
-        Some(code) => Err(format!("{url} answered {code}")),
-        None => Err(format!("{url} sent no status line")),
-    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(std::time::Duration::from_secs(3))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let resp = client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        match resp.status() {
+            s if s.is_success() => Ok(()),
+            s => Err(format!("{url} answered {}", s.as_u16())),
+        }
+    })
 }
 
 fn init_logging(cfg: &Config) {

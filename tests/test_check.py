@@ -77,3 +77,15 @@ def test_shipped_configs_are_valid():
                     os.environ[k] = v
         assert r.returncode == 0, f"{path}: {r.stderr}"
         assert "dummy-secret" not in r.stdout + r.stderr
+
+
+def test_probe_wants_a_2xx_within_its_timeout(gateway_factory):
+    """`troupe probe` (the container health check) exits 0 on a 2xx and
+    non-zero on another status or no answer, naming the URL."""
+    g = gateway_factory()
+    ok = run_troupe(["probe", "--url", g.url + "/healthz"])
+    assert ok.returncode == 0, f"{ok.stdout}\n{ok.stderr}"
+    missing = run_troupe(["probe", "--url", g.url + "/no-such-page"])
+    assert missing.returncode != 0 and "404" in missing.stderr, missing.stderr
+    closed = run_troupe(["probe", "--url", "http://127.0.0.1:9/healthz"])
+    assert closed.returncode != 0 and "127.0.0.1:9" in closed.stderr, closed.stderr

@@ -134,6 +134,27 @@ CASES = {
             tail_text=True,
         ),
         Case("unknown_tool", xml_call("rm_rf", "{}"), 4, xml_call("rm_rf", "{}"), tail_text=True),
+        Case(
+            "unfinished_block",
+            "Wait: " + CALL[: -len("</function_call>")],
+            5,
+            "Wait: " + CALL[: -len("</function_call>")],
+            tail_text=True,
+        ),
+        Case(
+            "opener_lookalikes",
+            "if a <b and ``` x ```json act <function_call nope> <function_call nonce= `",
+            1,
+            "if a <b and ``` x ```json act <function_call nope> <function_call nonce= `",
+            tail_text=True,
+        ),
+        Case(
+            "non_ascii_around_a_call",
+            "Grüße 😀 " + xml_call("search", '{"q": "ünïcödé ✓"}') + "\n",
+            1,
+            "Grüße 😀 ",
+            [("search", {"q": "ünïcödé ✓"})],
+        ),
     ]
 }
 
@@ -152,6 +173,8 @@ class Target:
     prompts: Callable[[], list[str]]
     # The gateway reads this kind's answer line by line (custom, text).
     line_based: bool = False
+    # Kinds that take messages with roles: every request body, oldest first.
+    bodies: Callable[[], list[dict]] | None = None
 
     def oai(self) -> openai.OpenAI:
         return support.make_client(self.gw.v1, timeout=60)
@@ -227,7 +250,8 @@ def langfast_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target
                 if r["status"] == 200
             ]
 
-        yield Target("langfast", gw, test_langfast.MODEL, prompts)
+        bodies = lambda: [r["body"] for r in test_langfast.runs(peer) if r["status"] == 200]  # noqa: E731
+        yield Target("langfast", gw, test_langfast.MODEL, prompts, bodies=bodies)
     finally:
         gw.cleanup()
         peer.cleanup()
@@ -256,7 +280,8 @@ def langgraph_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Targe
             if isinstance(r.get("body"), dict)
         ]
 
-    yield Target("langgraph", gw, "agent-model", prompts)
+    bodies = lambda: [r["body"] for r in peer.runs() if isinstance(r.get("body"), dict)]  # noqa: E731
+    yield Target("langgraph", gw, "agent-model", prompts, bodies=bodies)
     gw.cleanup()
     peer.cleanup()
 
@@ -496,9 +521,33 @@ def test_tool_result_round_trip_anthropic_non_stream(target: Target):
     assert nonce is not None and nonce != instruction_nonce(prompts[0]), "a fresh nonce per request"
     # The earlier call as text with the current nonce, the result as text.
     assert history_calls(seen) == [(nonce, "search", {"q": "weather"})], seen
-    assert (
-        f'<function_result call_id="{call_id}"><tool>search</tool><result>sunny, 21C</result></function_result>' in seen
-    ), seen
+    result = f'<function_result call_id="{call_id}"><tool>search</tool><result>sunny, 21C</result></function_result>'
+    assert result in seen, seen
+    if target.bodies is not None:
+        check_text_only_body(target, tag, result)
+
+
+def check_text_only_body(target: Target, tag: str, result: str) -> None:
+    """The upstream got no tools and no tool messages: the call is assistant
+    text, the result user text."""
+    (body,) = [b for b in target.bodies() if tag in json.dumps(b)][1:]  # type: ignore[misc]
+    if target.name == "langfast":
+        assert set(body["prompt_meta"]) == {"model", "messages", "response_format", "stream"}, body
+        messages = [(m["role"], m["content"]) for m in body["prompt_meta"]["messages"]]
+        user, assistant, system = "user", "assistant", "system"
+    else:
+        assert set(body) == {"assistant_id", "input", "stream_mode"}, body
+        for m in body["input"]["messages"]:
+            assert set(m) == {"type", "content"}, m  # no tool_calls, no tool_call_id
+        messages = [(m["type"], m["content"]) for m in body["input"]["messages"]]
+        user, assistant, system = "human", "ai", "system"
+    roles = [r for r, _ in messages]
+    assert roles == [system, user, assistant, user], messages
+    # The system prompt ends with the instruction: the last tool's schema.
+    last = messages[0][1].rstrip().splitlines()[-1]
+    assert last.startswith("  parameters: ") and json.loads(last[len("  parameters: "):]) == NOW_SCHEMA, messages[0]
+    assert HISTORY_CALL_RE.search(messages[2][1]), messages[2]
+    assert messages[3][1] == result, messages[3]
 
 
 # --------------------------------------------------------------------------
