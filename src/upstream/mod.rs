@@ -10,6 +10,7 @@ pub mod langgraph;
 pub mod lingma;
 pub mod ondemand;
 pub mod openai;
+pub(crate) mod process;
 pub mod socketio;
 pub mod stream;
 pub(crate) mod text;

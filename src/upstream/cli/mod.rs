@@ -587,30 +587,9 @@ impl Drop for Group {
         let Some(pgid) = self.pgid.take() else {
             return;
         };
-        // `kill` takes a negative pid as a process group; the crate has no
-        // unsafe code to call killpg itself. A thread, so neither the
-        // signal nor the grace period blocks the runtime.
-        let spawned = std::thread::Builder::new()
-            .name("cli-kill".into())
-            .spawn(move || {
-                let target = format!("-{pgid}");
-                let signal = |sig: &str| {
-                    std::process::Command::new("kill")
-                        .args([sig, "--", &target])
-                        .stdin(Stdio::null())
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .status()
-                        .is_ok_and(|s| s.success())
-                };
-                // Failure means the group is already gone.
-                if signal("-TERM") {
-                    std::thread::sleep(KILL_GRACE);
-                    signal("-KILL");
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, pgid, "cannot kill the CLI's process group");
+        // A pid past i32 cannot be a process group on Linux.
+        if let Ok(pgid) = i32::try_from(pgid) {
+            crate::upstream::process::end_group(pgid, KILL_GRACE);
         }
     }
 }

@@ -54,18 +54,12 @@ const MAX_NOTES: usize = 1_000_000;
 /// gateway exits, whatever state their sessions are in.
 static LIVE_GROUPS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
 
-fn kill_group(pgid: i32) {
-    if let Some(pid) = rustix::process::Pid::from_raw(pgid) {
-        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-    }
-}
-
 /// Kills every agent process (group) still running: called when the
 /// gateway stops, so no agent outlives it.
 pub fn kill_all_agents() {
     let groups = std::mem::take(&mut *lock(&LIVE_GROUPS));
     for g in groups {
-        kill_group(g);
+        crate::upstream::process::kill_group(g);
     }
 }
 
@@ -110,7 +104,7 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         if let Some(g) = self.pgid {
-            kill_group(g);
+            crate::upstream::process::kill_group(g);
             lock(&LIVE_GROUPS).remove(&g);
         }
         let _ = self.child.start_kill();
