@@ -34,15 +34,19 @@
 
 #![forbid(unsafe_code)]
 
-pub mod actors;
-pub mod admin;
-pub mod canonical;
+pub(crate) mod actors;
+pub(crate) mod admin;
+pub(crate) mod canonical;
 pub mod config;
-pub mod http;
-pub mod metrics;
-pub mod placement;
-pub mod protocol;
-pub mod reload;
+pub(crate) mod http;
+pub(crate) mod metrics;
+pub(crate) mod placement;
+pub(crate) mod protocol;
+pub(crate) mod reload;
 pub mod server;
-pub mod sync;
-pub mod upstream;
+pub(crate) mod sync;
+pub(crate) mod upstream;
+
+// What the `troupe` binary uses beyond `config` and `server`.
+pub use actors::restart_log;
+pub use upstream::session_names;

@@ -130,7 +130,7 @@ fn check(cfg: &Config) {
         }
     );
     for pool in &cfg.pools {
-        let sessions = troupe::upstream::session_names(pool).len();
+        let sessions = troupe::session_names(pool).len();
         println!(
             "pool {} (kind {}, {} session(s), max_concurrency {}, priority {})",
             pool.name,

@@ -4,7 +4,7 @@ use std::io::{BufRead as _, BufReader, Seek as _, SeekFrom, Write as _};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use troupe::actors::restart_log::{read_all, RestartEvent, FILE_NAME};
+use troupe::restart_log::{read_all, RestartEvent, FILE_NAME};
 
 /// Which events to show.
 pub struct Filter {

@@ -283,6 +283,7 @@ pub async fn serve(
     let drain = cfg.server.drain_timeout;
     actix_web::rt::spawn(async move {
         let signal = wait_for_signal().await;
+        crate::actors::pool::begin_stopping();
         tracing::info!(
             signal,
             drain_secs = drain.as_secs(),

@@ -225,6 +225,19 @@ impl Handler<RetirePool> for PoolSupervisor {
     }
 }
 
+/// Set once the gateway has begun to stop (see [`begin_stopping`]).
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Tells every pool supervisor that the gateway is stopping, so sessions
+/// ended by the shutdown are not re-created.
+pub fn begin_stopping() {
+    STOPPING.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn stopping() -> bool {
+    STOPPING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 impl Actor for PoolSupervisor {
     type Context = Context<Self>;
 
@@ -244,6 +257,11 @@ impl Actor for PoolSupervisor {
         }
         tracing::info!(pool = %self.cfg.name, kind = self.cfg.kind.as_str(), sessions = self.members.len(), "pool started");
         ctx.run_interval(WATCHDOG_EVERY, |act, _| {
+            // Once the gateway stops, workers end and their sessions with
+            // them: that is not a death to repair.
+            if stopping() {
+                return;
+            }
             for i in 0..act.members.len() {
                 if act.members[i].addr.connected() {
                     continue;

@@ -165,13 +165,6 @@ impl Router {
         }
     }
 
-    /// Remembers up to `capacity` conversations for `ttl` after their last turn.
-    pub fn with_affinity(mut self, capacity_: usize, ttl: Duration) -> Self {
-        self.affinity_cap = capacity_.max(1);
-        self.affinity_ttl = ttl;
-        self
-    }
-
     /// The session that served a conversation, if still remembered.
     fn preferred(&self, key: Option<u64>) -> Option<SessionId> {
         let (id, at) = self.affinity.peek(&key?)?;

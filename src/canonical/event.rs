@@ -169,11 +169,6 @@ impl UpstreamError {
                 | ErrorKind::SessionLost
         )
     }
-
-    /// Whether the session that produced this error can no longer serve.
-    pub fn is_fatal_to_session(&self) -> bool {
-        matches!(self.kind, ErrorKind::Auth | ErrorKind::SessionLost)
-    }
 }
 
 impl std::fmt::Display for UpstreamError {

@@ -9,7 +9,7 @@ pub mod fault;
 mod request;
 pub mod tokens;
 
-pub use answer::{Answer, ToolCallAcc, UsageTally};
+pub use answer::{Answer, UsageTally};
 pub use conversation::Conversation;
 pub use event::{ChatEvent, ErrorKind, StopReason, UpstreamError, Usage};
 pub use request::{

@@ -114,6 +114,7 @@ impl Message {
     }
 
     /// An assistant message calling one tool.
+    #[cfg(test)]
     pub fn tool_call(id: &str, name: &str, arguments: &str) -> Self {
         Message {
             role: Role::Assistant,
@@ -127,6 +128,7 @@ impl Message {
     }
 
     /// A tool message answering call `call_id` with `text`.
+    #[cfg(test)]
     pub fn tool_result(call_id: &str, text: &str) -> Self {
         Message {
             role: Role::Tool,

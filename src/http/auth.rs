@@ -18,11 +18,6 @@ impl Auth {
         Auth { keys }
     }
 
-    /// Whether requests must carry a key.
-    pub fn enabled(&self) -> bool {
-        !self.keys.is_empty()
-    }
-
     /// The key a request presents, if any.
     pub fn presented(req: &HttpRequest) -> Option<&str> {
         let h = req.headers();

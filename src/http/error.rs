@@ -39,8 +39,6 @@ pub enum ApiError {
     QueueFull,
     #[error("{0}")]
     Unavailable(String),
-    #[error("no first token within {0}s")]
-    FirstTokenTimeout(u64),
     #[error("the request took longer than {0}s")]
     RequestTimeout(u64),
     #[error("{0}")]
@@ -93,9 +91,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::QueueTimeout { .. } | ApiError::QueueFull => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::FirstTokenTimeout(_) | ApiError::RequestTimeout(_) => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            ApiError::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Upstream(e) => upstream_status(e),
             ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -192,9 +188,7 @@ impl ApiError {
                 ("rate_limit_error".into(), s("rate_limit_exceeded"), None)
             }
             ApiError::Unavailable(_) => ("server_error".into(), s("service_unavailable"), None),
-            ApiError::FirstTokenTimeout(_) | ApiError::RequestTimeout(_) => {
-                ("server_error".into(), s("timeout"), None)
-            }
+            ApiError::RequestTimeout(_) => ("server_error".into(), s("timeout"), None),
             ApiError::Overloaded(_) => ("rate_limit_error".into(), s("rate_limit_exceeded"), None),
             ApiError::UnsupportedMediaType(_) => (
                 "invalid_request_error".into(),

@@ -81,6 +81,9 @@ class Agent:
         self.turns: dict[str, int] = {}
         self.pending: dict[int, asyncio.Future] = {}
         self.next_id = 1000
+        # One LSP message is written whole before the next starts, even when
+        # it goes out in two WebSocket messages (turns answer concurrently).
+        self.write_lock = asyncio.Lock()
 
     def log(self, entry: dict) -> None:
         with open(self.workdir / "asks.jsonl", "a", encoding="utf-8") as f:
@@ -112,14 +115,15 @@ class Agent:
 
     async def send(self, ws, *msgs: dict, split: bool = False) -> None:
         data = b"".join(frame(m) for m in msgs)
-        if split and len(data) > 10:
-            # One LSP message across two WebSocket messages.
-            cut = len(data) // 2 + 3
-            await ws.send_bytes(data[:cut])
-            await asyncio.sleep(0.01)
-            await ws.send_bytes(data[cut:])
-        else:
-            await ws.send_str(data.decode())
+        async with self.write_lock:
+            if split and len(data) > 10:
+                # One LSP message across two WebSocket messages.
+                cut = len(data) // 2 + 3
+                await ws.send_bytes(data[:cut])
+                await asyncio.sleep(0.01)
+                await ws.send_bytes(data[cut:])
+            else:
+                await ws.send_str(data.decode())
 
     async def ask(self, ws, m: dict) -> None:
         p = m.get("params") or {}

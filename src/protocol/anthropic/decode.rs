@@ -633,10 +633,12 @@ impl EventDecoder {
     pub fn done(&self) -> bool {
         self.done
     }
+}
 
-    /// Whether anything beyond preamble has been produced, after which a
-    /// broken stream can no longer be retried without duplicating text.
-    pub fn has_content(&self) -> bool {
+#[cfg(test)]
+impl EventDecoder {
+    /// Whether anything beyond preamble has been produced.
+    fn has_content(&self) -> bool {
         self.content
     }
 }

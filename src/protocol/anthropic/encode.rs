@@ -631,7 +631,8 @@ impl EventEncoder for StreamEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::canonical::{Message, Tool, ToolCallAcc};
+    use crate::canonical::answer::ToolCallAcc;
+    use crate::canonical::{Message, Tool};
     use serde_json::json;
 
     /// Splits an SSE body into (event name, parsed data) pairs.

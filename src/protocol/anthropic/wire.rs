@@ -248,6 +248,7 @@ pub enum BlockOut<'a> {
 /// A `content_block_delta`'s delta.
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[allow(clippy::enum_variant_names)] // the names are the wire's
 pub enum DeltaOut<'a> {
     TextDelta { text: &'a str },
     InputJsonDelta { partial_json: &'a str },
@@ -317,10 +318,7 @@ pub enum StreamEventIn {
         index: u32,
         delta: DeltaIn,
     },
-    ContentBlockStop {
-        #[serde(default)]
-        index: u32,
-    },
+    ContentBlockStop {},
     MessageDelta {
         #[serde(default)]
         delta: Option<MessageDeltaIn>,
@@ -341,8 +339,6 @@ pub enum StreamEventIn {
 /// A message as `message_start` carries it, or a whole non-streamed body.
 #[derive(Debug, Default, Deserialize)]
 pub struct MessageIn {
-    #[serde(default)]
-    pub model: Option<String>,
     #[serde(default)]
     pub content: Vec<ResponseBlockIn>,
     #[serde(default)]
