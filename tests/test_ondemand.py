@@ -337,7 +337,8 @@ def test_tool_emulation_round_trip_openai(oc, od):
     assert s["text"] == "ondemand reply #2: saw tool result: sunny and warm"
     assert s["finish"] == ["stop"]
     last = od.queries()[-1]["body"]["query"]
-    assert "<function_result><tool>search</tool><result>sunny and warm</result></function_result>" in last
+    # The result names its tool and its call.
+    assert f'<function_result call_id="{call.id}"><tool>search</tool><result>sunny and warm</result></function_result>' in last
     assert len(od.sessions()) == 1
 
 

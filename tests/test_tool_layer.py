@@ -534,20 +534,22 @@ def check_text_only_body(target: Target, tag: str, result: str) -> None:
     if target.name == "langfast":
         assert set(body["prompt_meta"]) == {"model", "messages", "response_format", "stream"}, body
         messages = [(m["role"], m["content"]) for m in body["prompt_meta"]["messages"]]
-        user, assistant, system = "user", "assistant", "system"
+        user, assistant = "user", "assistant"
     else:
         assert set(body) == {"assistant_id", "input", "stream_mode"}, body
         for m in body["input"]["messages"]:
             assert set(m) == {"type", "content"}, m  # no tool_calls, no tool_call_id
         messages = [(m["type"], m["content"]) for m in body["input"]["messages"]]
-        user, assistant, system = "human", "ai", "system"
+        user, assistant = "human", "ai"
     roles = [r for r, _ in messages]
-    assert roles == [system, user, assistant, user], messages
-    # The system prompt ends with the instruction: the last tool's schema.
-    last = messages[0][1].rstrip().splitlines()[-1]
-    assert last.startswith("  parameters: ") and json.loads(last[len("  parameters: "):]) == NOW_SCHEMA, messages[0]
-    assert HISTORY_CALL_RE.search(messages[2][1]), messages[2]
-    assert messages[3][1] == result, messages[3]
+    # No system message: the instruction ends the newest user turn (a
+    # continued upstream conversation gets only that turn).
+    assert roles == [user, assistant, user], messages
+    assert "Tools:" not in messages[0][1], messages[0]
+    last = messages[2][1].rstrip().splitlines()[-1]
+    assert last.startswith("  parameters: ") and json.loads(last[len("  parameters: "):]) == NOW_SCHEMA, messages[2]
+    assert HISTORY_CALL_RE.search(messages[1][1]), messages[1]
+    assert messages[2][1].startswith(result + "\n\n"), messages[2]
 
 
 # --------------------------------------------------------------------------
@@ -627,7 +629,7 @@ def test_round_trip_anthropic_stream_with_an_error_result_on_ondemand(ondemand_t
     ), prompt
 
 
-def test_the_instruction_follows_the_system_prompt_with_a_fresh_nonce(ondemand_target: Target):
+def test_the_instruction_follows_the_newest_turn_with_a_fresh_nonce(ondemand_target: Target):
     t = ondemand_target
     nonces = []
     for _ in range(2):
@@ -642,7 +644,8 @@ def test_the_instruction_follows_the_system_prompt_with_a_fresh_nonce(ondemand_t
         nonces.append(nonce)
         example = EXAMPLE.format(nonce)
         assert prompt.startswith("Be brief.\n\n"), prompt[:200]
-        assert prompt.index("Be brief.") < prompt.index(example) < prompt.index("Tools:") < prompt.index(tag)
+        # The newest turn first, then the instruction.
+        assert prompt.index("Be brief.") < prompt.index(tag) < prompt.index(example) < prompt.index("Tools:")
         # One line per tool, its schema as JSON.
         lines = prompt.splitlines()
         at = lines.index("- search: Search the web")
@@ -694,7 +697,10 @@ def test_tool_choice_none_keeps_blocks_as_text(ondemand_target: Target, api: str
     assert out.text == "Sure. " + CALL and out.calls == [] and out.stop == "end", out
 
 
-def test_a_turn_with_tools_never_continues_an_upstream_session(ondemand_target: Target):
+def test_a_turn_with_tools_continues_its_upstream_session_with_a_fresh_instruction(ondemand_target: Target):
+    """A stateful kind keeps its upstream session across tool turns: the
+    continued turn sends only the newest messages, and they carry this
+    request's instruction and nonce."""
     t = ondemand_target
     tag = new_tag()
     h = {"x-troupe-conversation": f"tools-{uuid.uuid4().hex}"}
@@ -704,12 +710,14 @@ def test_a_turn_with_tools_never_continues_an_upstream_session(ondemand_target: 
     history = [
         {"role": "user", "content": first_text},
         {"role": "assistant", "content": first.text},
-        {"role": "user", "content": f"second turn\n{directive('Now. ' + CALL)}"},
+        {"role": "user", "content": f"second turn {tag}\n{directive('Now. ' + CALL)}"},
     ]
     second = ask_openai(t, history, True, extra_headers=h)
     assert second.calls == [("search", {"q": "troupe gateway"})] and second.text == "Now. ", second
     queries = [q for q in t.peer.queries() if tag in q["body"]["query"]]  # type: ignore[attr-defined]
     assert len(queries) == 2
-    assert queries[0]["session"] != queries[1]["session"], "the tool turn reused an upstream session"
-    # The whole conversation went up again.
-    assert first_text in queries[1]["body"]["query"] and "no call needed" in queries[1]["body"]["query"]
+    assert queries[0]["session"] == queries[1]["session"], "the tool turn did not continue its upstream session"
+    # Only the newest turn went up, with this request's instruction.
+    continued = queries[1]["body"]["query"]
+    assert first_text not in continued and continued.startswith("second turn"), continued
+    assert instruction_nonce(continued) not in (None, instruction_nonce(queries[0]["body"]["query"])), continued

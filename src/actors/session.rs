@@ -548,9 +548,6 @@ impl Handler<Chat> for Session {
         let native_tools = self.upstream.native_tools();
         let emulating = !native_tools && tools::applies(&msg.request);
         let handle = match conversation.and_then(|c| c.route_key()) {
-            // An emulated-tools turn carries this request's instruction and
-            // nonce, so it starts a fresh upstream conversation.
-            Some(_) if emulating => None,
             Some(key) if stateful => lock(&self.conversations)
                 .get(&key)
                 .filter(|(_, at)| at.elapsed() <= CONVERSATION_TTL)
@@ -611,7 +608,7 @@ impl Handler<Chat> for Session {
                         (None, false) => None,
                     });
                     if let Some((key, handle)) = remember {
-                        if let Some(h) = handle.filter(|_| !emulating) {
+                        if let Some(h) = handle {
                             let mut kept = lock(&conversations);
                             kept.put(key, (h, Instant::now()));
                             if kept.len() > CONVERSATIONS {

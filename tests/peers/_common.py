@@ -35,7 +35,7 @@ character its own piece, which splits a call block at every position);
 CHUNK missing or ``0`` sends the answer as one piece.
 
 Which directive applies: the last one in the prompt, except that a
-``troupe-after-result`` directive only applies once a ``<function_result``
+``troupe-after-result`` directive only applies once a ``<function_result call_id=``
 follows it in the prompt; until then the last ``troupe-say`` before it
 does. So one user message can script a whole tool round trip::
 
@@ -61,7 +61,7 @@ INSTRUCTION_NONCE_RE = re.compile(
     r'<function_call nonce="([a-z2-9]{12})"><tool>NAME</tool><args>\{"param": "value"\}</args></function_call>'
 )
 RESULT_TEXT_RE = re.compile(r"<result>(.*?)</result>", re.S)
-FUNCTION_RESULT = "<function_result"
+FUNCTION_RESULT = "<function_result call_id="
 _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
 
 

@@ -704,8 +704,6 @@ impl Upstream for Lingma {
         let handle = handle.filter(|h| {
             lock(&self.started).set.contains(*h) && !lock(&self.broken).set.contains(*h)
         });
-        // (A turn with emulated tools comes without a handle: its
-        // instruction must travel with the whole conversation.)
         let (session_id, is_reply, content) = match handle {
             Some(h) => (h.to_owned(), true, newest_turn(req)),
             None => (uuid::Uuid::new_v4().to_string(), false, flatten(req)),

@@ -2,7 +2,7 @@
 //! applies (see [`crate::actors::session`]); no kind implements it itself.
 //!
 //! On the way in, [`prepare`] rewrites the request: the offered tools and
-//! `tool_choice` become an instruction appended to the system prompt, and
+//! `tool_choice` become an instruction appended to the newest user turn, and
 //! earlier tool calls and results become text in the same notation, so the
 //! kind sees a plain text conversation. On the way out, [`Extractor`] takes
 //! call blocks back out of the streamed answer and turns them into real
@@ -15,13 +15,13 @@
 //! Two notations are accepted, the instructed one and the one models of
 //! coding agents tend to produce:
 //!
-//! ```text
+//! ~~~text
 //! <function_call nonce="N"><tool>NAME</tool><args>{"k": "v"}</args></function_call>
 //!
 //! ```json action N
 //! {"tool": "NAME", "parameters": {"k": "v"}}
 //! ```
-//! ```
+//! ~~~
 //!
 //! (the second also with `name` for `tool`, and `arguments` or `input` for
 //! `parameters`). A block whose name is not an offered tool, whose
@@ -75,17 +75,35 @@ pub(crate) fn prepare(req: &ChatRequest) -> (ChatRequest, Option<Extractor>) {
         messages: Vec::with_capacity(req.messages.len()),
         ..req.clone()
     };
-    if !req.tools.is_empty() {
-        let instruction = instruction(req, &nonce);
-        out.system = Some(
-            match req.system.as_deref().filter(|s| !s.trim().is_empty()) {
-                Some(system) => format!("{system}\n\n{instruction}"),
-                None => instruction,
-            },
-        );
-    }
     for m in &req.messages {
         out.messages.push(as_text(req, m, &nonce));
+    }
+    if !req.tools.is_empty() {
+        // With the newest user turn, not in the system prompt: a kind that
+        // continues an upstream conversation sends only that turn, and the
+        // model must get this request's nonce.
+        let instruction = instruction(req, &nonce);
+        let newest = out.messages.iter_mut().rev().find(|m| m.role == Role::User);
+        match newest {
+            Some(m) => match m.content.iter_mut().rev().find_map(|p| match p {
+                ContentPart::Text(t) => Some(t),
+                _ => None,
+            }) {
+                Some(text) => {
+                    text.push_str("\n\n");
+                    text.push_str(&instruction);
+                }
+                None => m.content.push(ContentPart::Text(instruction)),
+            },
+            None => {
+                out.system = Some(
+                    match req.system.as_deref().filter(|s| !s.trim().is_empty()) {
+                        Some(system) => format!("{system}\n\n{instruction}"),
+                        None => instruction,
+                    },
+                )
+            }
+        }
     }
     let extractor = calling.then(|| Extractor::new(req, nonce));
     (out, extractor)
@@ -470,10 +488,16 @@ mod tests {
         }
     }
 
+    /// The instruction: the end of the newest user turn.
+    fn instruction_of(req: &ChatRequest) -> String {
+        let newest = req.messages.iter().rev().find(|m| m.role == Role::User);
+        newest.map(Message::joined_text).unwrap_or_default()
+    }
+
     fn nonce_of(req: &ChatRequest) -> String {
-        let system = req.system.as_deref().unwrap_or_default();
-        let at = system.find("nonce=\"").expect("a nonce in the instruction") + 7;
-        system[at..at + 12].to_owned()
+        let text = instruction_of(req);
+        let at = text.rfind("nonce=\"").expect("a nonce in the instruction") + 7;
+        text[at..at + 12].to_owned()
     }
 
     /// A fresh extractor for [`offered`] and its nonce.
@@ -541,13 +565,15 @@ mod tests {
         assert!(x.is_some());
         assert!(text.tools.is_empty() && text.tool_choice.is_none());
         let nonce = nonce_of(&text);
-        let system = text.system.as_deref().unwrap_or_default();
-        assert!(system.starts_with("Be brief.\n\n"), "{system}");
-        assert!(system.contains("- weather: Current weather"), "{system}");
+        assert_eq!(text.system.as_deref(), Some("Be brief."));
+        let newest = instruction_of(&text);
+        assert!(newest.starts_with("<function_result call_id="), "{newest}");
+        assert!(newest.contains("- weather: Current weather"), "{newest}");
         assert!(
-            system.contains("You must call the tool `weather`"),
-            "{system}"
+            newest.contains("You must call the tool `weather`"),
+            "{newest}"
         );
+        assert_eq!(text.messages[0].joined_text(), "weather in Paris?");
         assert_eq!(
             text.messages[1].joined_text(),
             format!(
@@ -555,10 +581,9 @@ mod tests {
             )
         );
         assert_eq!(text.messages[2].role, Role::User);
-        assert_eq!(
-            text.messages[2].joined_text(),
+        assert!(text.messages[2].joined_text().starts_with(
             r#"<function_result call_id="call_1"><tool>weather</tool><result>rain</result></function_result>"#
-        );
+        ));
         let (again, _) = prepare(&req);
         assert_ne!(nonce_of(&again), nonce, "a nonce per request");
     }
@@ -567,14 +592,11 @@ mod tests {
     fn tool_choice_none_keeps_calls_as_text() {
         let (text, x) = prepare(&offered(Some(ToolChoice::None)));
         assert!(x.is_none());
-        let system = text.system.unwrap_or_default();
-        assert!(system.contains("must not call any tool"), "{system}");
-        assert!(!system.contains("nonce="), "{system}");
+        let newest = instruction_of(&text);
+        assert!(newest.contains("must not call any tool"), "{newest}");
+        assert!(!newest.contains("nonce="), "{newest}");
         let required = prepare(&offered(Some(ToolChoice::Required))).0;
-        assert!(required
-            .system
-            .unwrap_or_default()
-            .contains("at least one tool"));
+        assert!(instruction_of(&required).contains("at least one tool"));
     }
 
     #[test]
