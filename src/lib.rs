@@ -25,25 +25,29 @@
 //! such event. Conversation keys ([`canonical::conversation`]) keep a
 //! conversation on the session and upstream thread that served it.
 //!
+//! Kinds without native tools get them from one layer the session applies
+//! ([`upstream::text::tools`]): the request becomes text with an
+//! instruction, and call blocks in the answer become tool-call events.
+//!
 //! Around that: [`config`] is the TOML schema, a public contract;
-//! [`reload`] applies a changed configuration without a restart;
+//! [`app`] wires it all (the server and its drain on SIGTERM, the placement
+//! of the Router and the sessions on the HTTP worker threads, and the
+//! reloader that applies a changed configuration without a restart);
 //! [`metrics`] and [`http::trace`] record every request; [`admin`] serves
-//! the admin API, the dashboard and its live feed; [`server`] wires it all
-//! and drains on SIGTERM; [`placement`] puts the Router and the sessions on
-//! the HTTP worker threads.
+//! the admin API, the dashboard and its live feed. The `troupe` binary
+//! (`main.rs`, its subcommands in `src/cli/`) uses [`app`], [`config`],
+//! [`restart_log`] and [`session_names`].
 
 #![forbid(unsafe_code)]
 
 pub(crate) mod actors;
 pub(crate) mod admin;
+pub mod app;
 pub(crate) mod canonical;
 pub mod config;
 pub(crate) mod http;
 pub(crate) mod metrics;
-pub(crate) mod placement;
 pub(crate) mod protocol;
-pub(crate) mod reload;
-pub mod server;
 pub(crate) mod sync;
 pub(crate) mod upstream;
 

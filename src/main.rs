@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod ops;
+mod cli;
 use troupe::config::{self, Config};
 
 // Requests allocate many small, short-lived buffers; mimalloc serves them
@@ -81,31 +81,6 @@ enum Command {
     },
 }
 
-/// GETs `url` (no proxy: it is the gateway next to us) and wants a 2xx
-/// within 3 s.
-fn probe(url: &str) -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(std::time::Duration::from_secs(3))
-            .build()
-            .map_err(|e| e.to_string())?;
-        let resp = client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
-        match resp.status() {
-            s if s.is_success() => Ok(()),
-            s => Err(format!("{url} answered {}", s.as_u16())),
-        }
-    })
-}
-
 fn init_logging(cfg: &Config) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -118,46 +93,15 @@ fn init_logging(cfg: &Config) {
     }
 }
 
-fn check(cfg: &Config) {
-    println!("configuration ok");
-    println!("listen: {}", cfg.server.listen);
-    println!(
-        "auth: {}",
-        if cfg.server.api_keys.is_empty() {
-            "none".to_string()
-        } else {
-            format!("{} key(s)", cfg.server.api_keys.len())
-        }
-    );
-    for pool in &cfg.pools {
-        let sessions = troupe::session_names(pool).len();
-        println!(
-            "pool {} (kind {}, {} session(s), max_concurrency {}, priority {})",
-            pool.name,
-            pool.kind.as_str(),
-            sessions,
-            pool.max_concurrency,
-            pool.priority
-        );
-        for m in &pool.models {
-            if m.public == m.upstream {
-                println!("  model {}", m.public);
-            } else {
-                println!("  model {} -> {}", m.public, m.upstream);
-            }
-        }
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let standalone = match &cli.command {
-        Some(Command::Probe { url }) => Some(probe(url)),
+        Some(Command::Probe { url }) => Some(cli::probe(url)),
         Some(Command::Sessions {
             url,
             admin_key,
             json,
-        }) => Some(ops::sessions(url, admin_key.as_deref(), *json)),
+        }) => Some(cli::ops::sessions(url, admin_key.as_deref(), *json)),
         Some(Command::Restarts {
             data_dir,
             pool,
@@ -173,12 +117,12 @@ fn main() -> ExitCode {
                     Err(_) => PathBuf::from("data"),
                 },
             };
-            let filter = ops::Filter {
+            let filter = cli::ops::Filter {
                 pool: pool.clone(),
                 session: session.clone(),
                 since: since.clone(),
             };
-            Some(ops::restarts(&dir, &filter, *follow, *json))
+            Some(cli::ops::restarts(&dir, &filter, *follow, *json))
         }
         _ => None,
     };
@@ -200,7 +144,7 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::Check => {
-            check(&cfg);
+            cli::check(&cfg);
             ExitCode::SUCCESS
         }
         Command::Probe { .. } | Command::Restarts { .. } | Command::Sessions { .. } => {
@@ -208,7 +152,7 @@ fn main() -> ExitCode {
         }
         Command::Serve => {
             init_logging(&cfg);
-            let result = actix_web::rt::System::new().block_on(troupe::server::serve(
+            let result = actix_web::rt::System::new().block_on(troupe::app::serve(
                 cfg,
                 cli.config.clone(),
                 Some(release_memory),

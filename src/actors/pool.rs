@@ -15,7 +15,7 @@ use super::restart_log::{EventKind, RestartEvent, RestartLog};
 use super::router::Router;
 use super::session::{Registration, Session};
 use crate::config::{PoolConfig, SupervisorConfig};
-use crate::upstream::client::HttpClient;
+use crate::upstream::http::client::HttpClient;
 use crate::upstream::{self, Upstream, UpstreamContext};
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);

@@ -16,9 +16,9 @@ use crate::actors::messages::{ResetSession, Snapshot};
 use crate::actors::restart_log::{Recent, RestartLog};
 use crate::actors::router::Router;
 use crate::actors::{SessionInfo, SessionState};
+use crate::app::reload::{Reload, Reloader};
 use crate::config::Secret;
 use crate::http::auth::Auth;
-use crate::reload::{Reload, Reloader};
 
 /// What the admin routes need.
 pub struct AdminState {

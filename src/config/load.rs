@@ -289,7 +289,7 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
                     }
                     // Parsed as the sessions will parse it, so a URL they
                     // could not use is refused here, naming the key.
-                    Some(u) if crate::upstream::client::api_uri(u, "").is_err() => {
+                    Some(u) if crate::upstream::http::client::api_uri(u, "").is_err() => {
                         return Err(invalid(
                             at("base_url"),
                             format!("`{u}` is not an http(s) URL"),

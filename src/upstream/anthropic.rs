@@ -6,9 +6,9 @@
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
-use super::client::ApiEndpoint;
-use super::openai::extra_headers;
-use super::stream::{pump, StreamDecoder};
+use super::http::client::ApiEndpoint;
+use super::http::extra_headers;
+use super::http::stream::{pump, StreamDecoder};
 use super::{ApiKey, EventSink, Upstream, UpstreamContext};
 use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, UpstreamError};
 use crate::protocol::anthropic::{encode_request, EventDecoder};
@@ -190,7 +190,7 @@ mod tests {
         Anthropic::new(&UpstreamContext {
             pool: &pool,
             account: Some(&account),
-            http: crate::upstream::client::HttpClient::new(std::time::Duration::from_secs(5))
+            http: crate::upstream::http::client::HttpClient::new(std::time::Duration::from_secs(5))
                 .unwrap(),
         })
         .unwrap()

@@ -12,7 +12,7 @@ use futures_util::StreamExt as _;
 use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE};
 use serde_json::{json, Value};
 
-use super::openai::{extra_headers, reply_id, send_checked};
+use super::http::{extra_headers, reply_id, send_checked};
 use super::{ApiKey, EventSink, Upstream, UpstreamContext};
 use crate::canonical::{
     ChatEvent, ChatRequest, ContentPart, ErrorKind, Message, Role, StopReason, UpstreamError,

@@ -4,15 +4,14 @@
 
 pub mod anthropic;
 pub mod cli;
-pub mod client;
 pub mod demo;
+pub(crate) mod http;
 pub mod langgraph;
 pub mod lingma;
 pub mod ondemand;
 pub mod openai;
 pub(crate) mod process;
 pub mod socketio;
-pub mod stream;
 pub(crate) mod text;
 
 use std::sync::Arc;
@@ -201,7 +200,7 @@ pub struct ApiKey {
     current: std::sync::RwLock<Arc<str>>,
     /// The header value last built, with its scheme and key: built once,
     /// not on every request.
-    header: std::sync::RwLock<Option<(&'static str, Arc<str>, http::HeaderValue)>>,
+    header: std::sync::RwLock<Option<(&'static str, Arc<str>, ::http::HeaderValue)>>,
     file: Option<std::path::PathBuf>,
 }
 
@@ -252,7 +251,7 @@ impl ApiKey {
 
     /// The key as a sensitive header value, after `scheme` (`"Bearer "`, or
     /// `""` for the bare key).
-    pub fn header(&self, scheme: &'static str) -> Result<http::HeaderValue, UpstreamError> {
+    pub fn header(&self, scheme: &'static str) -> Result<::http::HeaderValue, UpstreamError> {
         let key = self.get();
         if let Some((s, k, v)) = &*crate::sync::read(&self.header) {
             if *s == scheme && Arc::ptr_eq(k, &key) {
@@ -261,7 +260,7 @@ impl ApiKey {
         }
         let mut value = String::from(scheme);
         value.push_str(&key);
-        let v = client::secret_header(&value)?;
+        let v = http::client::secret_header(&value)?;
         *crate::sync::write(&self.header) = Some((scheme, key, v.clone()));
         Ok(v)
     }
@@ -273,7 +272,7 @@ pub struct UpstreamContext<'a> {
     pub account: Option<&'a AccountConfig>,
     /// The thread's HTTP clients (connection pools are per host, not per
     /// key).
-    pub http: client::HttpClient,
+    pub http: http::client::HttpClient,
 }
 
 /// Where a session lives, for kinds that keep files per session (a

@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE};
 use serde_json::{json, Value};
 
-use super::openai::{extra_headers, reply_id, send_checked};
-use super::stream::{pump, StreamDecoder};
+use super::http::stream::{pump, StreamDecoder};
+use super::http::{extra_headers, reply_id, send_checked};
 use super::{ApiKey, EventSink, Upstream, UpstreamContext};
 use crate::canonical::{
     ChatEvent, ChatRequest, ContentPart, ErrorKind, Message, Role, StopReason, UpstreamError,

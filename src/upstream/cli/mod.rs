@@ -824,7 +824,7 @@ mod tests {
         let ctx = UpstreamContext {
             pool: &pool,
             account: None,
-            http: crate::upstream::client::HttpClient::new(std::time::Duration::from_secs(5))
+            http: crate::upstream::http::client::HttpClient::new(std::time::Duration::from_secs(5))
                 .unwrap(),
         };
         let cli = Cli::new(&ctx).unwrap();

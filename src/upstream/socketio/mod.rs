@@ -21,7 +21,7 @@ use reqwest::header::{HeaderMap, CONTENT_TYPE};
 use serde_json::{json, Value};
 
 use self::client::{Connection, Endpoint, EventNames};
-use super::openai::{extra_headers, send_checked};
+use super::http::{extra_headers, send_checked};
 use super::{EventSink, Upstream, UpstreamContext};
 use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, Role, StopReason, UpstreamError};
 use crate::sync::lock;

@@ -6,9 +6,9 @@ use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use reqwest::header::CONTENT_TYPE;
 
-use super::EventSink;
 use crate::canonical::{ChatEvent, ErrorKind, StopReason, UpstreamError};
 use crate::protocol::sse::{SseEvent, SseParser};
+use crate::upstream::EventSink;
 
 /// A protocol's reader of an upstream's stream.
 pub trait StreamDecoder {

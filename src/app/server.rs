@@ -1,5 +1,5 @@
 //! Starting the gateway: the Router and the sessions on the HTTP worker
-//! threads (see [`crate::placement`]), one supervisor per pool, and the HTTP
+//! threads (see [`super::placement`]), one supervisor per pool, and the HTTP
 //! server with graceful drain on SIGTERM.
 
 use std::io::Write as _;
@@ -13,14 +13,14 @@ use actix_service::{IntoServiceFactory as _, ServiceFactoryExt as _};
 use actix_web::dev::AppConfig;
 use actix_web::{web, App};
 
+use super::placement::{Deferred, Placement};
+use super::reload::{Reload, Reloader};
 use crate::actors::messages::Busy;
 use crate::actors::restart_log::RestartLog;
 use crate::actors::router::Router;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::http::{self, AppState};
-use crate::placement::{Deferred, Placement};
-use crate::reload::{Reload, Reloader};
 
 /// Time given to streams to write their error event after the drain
 /// deadline, before connections are closed.

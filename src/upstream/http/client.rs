@@ -145,13 +145,13 @@ impl ApiEndpoint {
         h.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
         let resp = if self.proxied {
             let req = reqwest::Request::try_from(req.map(reqwest::Body::from))
-                .map_err(|e| super::openai::transport_error(&e))?;
+                .map_err(|e| super::transport_error(&e))?;
             let resp = self
                 .http
                 .rest
                 .execute(req)
                 .await
-                .map_err(|e| super::openai::transport_error(&e))?;
+                .map_err(|e| super::transport_error(&e))?;
             http::Response::from(resp).map(Body::Proxied)
         } else {
             self.http
@@ -164,7 +164,7 @@ impl ApiEndpoint {
         if resp.status().is_success() {
             Ok(resp)
         } else {
-            Err(super::openai::status_error(resp).await)
+            Err(super::status_error(resp).await)
         }
     }
 }
