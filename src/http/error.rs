@@ -202,7 +202,7 @@ impl ApiError {
             ApiError::TooManyConnections => ("server_error".into(), s("service_unavailable"), None),
             ApiError::Internal(_) => ("server_error".into(), s("internal_error"), None),
             ApiError::Upstream(e) => {
-                let (kind, code) = openai_type_and_code(e);
+                let (kind, code) = crate::protocol::openai::openai_type_and_code(e);
                 let param = if e.kind == ErrorKind::InvalidRequest {
                     e.param.clone()
                 } else {
@@ -228,25 +228,6 @@ fn upstream_status(e: &UpstreamError) -> StatusCode {
         | ErrorKind::Auth
         | ErrorKind::Protocol
         | ErrorKind::Cancelled => StatusCode::BAD_GATEWAY,
-    }
-}
-
-/// OpenAI's error `type` and `code` for an upstream failure; a client
-/// error keeps the upstream's own.
-pub fn openai_type_and_code(e: &UpstreamError) -> (String, Option<String>) {
-    match e.kind {
-        ErrorKind::InvalidRequest => (
-            e.error_type
-                .clone()
-                .unwrap_or_else(|| "invalid_request_error".into()),
-            e.code.clone(),
-        ),
-        ErrorKind::RateLimited => (
-            "rate_limit_error".into(),
-            Some("rate_limit_exceeded".into()),
-        ),
-        ErrorKind::Timeout => ("server_error".into(), Some("timeout".into())),
-        _ => ("server_error".into(), Some("upstream_error".into())),
     }
 }
 

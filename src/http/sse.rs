@@ -13,63 +13,8 @@ use tokio::time::{Instant, Sleep};
 
 use super::dispatch::Opened;
 use super::trace::Trace;
-use crate::canonical::answer::UsageTally;
 use crate::canonical::{tokens, ChatEvent, ChatRequest, ErrorKind, UpstreamError};
-
-/// A protocol's way of writing events into an SSE body.
-pub trait EventEncoder: 'static {
-    /// Appends whatever `ev` becomes on the wire (an `Error` event becomes
-    /// the protocol's error event).
-    fn event(&mut self, ev: &ChatEvent, out: &mut BytesMut);
-    /// Whether the answer reached its stop (so a normal end may follow).
-    fn stopped(&self) -> bool;
-    /// Appends the protocol's normal end.
-    fn finish(&mut self, req: &ChatRequest, out: &mut BytesMut);
-    /// The answer's usage, when the encoder knows it (for metrics).
-    fn usage(&self, _req: &ChatRequest) -> Option<crate::canonical::Usage> {
-        None
-    }
-    /// The encoder's usage tally, so its counts can be made off the HTTP
-    /// workers before it writes them.
-    fn tally(&mut self) -> Option<&mut UsageTally> {
-        None
-    }
-    /// Whether the first event written carries the prompt's token count
-    /// (Anthropic's `message_start`).
-    fn counts_prompt_first(&self) -> bool {
-        false
-    }
-    /// Appends the protocol's error event without the encoder's state: for
-    /// a stream whose encoder was lost to a panic.
-    fn write_error(e: &UpstreamError, out: &mut BytesMut)
-    where
-        Self: Sized;
-    /// The keep-alive written after a silence.
-    fn keepalive(&self) -> &'static [u8] {
-        b": ping\n\n"
-    }
-}
-
-impl EventEncoder for crate::protocol::openai::StreamEncoder {
-    fn event(&mut self, ev: &ChatEvent, out: &mut BytesMut) {
-        crate::protocol::openai::StreamEncoder::event(self, ev, out)
-    }
-    fn stopped(&self) -> bool {
-        crate::protocol::openai::StreamEncoder::stopped(self)
-    }
-    fn finish(&mut self, req: &ChatRequest, out: &mut BytesMut) {
-        crate::protocol::openai::StreamEncoder::finish(self, req, out)
-    }
-    fn usage(&self, req: &ChatRequest) -> Option<crate::canonical::Usage> {
-        self.known_usage(req)
-    }
-    fn tally(&mut self) -> Option<&mut UsageTally> {
-        Some(self.tally_mut())
-    }
-    fn write_error(e: &UpstreamError, out: &mut BytesMut) {
-        crate::protocol::openai::StreamEncoder::write_error(e, out)
-    }
-}
+pub use crate::protocol::EventEncoder;
 
 /// Most events written in one body chunk when several are waiting.
 const BATCH: usize = 32;

@@ -3,8 +3,11 @@
 //! protocol share them.
 
 pub mod anthropic;
+mod encoder;
 pub mod openai;
 pub mod sse;
+
+pub use encoder::EventEncoder;
 
 /// A request the gateway cannot accept, with the offending field.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use crate::canonical::{
     Answer, ChatEvent, ChatRequest, ContentPart, ErrorKind, ImageSource, Role, StopReason,
     ToolChoice, UpstreamError, Usage, UsageTally,
 };
-use crate::http::sse::EventEncoder;
+use crate::protocol::EventEncoder;
 
 // ---- upstream requests ----
 

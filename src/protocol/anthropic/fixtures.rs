@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use serde_json::{json, Value};
 
 use crate::canonical::{ChatEvent, ChatRequest, Message, Role};
-use crate::http::sse::EventEncoder;
+use crate::protocol::EventEncoder;
 use crate::protocol::{anthropic, openai};
 
 fn dir() -> PathBuf {

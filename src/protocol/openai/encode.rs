@@ -13,8 +13,8 @@ use super::wire::{
     PromptTokensDetails, ResponseMessage, ToolCallDeltaOut, ToolCallOut, UsageWire,
 };
 use crate::canonical::{
-    Answer, ChatEvent, ChatRequest, ContentPart, Role, StopReason, ToolChoice, UpstreamError,
-    Usage, UsageTally,
+    Answer, ChatEvent, ChatRequest, ContentPart, ErrorKind, Role, StopReason, ToolChoice,
+    UpstreamError, Usage, UsageTally,
 };
 
 // ---- upstream requests ----
@@ -494,7 +494,7 @@ impl StreamEncoder {
     /// Appends an in-stream error chunk; needs no state, so it can end a
     /// stream whose encoder is gone.
     pub fn write_error(e: &UpstreamError, out: &mut BytesMut) {
-        let (kind, code) = crate::http::error::openai_type_and_code(e);
+        let (kind, code) = openai_type_and_code(e);
         out.put_slice(b"data: ");
         let mut w = out.writer();
         // Writing to memory cannot fail; serialization of this value cannot either.
@@ -503,6 +503,46 @@ impl StreamEncoder {
             &json!({"error": {"message": e.message, "type": kind, "param": null, "code": code}}),
         );
         let _ = w.write_all(b"\n\n");
+    }
+}
+
+impl crate::protocol::EventEncoder for StreamEncoder {
+    fn event(&mut self, ev: &ChatEvent, out: &mut BytesMut) {
+        StreamEncoder::event(self, ev, out)
+    }
+    fn stopped(&self) -> bool {
+        StreamEncoder::stopped(self)
+    }
+    fn finish(&mut self, req: &ChatRequest, out: &mut BytesMut) {
+        StreamEncoder::finish(self, req, out)
+    }
+    fn usage(&self, req: &ChatRequest) -> Option<crate::canonical::Usage> {
+        self.known_usage(req)
+    }
+    fn tally(&mut self) -> Option<&mut UsageTally> {
+        Some(self.tally_mut())
+    }
+    fn write_error(e: &UpstreamError, out: &mut BytesMut) {
+        StreamEncoder::write_error(e, out)
+    }
+}
+
+/// OpenAI's error `type` and `code` for an upstream failure; a client
+/// error keeps the upstream's own.
+pub fn openai_type_and_code(e: &UpstreamError) -> (String, Option<String>) {
+    match e.kind {
+        ErrorKind::InvalidRequest => (
+            e.error_type
+                .clone()
+                .unwrap_or_else(|| "invalid_request_error".into()),
+            e.code.clone(),
+        ),
+        ErrorKind::RateLimited => (
+            "rate_limit_error".into(),
+            Some("rate_limit_exceeded".into()),
+        ),
+        ErrorKind::Timeout => ("server_error".into(), Some("timeout".into())),
+        _ => ("server_error".into(), Some("upstream_error".into())),
     }
 }
 

@@ -7,4 +7,4 @@ mod fastchunk;
 pub mod wire;
 
 pub use decode::{decode_request, ChunkDecoder};
-pub use encode::{completion_body, encode_request, StreamEncoder};
+pub use encode::{completion_body, encode_request, openai_type_and_code, StreamEncoder};
