@@ -201,21 +201,31 @@ def message_text(content: Any) -> str:
     return ""
 
 
+def start_pair(tmp: Path, make_peer: Callable[[], Any], config: Callable[[Any], str]) -> tuple[Any, Gateway]:
+    """Starts a peer, then a gateway whose config `config(peer)` gives; a
+    failed start fails the test and stops what started."""
+    try:
+        peer = make_peer()
+    except support.StartError as e:
+        pytest.fail(str(e), pytrace=False)
+    try:
+        return peer, support.start_gateway(tmp, config(peer))
+    except support.StartError as e:
+        peer.cleanup()
+        pytest.fail(str(e), pytrace=False)
+
+
 @pytest.fixture(scope="module")
 def ondemand_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     tmp = tmp_path_factory.mktemp("tools-ondemand")
     keys = ",".join(test_ondemand.OD_KEYS)
-    try:
-        peer = test_ondemand.OnDemandPeer(
+    peer, gw = start_pair(
+        tmp,
+        lambda: test_ondemand.OnDemandPeer(
             "ondemand-peer", [sys.executable, str(test_ondemand.PEER_SCRIPT), "--port", "0", "--keys", keys]
-        )
-    except support.StartError as e:
-        pytest.fail(str(e), pytrace=False)
-    try:
-        gw = support.start_gateway(tmp, test_ondemand.config_text(tmp, peer.url))
-    except support.StartError as e:
-        peer.cleanup()
-        pytest.fail(str(e), pytrace=False)
+        ),
+        lambda peer: test_ondemand.config_text(tmp, peer.url),
+    )
     gw.wait_ready(timeout=10)
     target = Target("ondemand", gw, "gpt-4o", lambda: [q["body"]["query"] for q in peer.queries()])
     target.peer = peer  # type: ignore[attr-defined]
@@ -231,15 +241,11 @@ def langfast_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target
         sys.executable, str(test_langfast.PEER_SCRIPT), "--port", "0",
         "--anon-key", test_langfast.ANON_KEY, "--chunk-delay", "0.002",
     ]
-    try:
-        peer = test_langfast.LangfastPeer("langfast-peer", argv)
-    except support.StartError as e:
-        pytest.fail(str(e), pytrace=False)
-    try:
-        gw = support.start_gateway(tmp, test_langfast.config(tmp, peer.url, accounts=1))
-    except support.StartError as e:
-        peer.cleanup()
-        pytest.fail(str(e), pytrace=False)
+    peer, gw = start_pair(
+        tmp,
+        lambda: test_langfast.LangfastPeer("langfast-peer", argv),
+        lambda peer: test_langfast.config(tmp, peer.url, accounts=1),
+    )
     try:
         test_langfast.wait_for("the langfast session", lambda: test_langfast.all_ready(gw, 1))
 
@@ -260,17 +266,13 @@ def langfast_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target
 @pytest.fixture(scope="module")
 def langgraph_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     tmp = tmp_path_factory.mktemp("tools-langgraph")
-    try:
-        peer = test_langgraph.LangGraphPeer(
+    peer, gw = start_pair(
+        tmp,
+        lambda: test_langgraph.LangGraphPeer(
             "langgraph-peer", [sys.executable, str(test_langgraph.PEER_SCRIPT), "--port", "0"], timeout=90
-        )
-    except support.StartError as e:
-        pytest.fail(str(e), pytrace=False)
-    try:
-        gw = support.start_gateway(tmp, test_langgraph.config_text(tmp, peer.url))
-    except support.StartError as e:
-        peer.cleanup()
-        pytest.fail(str(e), pytrace=False)
+        ),
+        lambda peer: test_langgraph.config_text(tmp, peer.url),
+    )
     gw.wait_ready(timeout=10)
 
     def prompts() -> list[str]:

@@ -56,11 +56,7 @@ async fn read_all(
     mut payload: web::Payload,
     limit: usize,
 ) -> Result<BytesMut, ApiError> {
-    let declared = req
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let declared = declared_length(req.headers());
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
@@ -87,14 +83,17 @@ pub(crate) fn expect_continue(
     limit: usize,
 ) -> Result<actix_http::Request, actix_http::Response<actix_http::body::BoxBody>> {
     use actix_http::HttpMessage as _;
-    let declared = req
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
+    if declared_length(req.headers()).is_some_and(|n| n > limit) {
         let protocol = super::protocol_for(req.path(), req.headers());
         return Err(ApiError::PayloadTooLarge { limit }.render(protocol).into());
     }
     Ok(req)
+}
+
+/// The body length a request declares, if it declares a readable one.
+fn declared_length(headers: &actix_web::http::header::HeaderMap) -> Option<usize> {
+    headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
 }
