@@ -112,7 +112,7 @@ fn main() -> ExitCode {
         }) => {
             let dir = match data_dir {
                 Some(d) => d.clone(),
-                None => match config::load(&cli.config) {
+                None => match troupe::app::load_config(&cli.config) {
                     Ok(c) => c.server.data_dir,
                     Err(_) => PathBuf::from("data"),
                 },
@@ -135,7 +135,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    let cfg = match config::load(&cli.config) {
+    let cfg = match troupe::app::load_config(&cli.config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("troupe: invalid configuration: {e}");

@@ -116,7 +116,7 @@ impl PoolSupervisor {
             session: name,
             data_dir: &data_dir,
         };
-        let upstream = match upstream::build_session(
+        let upstream = match upstream::registry::build(
             UpstreamContext {
                 pool: &self.cfg,
                 account,

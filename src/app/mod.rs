@@ -8,3 +8,11 @@ pub(crate) mod reload;
 pub mod server;
 
 pub use server::serve;
+
+/// Loads and validates the configuration at `path`, each pool's own keys
+/// by its kind's checks.
+pub fn load_config(
+    path: &std::path::Path,
+) -> Result<crate::config::Config, crate::config::ConfigError> {
+    crate::config::load(path, crate::upstream::registry::check_pool)
+}

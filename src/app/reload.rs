@@ -18,7 +18,7 @@ use crate::actors::messages::SetModels;
 use crate::actors::pool::{PoolSupervisor, RetirePool, UpdateAccounts};
 use crate::actors::restart_log::{EventKind, RestartEvent, RestartLog};
 use crate::actors::router::Router;
-use crate::config::{self, Config, PoolConfig};
+use crate::config::{Config, PoolConfig};
 use crate::http::Catalog;
 
 /// How often the config file's modification time is looked at.
@@ -197,7 +197,7 @@ impl Handler<Reload> for Reloader {
 
     fn handle(&mut self, msg: Reload, _: &mut Self::Context) -> Self::Result {
         self.modified = modified(&self.path);
-        match config::load(&self.path) {
+        match super::load_config(&self.path) {
             Ok(new) => {
                 let summary = self.apply(new);
                 tracing::info!(source = msg.source, %summary, "configuration reloaded");

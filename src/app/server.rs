@@ -310,6 +310,6 @@ pub async fn serve(
     });
     let result = server.await;
     // Local agent processes belong to this gateway: none outlives it.
-    crate::upstream::lingma::kill_all_agents();
+    crate::upstream::registry::shutdown();
     result
 }

@@ -6,7 +6,7 @@
 mod load;
 mod schema;
 
-pub use load::{load, ConfigError};
+pub use load::{from_value, invalid, load, ConfigError, KindCheck};
 pub use schema::{
     AccountConfig, ByteSize, Config, Kind, LogFormat, ModelMapping, PoolConfig, ResponseMode,
     Secret, ServerConfig, SupervisorConfig, SupervisorOverrides,

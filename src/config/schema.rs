@@ -208,6 +208,19 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind, for tests that each has its place.
+    #[cfg(test)]
+    pub const ALL: [Kind; 8] = [
+        Kind::Demo,
+        Kind::Openai,
+        Kind::Anthropic,
+        Kind::Ondemand,
+        Kind::Socketio,
+        Kind::Langgraph,
+        Kind::Cli,
+        Kind::Lingma,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Demo => "demo",

@@ -11,8 +11,11 @@ pub mod lingma;
 pub mod ondemand;
 pub mod openai;
 pub(crate) mod process;
+pub(crate) mod registry;
 pub mod socketio;
 pub(crate) mod text;
+
+pub use registry::session_names;
 
 use std::sync::Arc;
 
@@ -20,7 +23,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, UpstreamError};
-use crate::config::{AccountConfig, Kind, PoolConfig};
+use crate::config::{AccountConfig, PoolConfig};
 
 /// One upstream account or connection, as a session actor drives it.
 #[async_trait]
@@ -282,58 +285,6 @@ pub struct Place<'a> {
     pub session: &'a str,
     /// `server.data_dir`.
     pub data_dir: &'a std::path::Path,
-}
-
-/// The sessions a pool runs: one per account, or `POOL-1..n` for kinds that
-/// need none. The one place this is decided: the pool supervisor starts
-/// these and `troupe check` prints them.
-pub fn session_names(pool: &PoolConfig) -> Vec<String> {
-    if !pool.accounts.is_empty() {
-        return pool.accounts.iter().map(|a| a.name.clone()).collect();
-    }
-    let n = match pool.kind {
-        Kind::Demo => pool.sessions.unwrap_or(2),
-        // A local agent server needs no key: one connection unless told.
-        Kind::Langgraph => pool.sessions.unwrap_or(1),
-        // A local program needs no login: one session unless told;
-        // `max_concurrency` is how many processes each one runs.
-        Kind::Cli => pool.sessions.unwrap_or(1),
-        // One agent process per session.
-        Kind::Lingma => pool.sessions.unwrap_or(1),
-        // One anonymous account per session; a session whose sign-up
-        // fails restarts with backoff, which refills the pool.
-        Kind::Socketio => pool.max_accounts.or(pool.min_accounts).unwrap_or(2),
-        // Kinds whose sessions are their accounts.
-        Kind::Openai | Kind::Anthropic | Kind::Ondemand => 0,
-    };
-    (1..=n).map(|i| format!("{}-{i}", pool.name)).collect()
-}
-
-/// Builds the upstream instance of session `place`.
-pub fn build_session(
-    ctx: UpstreamContext<'_>,
-    place: &Place<'_>,
-) -> Result<Arc<dyn Upstream>, String> {
-    match ctx.pool.kind {
-        Kind::Lingma => Ok(Arc::new(lingma::Lingma::new(&ctx, place)?)),
-        _ => build(ctx),
-    }
-}
-
-/// Builds the upstream instance for one session.
-pub fn build(ctx: UpstreamContext<'_>) -> Result<Arc<dyn Upstream>, String> {
-    match ctx.pool.kind {
-        Kind::Demo => Ok(Arc::new(demo::Demo::new(ctx.pool))),
-        Kind::Openai => Ok(Arc::new(openai::OpenAi::new(&ctx)?)),
-        Kind::Anthropic => Ok(Arc::new(anthropic::Anthropic::new(&ctx)?)),
-        Kind::Ondemand => Ok(Arc::new(ondemand::OnDemand::new(&ctx)?)),
-        Kind::Langgraph => Ok(Arc::new(langgraph::LangGraph::new(&ctx)?)),
-        Kind::Socketio => Ok(Arc::new(socketio::SocketIo::new(&ctx)?)),
-        Kind::Cli => Ok(Arc::new(cli::Cli::new(&ctx)?)),
-        Kind::Lingma => Err(
-            "a lingma session is built with build_session, which knows its work directory".into(),
-        ),
-    }
 }
 
 #[cfg(test)]

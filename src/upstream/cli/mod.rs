@@ -13,6 +13,8 @@
 //! with it. Stdout is read line by line under a length cap; stderr is kept
 //! apart and only its tail shows up in error messages.
 
+pub(crate) mod config;
+
 pub mod claude;
 pub mod codex;
 pub mod gemini;
@@ -662,6 +664,15 @@ impl Out {
     }
 }
 
+/// Builds the upstream of one session (the registry's `build`).
+pub(crate) fn build(
+    ctx: crate::upstream::UpstreamContext<'_>,
+    _place: &crate::upstream::Place<'_>,
+) -> Result<std::sync::Arc<dyn crate::upstream::Upstream>, String> {
+    use std::sync::Arc;
+    Ok(Arc::new(Cli::new(&ctx)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -768,7 +779,7 @@ mod tests {
         let path = dir.join("t.toml");
         let text = format!("[[pools]]\nname = \"c\"\nkind = \"cli\"\nmodels = [\"m\"]\n{pool}\n");
         std::fs::write(&path, text).unwrap();
-        let r = crate::config::load(&path).map_err(|e| e.to_string());
+        let r = crate::app::load_config(&path).map_err(|e| e.to_string());
         let _ = std::fs::remove_dir_all(&dir);
         r
     }

@@ -3,6 +3,7 @@
 //! failures and non-2xx answers ([`error`]).
 
 pub(crate) mod client;
+pub(crate) mod config;
 mod error;
 pub(crate) mod stream;
 

@@ -16,6 +16,8 @@
 //! since the tool instructions and results must travel with the
 //! conversation; tools come from the session's tool layer ([`crate::upstream::text::tools`]).
 
+pub(crate) mod config;
+
 pub mod bundle;
 pub mod rpc;
 
@@ -793,6 +795,15 @@ impl Upstream for Lingma {
             "the agent sent too many notifications for one answer",
         ))
     }
+}
+
+/// Builds the upstream of one session (the registry's `build`).
+pub(crate) fn build(
+    ctx: crate::upstream::UpstreamContext<'_>,
+    place: &crate::upstream::Place<'_>,
+) -> Result<std::sync::Arc<dyn crate::upstream::Upstream>, String> {
+    use std::sync::Arc;
+    Ok(Arc::new(Lingma::new(&ctx, place)?))
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@
 //! socket going away is fatal to the session: its supervisor restarts it,
 //! which reconnects (and signs up again only when the account expired).
 
+pub(crate) mod config;
+
 pub mod client;
 
 use std::sync::{Arc, Mutex};
@@ -447,6 +449,15 @@ impl Upstream for SocketIo {
             "the upstream sent too many updates for one answer",
         ))
     }
+}
+
+/// Builds the upstream of one session (the registry's `build`).
+pub(crate) fn build(
+    ctx: crate::upstream::UpstreamContext<'_>,
+    _place: &crate::upstream::Place<'_>,
+) -> Result<std::sync::Arc<dyn crate::upstream::Upstream>, String> {
+    use std::sync::Arc;
+    Ok(Arc::new(SocketIo::new(&ctx)?))
 }
 
 #[cfg(test)]

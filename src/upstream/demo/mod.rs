@@ -2,6 +2,8 @@
 //! at a configurable pace. It lets the gateway answer out of the box and
 //! gives tests and benchmarks an upstream with no moving parts.
 
+pub(crate) mod config;
+
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -277,6 +279,15 @@ impl Upstream for Demo {
         }
         Ok(())
     }
+}
+
+/// Builds the upstream of one session (the registry's `build`).
+pub(crate) fn build(
+    ctx: crate::upstream::UpstreamContext<'_>,
+    _place: &crate::upstream::Place<'_>,
+) -> Result<std::sync::Arc<dyn crate::upstream::Upstream>, String> {
+    use std::sync::Arc;
+    Ok(Arc::new(Demo::new(ctx.pool)))
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 //! so tools are emulated with `<function_call>` blocks
 //! (see [`super::tool_emulation`]).
 
+pub(crate) mod config;
+
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
@@ -347,6 +349,15 @@ impl StreamDecoder for Decoder {
     fn stopped(&self) -> bool {
         self.stopped
     }
+}
+
+/// Builds the upstream of one session (the registry's `build`).
+pub(crate) fn build(
+    ctx: crate::upstream::UpstreamContext<'_>,
+    _place: &crate::upstream::Place<'_>,
+) -> Result<std::sync::Arc<dyn crate::upstream::Upstream>, String> {
+    use std::sync::Arc;
+    Ok(Arc::new(OnDemand::new(&ctx)?))
 }
 
 #[cfg(test)]

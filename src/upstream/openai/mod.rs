@@ -2,6 +2,8 @@
 //! session per API key. Requests are always streamed upstream (with usage
 //! requested) and folded back for non-streaming clients.
 
+pub(crate) mod config;
+
 use async_trait::async_trait;
 use reqwest::header::AUTHORIZATION;
 
@@ -82,4 +84,13 @@ impl StreamDecoder for ChunkDecoder {
     fn stopped(&self) -> bool {
         ChunkDecoder::stopped(self)
     }
+}
+
+/// Builds the upstream of one session (the registry's `build`).
+pub(crate) fn build(
+    ctx: crate::upstream::UpstreamContext<'_>,
+    _place: &crate::upstream::Place<'_>,
+) -> Result<std::sync::Arc<dyn crate::upstream::Upstream>, String> {
+    use std::sync::Arc;
+    Ok(Arc::new(OpenAi::new(&ctx)?))
 }

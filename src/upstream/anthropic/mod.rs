@@ -3,6 +3,8 @@
 //! non-streaming clients, like the `openai` kind; errors are classified by
 //! the same rules (`status_error`, `transport_error`).
 
+pub(crate) mod config;
+
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
@@ -98,6 +100,15 @@ impl StreamDecoder for EventDecoder {
     fn stopped(&self) -> bool {
         EventDecoder::stopped(self)
     }
+}
+
+/// Builds the upstream of one session (the registry's `build`).
+pub(crate) fn build(
+    ctx: crate::upstream::UpstreamContext<'_>,
+    _place: &crate::upstream::Place<'_>,
+) -> Result<std::sync::Arc<dyn crate::upstream::Upstream>, String> {
+    use std::sync::Arc;
+    Ok(Arc::new(Anthropic::new(&ctx)?))
 }
 
 #[cfg(test)]

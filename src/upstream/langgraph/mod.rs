@@ -5,6 +5,8 @@
 //! newest turn. Answers are the server's own token stream
 //! (`stream_mode: "messages-tuple"`), relayed as they arrive.
 
+pub(crate) mod config;
+
 use std::collections::{BTreeMap, HashSet};
 
 use async_trait::async_trait;
@@ -444,6 +446,15 @@ fn run_error(data: &str) -> UpstreamError {
         (None, None) => data.trim().to_owned(),
     };
     UpstreamError::new(ErrorKind::Unavailable, format!("run failed: {message}"))
+}
+
+/// Builds the upstream of one session (the registry's `build`).
+pub(crate) fn build(
+    ctx: crate::upstream::UpstreamContext<'_>,
+    _place: &crate::upstream::Place<'_>,
+) -> Result<std::sync::Arc<dyn crate::upstream::Upstream>, String> {
+    use std::sync::Arc;
+    Ok(Arc::new(LangGraph::new(&ctx)?))
 }
 
 #[cfg(test)]

@@ -1,0 +1,57 @@
+//! Checks of the `ondemand` kind's keys, with errors naming the dotted key.
+
+use crate::config::{invalid, ConfigError, PoolConfig};
+
+/// An `ondemand` pool: keys per account, an http(s) base_url if given, and
+/// an endpoint id for every model it serves, so an unmapped model fails at
+/// `troupe check` instead of at a client's first request.
+pub(crate) fn validate(pool: &PoolConfig, at: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    if let Some(u) = &pool.base_url {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            return Err(invalid(
+                at("base_url"),
+                format!("`{u}` is not an http(s) URL"),
+            ));
+        }
+    }
+    if pool.sessions.is_some() {
+        return Err(invalid(
+            at("sessions"),
+            "the ondemand kind has one session per account",
+        ));
+    }
+    if pool.accounts.is_empty() {
+        return Err(invalid(
+            at("accounts"),
+            "the ondemand kind needs at least one account",
+        ));
+    }
+    for (a, acct) in pool.accounts.iter().enumerate() {
+        if acct.api_key.is_none() {
+            return Err(invalid(
+                at(&format!("accounts[{a}].api_key")),
+                "an ondemand account needs api_key or api_key_file",
+            ));
+        }
+    }
+    for (model, id) in &pool.endpoints {
+        if id.trim().is_empty() {
+            return Err(invalid(
+                at(&format!("endpoints.{model}")),
+                "must not be empty",
+            ));
+        }
+    }
+    for (m, model) in pool.models.iter().enumerate() {
+        if super::endpoint_id(&pool.endpoints, &model.upstream).is_none() {
+            return Err(invalid(
+                at(&format!("models[{m}]")),
+                format!(
+                    "no OnDemand endpoint id for `{}`: add it to endpoints (like `{} = \"predefined-...\"`) or name the endpoint id itself",
+                    model.upstream, model.upstream
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
