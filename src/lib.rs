@@ -25,7 +25,10 @@
 //! such event. Conversation keys ([`canonical::conversation`]) keep a
 //! conversation on the session and upstream thread that served it.
 //!
-//! Kinds without native tools get them from one layer the session applies
+//! Each upstream kind is a folder under [`upstream`] and one line in
+//! [`upstream::registry`], which the pool supervisor, `troupe check`, the
+//! configuration loader and shutdown ask. Kinds without native tools get
+//! them from one layer the session applies
 //! ([`upstream::text::tools`]): the request becomes text with an
 //! instruction, and call blocks in the answer become tool-call events.
 //!
