@@ -30,7 +30,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
 
-use super::ondemand::build_query;
+use super::text::flatten::flatten;
 use super::{EventSink, Upstream, UpstreamContext};
 use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, StopReason, UpstreamError, Usage};
 
@@ -173,9 +173,9 @@ impl Cli {
         let prompt = if system_apart && resume.is_none() {
             let mut bare = req.clone();
             bare.system = None;
-            build_query(&bare, false)
+            flatten(&bare, false)
         } else {
-            build_query(req, resume.is_some())
+            flatten(req, resume.is_some())
         };
         // A prompt starting with `-` would be read as an option.
         let prompt = if prompt.starts_with('-') {

@@ -1,3 +1,5 @@
-//! What text-only kinds share: the tool-emulation layer ([`tools`]).
+//! What text-only kinds share: flattening a conversation into one prompt
+//! ([`flatten`]) and the tool-emulation layer ([`tools`]).
 
+pub(crate) mod flatten;
 pub(crate) mod tools;
