@@ -232,6 +232,9 @@ pub(crate) struct Extractor {
     open: Option<usize>,
     /// Right after a call: leading whitespace only separates blocks.
     after_call: bool,
+    /// Whitespace the answer began with, kept until it is known whether a
+    /// call (which makes it noise) or text (which it belongs to) follows.
+    leading: Option<String>,
     /// Index of the next call in this answer.
     next_index: u32,
     /// Calls the kind made itself (its own index → the answer's index).
@@ -267,6 +270,7 @@ impl Extractor {
             held: String::new(),
             open: None,
             after_call: false,
+            leading: Some(String::new()),
             next_index: 0,
             passed: Vec::new(),
         }
@@ -292,6 +296,7 @@ impl Extractor {
             // A call the kind reports itself (an agent's own tool event):
             // numbered after the calls taken from the text.
             ChatEvent::ToolCallStart { index, id, name } => {
+                self.leading = None;
                 let ours = self.next_index;
                 self.next_index += 1;
                 self.passed.push((index, ours));
@@ -366,6 +371,10 @@ impl Extractor {
         let rest = std::mem::take(&mut self.held);
         self.open = None;
         self.text(rest, out);
+        // An answer of whitespace alone is still the answer.
+        if let Some(ws) = self.leading.take().filter(|w| !w.is_empty()) {
+            out.push(ChatEvent::TextDelta(ws));
+        }
     }
 
     fn text(&mut self, mut text: String, out: &mut Vec<ChatEvent>) {
@@ -379,6 +388,16 @@ impl Extractor {
             }
             self.after_call = false;
         }
+        if let Some(leading) = self.leading.as_mut() {
+            if text.trim().is_empty() {
+                leading.push_str(&text);
+                return;
+            }
+            if !leading.is_empty() {
+                text.insert_str(0, leading);
+            }
+            self.leading = None;
+        }
         if !text.is_empty() {
             out.push(ChatEvent::TextDelta(text));
         }
@@ -388,6 +407,8 @@ impl Extractor {
         let index = self.next_index;
         self.next_index += 1;
         self.after_call = true;
+        // Whitespace before the first call only separated it from nothing.
+        self.leading = None;
         out.push(ChatEvent::ToolCallStart {
             index,
             id: format!("call_{}", uuid::Uuid::new_v4().simple()),
@@ -711,6 +732,26 @@ mod tests {
             ChatEvent::TextDelta(format!("<function_call nonce=\"{nonce}\"><tool>now"))
         );
         assert_eq!(x.next_index, 0);
+    }
+
+    #[test]
+    fn whitespace_before_a_first_call_is_dropped_and_before_text_kept() {
+        let (_, out) = run(&["\n  ", CALL]);
+        assert_eq!(calls(&out).len(), 1);
+        assert!(
+            !out.iter().any(|e| matches!(e, ChatEvent::TextDelta(_))),
+            "{out:?}"
+        );
+        let (_, out) = run(&["\n", "  Hello"]);
+        assert_eq!(out[0], ChatEvent::TextDelta("\n  Hello".into()));
+        let (_, out) = run(&[" \n "]);
+        assert_eq!(
+            out,
+            vec![
+                ChatEvent::TextDelta(" \n ".into()),
+                ChatEvent::Stop(StopReason::End)
+            ]
+        );
     }
 
     #[test]
