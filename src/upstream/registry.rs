@@ -24,14 +24,14 @@ pub(crate) struct KindSpec {
 
 #[rustfmt::skip]
 static KINDS: [KindSpec; 8] = [
-    KindSpec { kind: Kind::Demo, check: super::demo::config::validate, build: super::demo::build, sessions: super::demo::config::sessions, shutdown: None },
-    KindSpec { kind: Kind::Openai, check: super::openai::config::validate, build: super::openai::build, sessions: per_account, shutdown: None },
-    KindSpec { kind: Kind::Anthropic, check: super::anthropic::config::validate, build: super::anthropic::build, sessions: per_account, shutdown: None },
-    KindSpec { kind: Kind::Ondemand, check: super::ondemand::config::validate, build: super::ondemand::build, sessions: per_account, shutdown: None },
-    KindSpec { kind: Kind::Langgraph, check: super::langgraph::config::validate, build: super::langgraph::build, sessions: super::langgraph::config::sessions, shutdown: None },
-    KindSpec { kind: Kind::Socketio, check: super::socketio::config::validate, build: super::socketio::build, sessions: super::socketio::config::sessions, shutdown: None },
-    KindSpec { kind: Kind::Cli, check: super::cli::config::validate, build: super::cli::build, sessions: super::cli::config::sessions, shutdown: None },
-    KindSpec { kind: Kind::Lingma, check: super::lingma::config::validate, build: super::lingma::build, sessions: super::lingma::config::sessions, shutdown: Some(super::lingma::kill_all_agents) },
+    KindSpec { kind: Kind::Demo, check: super::demo::config::validate, build: |ctx, _| Ok(Arc::new(super::demo::Demo::new(ctx.pool))), sessions: super::demo::config::sessions, shutdown: None },
+    KindSpec { kind: Kind::Openai, check: super::openai::config::validate, build: |ctx, _| Ok(Arc::new(super::openai::OpenAi::new(&ctx)?)), sessions: per_account, shutdown: None },
+    KindSpec { kind: Kind::Anthropic, check: super::anthropic::config::validate, build: |ctx, _| Ok(Arc::new(super::anthropic::Anthropic::new(&ctx)?)), sessions: per_account, shutdown: None },
+    KindSpec { kind: Kind::Ondemand, check: super::ondemand::config::validate, build: |ctx, _| Ok(Arc::new(super::ondemand::OnDemand::new(&ctx)?)), sessions: per_account, shutdown: None },
+    KindSpec { kind: Kind::Langgraph, check: super::langgraph::config::validate, build: |ctx, _| Ok(Arc::new(super::langgraph::LangGraph::new(&ctx)?)), sessions: super::langgraph::config::sessions, shutdown: None },
+    KindSpec { kind: Kind::Socketio, check: super::socketio::config::validate, build: |ctx, _| Ok(Arc::new(super::socketio::SocketIo::new(&ctx)?)), sessions: super::socketio::config::sessions, shutdown: None },
+    KindSpec { kind: Kind::Cli, check: super::cli::config::validate, build: |ctx, _| Ok(Arc::new(super::cli::Cli::new(&ctx)?)), sessions: super::cli::config::sessions, shutdown: None },
+    KindSpec { kind: Kind::Lingma, check: super::lingma::config::validate, build: |ctx, place| Ok(Arc::new(super::lingma::Lingma::new(&ctx, place)?)), sessions: super::lingma::config::sessions, shutdown: Some(super::lingma::kill_all_agents) },
 ];
 
 /// For kinds whose sessions are their accounts.

@@ -281,15 +281,6 @@ impl Upstream for Demo {
     }
 }
 
-/// Builds the upstream of one session (the registry's `build`).
-pub(crate) fn build(
-    ctx: crate::upstream::UpstreamContext<'_>,
-    _place: &crate::upstream::Place<'_>,
-) -> Result<std::sync::Arc<dyn crate::upstream::Upstream>, String> {
-    use std::sync::Arc;
-    Ok(Arc::new(Demo::new(ctx.pool)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

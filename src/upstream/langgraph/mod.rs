@@ -448,15 +448,6 @@ fn run_error(data: &str) -> UpstreamError {
     UpstreamError::new(ErrorKind::Unavailable, format!("run failed: {message}"))
 }
 
-/// Builds the upstream of one session (the registry's `build`).
-pub(crate) fn build(
-    ctx: crate::upstream::UpstreamContext<'_>,
-    _place: &crate::upstream::Place<'_>,
-) -> Result<std::sync::Arc<dyn crate::upstream::Upstream>, String> {
-    use std::sync::Arc;
-    Ok(Arc::new(LangGraph::new(&ctx)?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

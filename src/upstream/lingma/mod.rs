@@ -797,15 +797,6 @@ impl Upstream for Lingma {
     }
 }
 
-/// Builds the upstream of one session (the registry's `build`).
-pub(crate) fn build(
-    ctx: crate::upstream::UpstreamContext<'_>,
-    place: &crate::upstream::Place<'_>,
-) -> Result<std::sync::Arc<dyn crate::upstream::Upstream>, String> {
-    use std::sync::Arc;
-    Ok(Arc::new(Lingma::new(&ctx, place)?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

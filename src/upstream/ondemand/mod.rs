@@ -283,15 +283,6 @@ impl StreamDecoder for Decoder {
     }
 }
 
-/// Builds the upstream of one session (the registry's `build`).
-pub(crate) fn build(
-    ctx: crate::upstream::UpstreamContext<'_>,
-    _place: &crate::upstream::Place<'_>,
-) -> Result<std::sync::Arc<dyn crate::upstream::Upstream>, String> {
-    use std::sync::Arc;
-    Ok(Arc::new(OnDemand::new(&ctx)?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -85,12 +85,3 @@ impl StreamDecoder for ChunkDecoder {
         ChunkDecoder::stopped(self)
     }
 }
-
-/// Builds the upstream of one session (the registry's `build`).
-pub(crate) fn build(
-    ctx: crate::upstream::UpstreamContext<'_>,
-    _place: &crate::upstream::Place<'_>,
-) -> Result<std::sync::Arc<dyn crate::upstream::Upstream>, String> {
-    use std::sync::Arc;
-    Ok(Arc::new(OpenAi::new(&ctx)?))
-}

@@ -279,6 +279,13 @@ impl Extractor {
     /// The events the client gets for `ev`, an event of the kind's answer.
     pub(crate) fn event(&mut self, ev: ChatEvent, out: &mut Vec<ChatEvent>) {
         match ev {
+            // Most chunks hold no character an opener starts with: they
+            // pass as they are, without a copy.
+            ChatEvent::TextDelta(t)
+                if self.open.is_none() && self.held.is_empty() && !t.contains(['<', '`']) =>
+            {
+                self.text(t, out)
+            }
             ChatEvent::TextDelta(t) => self.feed(&t, out),
             ChatEvent::Stop(reason) => {
                 self.finish(out);
