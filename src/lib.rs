@@ -4,8 +4,8 @@
 //!
 //! The request flow:
 //!
-//! 1. [`http`] decodes the caller's wire JSON ([`protocol`]) into a
-//!    [`canonical::ChatRequest`].
+//! 1. [`http`] decodes the caller's wire JSON (with the server side of its
+//!    [`protocol`]) into a [`canonical::ChatRequest`].
 //! 2. The handler asks the [`actors::router::Router`] for a lease on a ready
 //!    session serving the model; it queues (bounded, with a deadline) when
 //!    every session is busy. While a session is idle, the handler leases it
@@ -39,7 +39,8 @@
 //! [`metrics`] and [`http::trace`] record every request; [`admin`] serves
 //! the admin API, the dashboard and its live feed. The `troupe` binary
 //! (`main.rs`, its subcommands in `src/cli/`) uses [`app`], [`config`],
-//! [`restart_log`] and [`session_names`].
+//! [`restart_log`] and [`session_names`]. [`support`] holds the few
+//! building blocks every folder may use (locks that survive a panic).
 
 #![forbid(unsafe_code)]
 
@@ -51,7 +52,7 @@ pub mod config;
 pub(crate) mod http;
 pub(crate) mod metrics;
 pub(crate) mod protocol;
-pub(crate) mod sync;
+pub(crate) mod support;
 pub(crate) mod upstream;
 
 // What the `troupe` binary uses beyond `config` and `server`.

@@ -22,7 +22,7 @@ use super::restart_log::{EventKind, RestartEvent, RestartLog};
 use super::router::Router;
 use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, UpstreamError};
 use crate::config::SupervisorConfig;
-use crate::sync::lock;
+use crate::support::sync::lock;
 use crate::upstream::text::tools;
 use crate::upstream::{EventSink, Upstream};
 

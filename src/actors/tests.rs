@@ -462,9 +462,12 @@ async fn conversations_continue_on_their_session_and_upstream_thread() {
 async fn the_watchdog_recreates_a_session_whose_actor_died() {
     use super::pool::PoolSupervisor;
     let rig = Rig::new();
-    let cfg: crate::config::Config = serde_json::from_value(serde_json::json!({
-        "pools": [{"name": "w", "kind": "demo", "models": ["m"], "sessions": 1, "chunk_delay": "0s"}]
-    }))
+    let cfg = crate::config::from_value(
+        serde_json::json!({
+            "pools": [{"name": "w", "kind": "demo", "models": ["m"], "sessions": 1, "chunk_delay": "0s"}]
+        }),
+        crate::upstream::registry::check_pool,
+    )
     .unwrap();
     // The session lives on its own thread; that thread dies under it.
     let doomed = actix::Arbiter::new();

@@ -30,7 +30,7 @@ use actix::Addr;
 use super::messages::{Lease, Permit, SessionId};
 use super::router::Router;
 use super::session::Session;
-use crate::sync::{read, write};
+use crate::support::sync::{read, write};
 
 /// A session and the model name to send it: what a lease is made of.
 #[derive(Clone)]

@@ -79,7 +79,7 @@ impl Placement {
             return;
         };
         let id = std::thread::current().id();
-        let mut j = crate::sync::lock(&self.joined);
+        let mut j = crate::support::sync::lock(&self.joined);
         if j.threads.iter().any(|(t, _)| *t == id) {
             return;
         }

@@ -2,9 +2,10 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
 
-use super::schema::{Config, Kind, PoolConfig, Secret};
+use super::schema::{Config, PoolConfig, Secret};
 
 /// A configuration that cannot be used, with the dotted key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -15,10 +16,11 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
-/// The checks of one pool's kind-specific keys: each upstream kind has its
-/// own, and config knows no kind, so the caller passes them in (the
-/// upstream registry's).
-pub type KindCheck = fn(&PoolConfig, &dyn Fn(&str) -> String) -> Result<(), ConfigError>;
+/// The checks of one pool's own keys: each upstream kind has its own, and
+/// config knows no kind, so the caller passes them in (the upstream
+/// registry's). A check may resolve what the kind's keys point at (a
+/// secret in a file) into [`PoolConfig::own`].
+pub type KindCheck = fn(&mut PoolConfig, &dyn Fn(&str) -> String) -> Result<(), ConfigError>;
 
 /// An [`ConfigError::Invalid`] naming `key`.
 pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -61,25 +63,108 @@ pub fn load(path: &Path, check: KindCheck) -> Result<Config, ConfigError> {
 }
 
 /// Parses an already-merged value (also used by tests).
-pub fn from_value(raw: Value, check: KindCheck) -> Result<Config, ConfigError> {
-    let mut cfg: Config = serde_path_to_error::deserialize(raw).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        // At the top level the path is `.`: name the unknown key instead.
-        let key = match unknown_field(&inner) {
-            Some(field) if path == "." => field.to_owned(),
-            _ => path,
-        };
-        invalid(key, inner)
-    })?;
+pub fn from_value(mut raw: Value, check: KindCheck) -> Result<Config, ConfigError> {
+    let own = split_pools(&mut raw);
+    let mut cfg: Config =
+        serde_path_to_error::deserialize(raw).map_err(|e| path_error(e, &|k| k.to_owned()))?;
+    for (pool, own) in cfg.pools.iter_mut().zip(own) {
+        pool.own = own;
+    }
     resolve_files(&mut cfg)?;
-    validate(&cfg, check)?;
+    validate(&mut cfg, check)?;
     Ok(cfg)
+}
+
+/// Takes out of every `[[pools]]` table the keys that are not common to
+/// all pools ([`PoolConfig::KEYS`]): they are the kind's own, read by the
+/// kind into its own struct, which names any it does not know.
+fn split_pools(raw: &mut Value) -> Vec<Value> {
+    let Some(pools) = raw.get_mut("pools").and_then(Value::as_array_mut) else {
+        return Vec::new();
+    };
+    pools
+        .iter_mut()
+        .map(|pool| {
+            let Some(table) = pool.as_object_mut() else {
+                return Value::Null;
+            };
+            let own_keys: Vec<String> = table
+                .keys()
+                .filter(|k| !PoolConfig::KEYS.contains(&k.as_str()))
+                .cloned()
+                .collect();
+            let mut own = Map::new();
+            for k in own_keys {
+                if let Some(v) = table.remove(&k) {
+                    own.insert(k, v);
+                }
+            }
+            Value::Object(own)
+        })
+        .collect()
+}
+
+/// A deserialization error as a [`ConfigError`] naming the dotted key,
+/// placed by `at`.
+fn path_error(
+    e: serde_path_to_error::Error<serde_json::Error>,
+    at: &dyn Fn(&str) -> String,
+) -> ConfigError {
+    let path = e.path().to_string();
+    let inner = e.into_inner().to_string();
+    // At the top of a table the path is `.`: name the unknown key instead.
+    let key = match unknown_field(&inner) {
+        Some(field) if path == "." => field.to_owned(),
+        _ => path,
+    };
+    invalid(at(&key), inner)
 }
 
 fn unknown_field(msg: &str) -> Option<&str> {
     let rest = msg.strip_prefix("unknown field `")?;
     rest.split('`').next()
+}
+
+impl PoolConfig {
+    /// The keys every pool has, whatever its kind.
+    pub(crate) const KEYS: [&'static str; 11] = [
+        "name",
+        "kind",
+        "base_url",
+        "models",
+        "max_concurrency",
+        "priority",
+        "accounts",
+        "sessions",
+        "headers",
+        "connect_timeout",
+        "supervisor",
+    ];
+
+    /// The pool's own keys read into its kind's struct `T` (which denies
+    /// unknown fields), errors naming the dotted key placed by `at`.
+    pub fn settings<T: DeserializeOwned>(
+        &self,
+        at: &dyn Fn(&str) -> String,
+    ) -> Result<T, ConfigError> {
+        let empty = Value::Object(Map::new());
+        let own = if self.own.is_null() {
+            &empty
+        } else {
+            &self.own
+        };
+        serde_path_to_error::deserialize(own).map_err(|e| path_error(e, at))
+    }
+
+    /// Sets one of the pool's own keys (a kind resolving a `*_file`).
+    pub fn set_own(&mut self, key: &str, value: Value) {
+        if !self.own.is_object() {
+            self.own = Value::Object(Map::new());
+        }
+        if let Some(table) = self.own.as_object_mut() {
+            table.insert(key.to_owned(), value);
+        }
+    }
 }
 
 /// Replaces every string of the form `${NAME}` by that environment variable.
@@ -122,7 +207,8 @@ fn expand_env(v: &mut Value, path: &mut String) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn read_secret(file: &Path, key: &str) -> Result<Secret, ConfigError> {
+/// The trimmed content of a secret file; errors name `key`.
+pub fn read_secret(file: &Path, key: &str) -> Result<Secret, ConfigError> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| invalid(key, format!("cannot read {}: {e}", file.display())))?;
     let value = text.trim();
@@ -152,18 +238,11 @@ fn resolve_files(cfg: &mut Config) -> Result<(), ConfigError> {
                 acct.api_key = Some(read_secret(&file, &key)?);
             }
         }
-        if let Some(file) = pool.anon_key_file.clone() {
-            let key = format!("pools[{p}].anon_key_file");
-            if pool.anon_key.is_some() {
-                return Err(invalid(key, "give anon_key or anon_key_file, not both"));
-            }
-            pool.anon_key = Some(read_secret(&file, &key)?);
-        }
     }
     Ok(())
 }
 
-fn validate(cfg: &Config, check: KindCheck) -> Result<(), ConfigError> {
+fn validate(cfg: &mut Config, check: KindCheck) -> Result<(), ConfigError> {
     let Ok(listen) = cfg.server.listen.parse::<SocketAddr>() else {
         return Err(invalid(
             "server.listen",
@@ -263,142 +342,9 @@ fn validate(cfg: &Config, check: KindCheck) -> Result<(), ConfigError> {
                 ));
             }
         }
-        if pool.credential_ttl.is_some() && pool.kind != Kind::Demo {
-            return Err(invalid(
-                at("credential_ttl"),
-                "only the demo kind uses credential_ttl",
-            ));
-        }
-        if pool.chunk_delay.is_some() && pool.kind != Kind::Demo {
-            return Err(invalid(
-                at("chunk_delay"),
-                "only the demo kind uses chunk_delay",
-            ));
-        }
-        validate_kind_keys(pool, &at)?;
-        validate_socketio_keys(pool, &at)?;
-        validate_cli_keys(pool, &at)?;
-        validate_lingma_keys(pool, &at)?;
-        check(pool, &at)?;
     }
-    Ok(())
-}
-
-/// Keys only the `ondemand` or `langgraph` kind reads are refused
-/// elsewhere, so a key in the wrong pool is noticed rather than ignored.
-fn validate_kind_keys(
-    pool: &super::schema::PoolConfig,
-    at: &dyn Fn(&str) -> String,
-) -> Result<(), ConfigError> {
-    if pool.kind != Kind::Langgraph {
-        if pool.assistant_id.is_some() {
-            return Err(invalid(
-                at("assistant_id"),
-                "only the langgraph kind uses assistant_id",
-            ));
-        }
-        if !pool.assistants.is_empty() {
-            return Err(invalid(
-                at("assistants"),
-                "only the langgraph kind uses assistants",
-            ));
-        }
-    }
-    if pool.kind == Kind::Ondemand {
-        return Ok(());
-    }
-    if !pool.endpoints.is_empty() {
-        return Err(invalid(
-            at("endpoints"),
-            "only the ondemand kind uses endpoints",
-        ));
-    }
-    if pool.response_mode.is_some() {
-        return Err(invalid(
-            at("response_mode"),
-            "only the ondemand kind uses response_mode",
-        ));
-    }
-    Ok(())
-}
-
-/// Keys only the `cli` kind reads are refused elsewhere, naming the key.
-fn validate_cli_keys(
-    pool: &super::schema::PoolConfig,
-    at: &dyn Fn(&str) -> String,
-) -> Result<(), ConfigError> {
-    if pool.kind == Kind::Cli {
-        return Ok(());
-    }
-    let set = [
-        ("binary", pool.binary.is_some()),
-        ("extra_args", !pool.extra_args.is_empty()),
-        ("cwd", pool.cwd.is_some()),
-        ("env", !pool.env.is_empty()),
-        ("max_line", pool.max_line.is_some()),
-        ("command", !pool.command.is_empty()),
-        ("output_format", pool.output_format.is_some()),
-    ];
-    if let Some((key, _)) = set.iter().find(|(_, present)| *present) {
-        return Err(invalid(at(key), format!("only the cli kind uses {key}")));
-    }
-    Ok(())
-}
-
-/// Keys only the `socketio` kind reads are refused elsewhere, naming the key.
-fn validate_socketio_keys(
-    pool: &super::schema::PoolConfig,
-    at: &dyn Fn(&str) -> String,
-) -> Result<(), ConfigError> {
-    if pool.kind == Kind::Socketio {
-        return Ok(());
-    }
-    let set = [
-        // The cli kind names its program with `preset` too.
-        ("preset", pool.preset.is_some() && pool.kind != Kind::Cli),
-        ("supabase_url", pool.supabase_url.is_some()),
-        ("socket_url", pool.socket_url.is_some()),
-        ("socket_path", pool.socket_path.is_some()),
-        ("anon_key", pool.anon_key.is_some()),
-        ("prompt_id", pool.prompt_id.is_some()),
-        ("chunk_event", pool.chunk_event.is_some()),
-        ("finish_event", pool.finish_event.is_some()),
-        ("min_accounts", pool.min_accounts.is_some()),
-        ("max_accounts", pool.max_accounts.is_some()),
-    ];
-    if let Some((key, _)) = set.iter().find(|(_, present)| *present) {
-        return Err(invalid(
-            at(key),
-            format!("only the socketio kind uses {key}"),
-        ));
-    }
-    Ok(())
-}
-
-/// Keys only the `lingma` kind reads are refused elsewhere, naming the key.
-fn validate_lingma_keys(
-    pool: &super::schema::PoolConfig,
-    at: &dyn Fn(&str) -> String,
-) -> Result<(), ConfigError> {
-    if pool.kind == Kind::Lingma {
-        return Ok(());
-    }
-    let set = [
-        ("agent_binary", pool.agent_binary.is_some()),
-        ("agent_args", !pool.agent_args.is_empty()),
-        ("agent_env", !pool.agent_env.is_empty()),
-        ("work_dir", pool.work_dir.is_some()),
-        ("info_file", pool.info_file.is_some()),
-        ("ws_path", pool.ws_path.is_some()),
-        ("startup_timeout", pool.startup_timeout.is_some()),
-        ("session_type", pool.session_type.is_some()),
-        ("agent_mode", pool.agent_mode.is_some()),
-        ("session_bundle", pool.session_bundle.is_some()),
-        ("session_bundle_file", pool.session_bundle_file.is_some()),
-        ("agent_request_result", pool.agent_request_result.is_some()),
-    ];
-    if let Some((key, _)) = set.iter().find(|(_, present)| *present) {
-        return Err(invalid(at(key), format!("only the lingma kind uses {key}")));
+    for (p, pool) in cfg.pools.iter_mut().enumerate() {
+        check(pool, &|k: &str| format!("pools[{p}].{k}"))?;
     }
     Ok(())
 }
@@ -431,10 +377,13 @@ mod tests {
     fn unknown_keys_are_named_with_their_path() {
         let e = load_value(json!({"server": {"lisen": "x"}, "pools": [demo_pool()]})).unwrap_err();
         assert!(e.to_string().starts_with("server.lisen:"), "{e}");
+        // A pool's keys beyond the common ones are its kind's, to read and
+        // refuse (tested with the registry).
         let mut pool = demo_pool();
         pool["acounts"] = json!([]);
-        let e = load_value(json!({"pools": [pool]})).unwrap_err();
-        assert!(e.to_string().starts_with("pools[0].acounts:"), "{e}");
+        let cfg = load_value(json!({"pools": [pool]})).unwrap();
+        assert_eq!(cfg.pools[0].own, json!({"acounts": []}));
+        assert!(cfg.pools[0].accounts.is_empty());
         let e = load_value(json!({"pool": []})).unwrap_err();
         assert!(e.to_string().starts_with("pool:"), "{e}");
     }

@@ -6,8 +6,8 @@
 mod load;
 mod schema;
 
-pub use load::{from_value, invalid, load, ConfigError, KindCheck};
+pub use load::{from_value, invalid, load, read_secret, ConfigError, KindCheck};
 pub use schema::{
-    AccountConfig, ByteSize, Config, Kind, LogFormat, ModelMapping, PoolConfig, ResponseMode,
-    Secret, ServerConfig, SupervisorConfig, SupervisorOverrides,
+    AccountConfig, ByteSize, Config, LogFormat, ModelMapping, PoolConfig, Secret, ServerConfig,
+    SupervisorConfig, SupervisorOverrides,
 };

@@ -193,54 +193,13 @@ impl SupervisorOverrides {
     }
 }
 
-/// Upstream kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    Demo,
-    Openai,
-    Anthropic,
-    Ondemand,
-    Socketio,
-    Langgraph,
-    Cli,
-    Lingma,
-}
-
-impl Kind {
-    /// Every kind, for tests that each has its place.
-    #[cfg(test)]
-    pub const ALL: [Kind; 8] = [
-        Kind::Demo,
-        Kind::Openai,
-        Kind::Anthropic,
-        Kind::Ondemand,
-        Kind::Socketio,
-        Kind::Langgraph,
-        Kind::Cli,
-        Kind::Lingma,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Demo => "demo",
-            Kind::Openai => "openai",
-            Kind::Anthropic => "anthropic",
-            Kind::Ondemand => "ondemand",
-            Kind::Socketio => "socketio",
-            Kind::Langgraph => "langgraph",
-            Kind::Cli => "cli",
-            Kind::Lingma => "lingma",
-        }
-    }
-}
-
 /// `[[pools]]`: accounts of one upstream kind serving a set of models.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     pub name: String,
-    pub kind: Kind,
+    /// The upstream kind, a name the upstream registry knows.
+    pub kind: String,
     #[serde(default)]
     pub base_url: Option<String>,
     /// `"name"` or `"public=upstream"`.
@@ -252,16 +211,10 @@ pub struct PoolConfig {
     pub priority: i32,
     #[serde(default)]
     pub accounts: Vec<AccountConfig>,
-    /// Sessions of a pool without accounts (`demo`).
+    /// Sessions of a pool without accounts (`demo`, `cli`, `langgraph`,
+    /// `lingma`).
     #[serde(default)]
     pub sessions: Option<u32>,
-    /// `demo`: pause between streamed chunks.
-    #[serde(default, with = "humantime_serde")]
-    pub chunk_delay: Option<Duration>,
-    /// `demo`: simulate login credentials that expire after this long, so
-    /// refresh ahead of expiry and the credential cache can be seen working.
-    #[serde(default, with = "humantime_serde")]
-    pub credential_ttl: Option<Duration>,
     /// Extra HTTP headers sent upstream on every request.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -270,130 +223,11 @@ pub struct PoolConfig {
     pub connect_timeout: Option<Duration>,
     #[serde(default)]
     pub supervisor: SupervisorOverrides,
-    /// `ondemand`: model name → OnDemand endpoint id, over the built-in ones.
-    #[serde(default)]
-    pub endpoints: BTreeMap<String, String>,
-    /// `ondemand`: whether answers are streamed upstream (default) or fetched whole.
-    #[serde(default)]
-    pub response_mode: Option<ResponseMode>,
-    /// `langgraph`: the assistant (graph) runs use (default `agent`).
-    #[serde(default)]
-    pub assistant_id: Option<String>,
-    /// `langgraph`: upstream model name → assistant, over `assistant_id`.
-    #[serde(default)]
-    pub assistants: BTreeMap<String, String>,
-    /// `socketio`: a named set of defaults; `langfast` is the one known.
-    #[serde(default)]
-    pub preset: Option<String>,
-    /// `socketio`: the Supabase-style backend that signs accounts up and
-    /// starts runs.
-    #[serde(default)]
-    pub supabase_url: Option<String>,
-    /// `socketio`: origin of the socket.io server (http(s) or ws(s)).
-    #[serde(default)]
-    pub socket_url: Option<String>,
-    /// `socketio`: the Engine.IO path (default `/socket.io/`).
-    #[serde(default)]
-    pub socket_path: Option<String>,
-    /// `socketio`: the backend's public anon key, sent as `apikey`.
-    #[serde(default)]
-    pub anon_key: Option<Secret>,
-    #[serde(default)]
-    pub anon_key_file: Option<PathBuf>,
-    /// `socketio`: the prompt every run is filed under.
-    #[serde(default)]
-    pub prompt_id: Option<String>,
-    /// `socketio`: the event carrying answer text (langfast: `execution:chunk`).
-    #[serde(default)]
-    pub chunk_event: Option<String>,
-    /// `socketio`: an event that ends a run (langfast: `completion_finished`).
-    #[serde(default)]
-    pub finish_event: Option<String>,
-    /// `socketio`: anonymous accounts (one session each) the pool keeps;
-    /// it runs `max_accounts` if set, else `min_accounts`, else 2.
-    #[serde(default)]
-    pub min_accounts: Option<u32>,
-    #[serde(default)]
-    pub max_accounts: Option<u32>,
-    /// `cli`: the program to run (default: the preset's name, looked up on
-    /// `PATH`). A `custom` preset names its program in `command` instead.
-    #[serde(default)]
-    pub binary: Option<PathBuf>,
-    /// `cli`: arguments added to every run, after the preset's own options
-    /// and before the prompt (like `--permission-mode plan`).
-    #[serde(default)]
-    pub extra_args: Vec<String>,
-    /// `cli`: the directory the program runs in (default: the gateway's).
-    #[serde(default)]
-    pub cwd: Option<PathBuf>,
-    /// `cli`: environment variables set for the program, over the gateway's
-    /// own (like `ANTHROPIC_BASE_URL` or a separate `HOME`).
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    /// `cli`: the longest stdout line read (default 1MiB); a longer one
-    /// fails the request instead of growing a buffer without end.
-    #[serde(default)]
-    pub max_line: Option<ByteSize>,
-    /// `cli` with `preset = "custom"`: the program and its arguments, with
-    /// `{prompt}`, `{model}` and `{system}` replaced on every run.
-    #[serde(default)]
-    pub command: Vec<String>,
-    /// `cli` with `preset = "custom"`: how stdout is read: `text` (every
-    /// line is answer text, the default) or a preset's JSON lines
-    /// (`claude`, `codex`, `gemini`).
-    #[serde(default)]
-    pub output_format: Option<String>,
-    /// `lingma`: the agent program each session spawns (one process per
-    /// session), e.g. `/opt/lingma/bin/Lingma` or `python3`.
-    #[serde(default)]
-    pub agent_binary: Option<PathBuf>,
-    /// `lingma`: arguments passed to `agent_binary`.
-    #[serde(default)]
-    pub agent_args: Vec<String>,
-    /// `lingma`: environment variables set for the agent process.
-    #[serde(default)]
-    pub agent_env: BTreeMap<String, String>,
-    /// `lingma`: base of the per-session work directories
-    /// (`<work_dir>/<pool>/<session>`); default `data_dir/lingma`.
-    #[serde(default)]
-    pub work_dir: Option<PathBuf>,
-    /// `lingma`: the file, relative to the work directory, the agent writes
-    /// its port (and pid) to (default `.info`).
-    #[serde(default)]
-    pub info_file: Option<String>,
-    /// `lingma`: the WebSocket path on the agent's port (default `/`).
-    #[serde(default)]
-    pub ws_path: Option<String>,
-    /// `lingma`: how long to wait for the info file and the WebSocket.
-    #[serde(default, with = "humantime_serde")]
-    pub startup_timeout: Option<Duration>,
-    /// `lingma`: `chat` (default) or `developer`, sent as `sessionType`.
-    #[serde(default)]
-    pub session_type: Option<String>,
-    /// `lingma`: the `mode` sent with every `chat/ask` (default `chat`).
-    #[serde(default)]
-    pub agent_mode: Option<String>,
-    /// `lingma`: login state, base64 of a tar.gz of the agent's cache
-    /// files, unpacked into every work directory before the agent starts.
-    #[serde(default)]
-    pub session_bundle: Option<Secret>,
-    #[serde(default)]
-    pub session_bundle_file: Option<PathBuf>,
-    /// `lingma`: the result sent back to requests the agent makes of the
-    /// gateway (default `null`).
-    #[serde(default)]
-    pub agent_request_result: Option<serde_json::Value>,
-}
-
-/// How an `ondemand` pool asks for answers. Streaming is the default so the
-/// first token reaches the client early; `sync` is for servers or proxies
-/// that cannot stream.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ResponseMode {
-    #[default]
-    Stream,
-    Sync,
+    /// The kind's own keys (every key above is common to all pools): the
+    /// kind reads them into its own struct with [`PoolConfig::settings`].
+    /// Filled by the loader, which splits each `[[pools]]` table.
+    #[serde(skip)]
+    pub own: serde_json::Value,
 }
 
 fn default_concurrency() -> u32 {

@@ -157,11 +157,14 @@ mod tests {
     use crate::config::Config;
 
     async fn state(api_keys: &[&str]) -> web::Data<AppState> {
-        let cfg: Config = serde_json::from_value(json!({
-            "server": {"api_keys": api_keys, "queue_timeout": "5s"},
-            "pools": [{"name": "demo", "kind": "demo", "models": ["demo"], "sessions": 1,
-                       "chunk_delay": "0s"}]
-        }))
+        let cfg: Config = crate::config::from_value(
+            json!({
+                "server": {"api_keys": api_keys, "queue_timeout": "5s"},
+                "pools": [{"name": "demo", "kind": "demo", "models": ["demo"], "sessions": 1,
+                           "chunk_delay": "0s"}]
+            }),
+            crate::upstream::registry::check_pool,
+        )
         .unwrap();
         let router = Router::new(16);
         let tickets = router.tickets();
@@ -430,7 +433,7 @@ mod tests {
             assert!(resp.headers().contains_key("retry-after"));
         }
         assert_eq!(
-            crate::http::error::anthropic_type(StatusCode::from_u16(529).unwrap()),
+            crate::protocol::anthropic::server::error_type(529),
             "overloaded_error"
         );
         let e = ApiError::from(crate::protocol::DecodeError::new(

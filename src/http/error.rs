@@ -2,13 +2,11 @@
 //! `status_code` is an exhaustive match: every failure has a deliberate
 //! status, and a 500 would be a bug.
 
-use actix_web::http::StatusCode;
-use actix_web::HttpResponse;
-use serde_json::json;
-
 use crate::actors::AcquireError;
 use crate::canonical::{ErrorKind, UpstreamError};
-use crate::protocol::DecodeError;
+use crate::protocol::{anthropic, openai, DecodeError};
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
 
 /// Which protocol's error envelope to answer in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,7 +145,7 @@ impl ApiError {
         let body = match protocol {
             Protocol::OpenAi => {
                 let (kind, code, param) = self.openai_parts();
-                json!({"error": {"message": message, "type": kind, "param": param, "code": code}})
+                openai::server::error_body(&message, &kind, param.as_deref(), code.as_deref())
             }
             Protocol::Anthropic => {
                 // Anthropic's envelope has no `param`: the message must name
@@ -159,13 +157,13 @@ impl ApiError {
                     } if !message.contains(p.as_str()) => format!("{p}: {message}"),
                     _ => message,
                 };
-                json!({
-                    "type": "error",
-                    "error": {"type": anthropic_type(status), "message": message}
-                })
+                anthropic::server::error_body(
+                    anthropic::server::error_type(status.as_u16()),
+                    &message,
+                )
             }
         };
-        resp.content_type("application/json").body(body.to_string())
+        resp.content_type("application/json").body(body)
     }
 
     fn openai_parts(&self) -> (String, Option<String>, Option<String>) {
@@ -228,22 +226,6 @@ fn upstream_status(e: &UpstreamError) -> StatusCode {
         | ErrorKind::Auth
         | ErrorKind::Protocol
         | ErrorKind::Cancelled => StatusCode::BAD_GATEWAY,
-    }
-}
-
-/// Anthropic's error `type` for a status.
-pub fn anthropic_type(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        400 => "invalid_request_error",
-        401 => "authentication_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        408 => "timeout_error",
-        413 => "request_too_large",
-        415 => "invalid_request_error",
-        429 => "rate_limit_error",
-        503 | 529 => "overloaded_error",
-        _ => "api_error",
     }
 }
 

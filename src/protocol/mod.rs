@@ -1,6 +1,8 @@
-//! Wire formats. Each protocol has its wire types, a decoder and an encoder;
-//! the frontend (clients calling troupe) and the upstream of the same
-//! protocol share them.
+//! Wire formats. Each protocol is a folder: `wire.rs` (the typed structs,
+//! read and written), `server.rs` (what clients of troupe send and get:
+//! request decoding, streamed and whole answers, error envelopes) and
+//! `client.rs` (what upstreams of that protocol get and stream back).
+//! `http/` routes and writes bytes; what they mean is decided here.
 
 pub mod anthropic;
 mod encoder;

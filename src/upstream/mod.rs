@@ -140,7 +140,7 @@ impl EventSink {
     /// The text sent so far, if kept.
     pub fn transcript(&self) -> Option<String> {
         let t = self.transcript.as_ref()?;
-        Some(crate::sync::lock(t).clone())
+        Some(crate::support::sync::lock(t).clone())
     }
 
     /// Sends one event; fails with [`ErrorKind::Cancelled`] when the client
@@ -150,7 +150,7 @@ impl EventSink {
             return self.deliver(ev).await;
         };
         let mut out = Vec::new();
-        crate::sync::lock(tools).event(ev, &mut out);
+        crate::support::sync::lock(tools).event(ev, &mut out);
         for ev in out {
             self.deliver(ev).await?;
         }
@@ -165,7 +165,7 @@ impl EventSink {
         };
         let mut out = Vec::new();
         {
-            crate::sync::lock(tools).finish(&mut out);
+            crate::support::sync::lock(tools).finish(&mut out);
         }
         for ev in out {
             self.deliver(ev).await?;
@@ -175,7 +175,7 @@ impl EventSink {
 
     async fn deliver(&self, ev: ChatEvent) -> Result<(), UpstreamError> {
         if let (Some(t), ChatEvent::TextDelta(text)) = (&self.transcript, &ev) {
-            crate::sync::lock(t).push_str(text);
+            crate::support::sync::lock(t).push_str(text);
         }
         self.tx
             .send(ev)
@@ -230,7 +230,7 @@ impl ApiKey {
 
     /// The key to send now.
     pub fn get(&self) -> Arc<str> {
-        crate::sync::read(&self.current).clone()
+        crate::support::sync::read(&self.current).clone()
     }
 
     /// Re-reads `api_key_file`; `Ok(true)` when the key changed.
@@ -248,7 +248,7 @@ impl ApiKey {
         if fresh.is_empty() || *self.get() == *fresh {
             return Ok(false);
         }
-        *crate::sync::write(&self.current) = Arc::from(fresh);
+        *crate::support::sync::write(&self.current) = Arc::from(fresh);
         Ok(true)
     }
 
@@ -256,7 +256,7 @@ impl ApiKey {
     /// `""` for the bare key).
     pub fn header(&self, scheme: &'static str) -> Result<::http::HeaderValue, UpstreamError> {
         let key = self.get();
-        if let Some((s, k, v)) = &*crate::sync::read(&self.header) {
+        if let Some((s, k, v)) = &*crate::support::sync::read(&self.header) {
             if *s == scheme && Arc::ptr_eq(k, &key) {
                 return Ok(v.clone());
             }
@@ -264,7 +264,7 @@ impl ApiKey {
         let mut value = String::from(scheme);
         value.push_str(&key);
         let v = http::client::secret_header(&value)?;
-        *crate::sync::write(&self.header) = Some((scheme, key, v.clone()));
+        *crate::support::sync::write(&self.header) = Some((scheme, key, v.clone()));
         Ok(v)
     }
 }

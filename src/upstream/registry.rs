@@ -5,15 +5,16 @@
 use std::sync::Arc;
 
 use super::{Place, Upstream, UpstreamContext};
-use crate::config::{ConfigError, Kind, KindCheck, PoolConfig};
+use crate::config::{invalid, ConfigError, KindCheck, PoolConfig};
 
 /// Builds the upstream of one session.
 type Build = fn(UpstreamContext<'_>, &Place<'_>) -> Result<Arc<dyn Upstream>, String>;
 
 /// What the gateway needs to know of a kind.
 pub(crate) struct KindSpec {
-    kind: Kind,
-    /// Checks a pool's own keys (errors name the dotted key).
+    /// The name a pool's `kind` gives.
+    kind: &'static str,
+    /// Reads and checks a pool's own keys (errors name the dotted key).
     check: KindCheck,
     build: Build,
     /// Sessions a pool without accounts runs (0: its sessions are its accounts).
@@ -24,14 +25,14 @@ pub(crate) struct KindSpec {
 
 #[rustfmt::skip]
 static KINDS: [KindSpec; 8] = [
-    KindSpec { kind: Kind::Demo, check: super::demo::config::validate, build: |ctx, _| Ok(Arc::new(super::demo::Demo::new(ctx.pool))), sessions: super::demo::config::sessions, shutdown: None },
-    KindSpec { kind: Kind::Openai, check: super::openai::config::validate, build: |ctx, _| Ok(Arc::new(super::openai::OpenAi::new(&ctx)?)), sessions: per_account, shutdown: None },
-    KindSpec { kind: Kind::Anthropic, check: super::anthropic::config::validate, build: |ctx, _| Ok(Arc::new(super::anthropic::Anthropic::new(&ctx)?)), sessions: per_account, shutdown: None },
-    KindSpec { kind: Kind::Ondemand, check: super::ondemand::config::validate, build: |ctx, _| Ok(Arc::new(super::ondemand::OnDemand::new(&ctx)?)), sessions: per_account, shutdown: None },
-    KindSpec { kind: Kind::Langgraph, check: super::langgraph::config::validate, build: |ctx, _| Ok(Arc::new(super::langgraph::LangGraph::new(&ctx)?)), sessions: super::langgraph::config::sessions, shutdown: None },
-    KindSpec { kind: Kind::Socketio, check: super::socketio::config::validate, build: |ctx, _| Ok(Arc::new(super::socketio::SocketIo::new(&ctx)?)), sessions: super::socketio::config::sessions, shutdown: None },
-    KindSpec { kind: Kind::Cli, check: super::cli::config::validate, build: |ctx, _| Ok(Arc::new(super::cli::Cli::new(&ctx)?)), sessions: super::cli::config::sessions, shutdown: None },
-    KindSpec { kind: Kind::Lingma, check: super::lingma::config::validate, build: |ctx, place| Ok(Arc::new(super::lingma::Lingma::new(&ctx, place)?)), sessions: super::lingma::config::sessions, shutdown: Some(super::lingma::kill_all_agents) },
+    KindSpec { kind: "demo", check: super::demo::config::validate, build: |ctx, _| Ok(Arc::new(super::demo::Demo::new(ctx.pool)?)), sessions: super::demo::config::sessions, shutdown: None },
+    KindSpec { kind: "openai", check: super::openai::config::validate, build: |ctx, _| Ok(Arc::new(super::openai::OpenAi::new(&ctx)?)), sessions: per_account, shutdown: None },
+    KindSpec { kind: "anthropic", check: super::anthropic::config::validate, build: |ctx, _| Ok(Arc::new(super::anthropic::Anthropic::new(&ctx)?)), sessions: per_account, shutdown: None },
+    KindSpec { kind: "ondemand", check: super::ondemand::config::validate, build: |ctx, _| Ok(Arc::new(super::ondemand::OnDemand::new(&ctx)?)), sessions: per_account, shutdown: None },
+    KindSpec { kind: "langgraph", check: super::langgraph::config::validate, build: |ctx, _| Ok(Arc::new(super::langgraph::LangGraph::new(&ctx)?)), sessions: super::langgraph::config::sessions, shutdown: None },
+    KindSpec { kind: "socketio", check: super::socketio::config::validate, build: |ctx, _| Ok(Arc::new(super::socketio::SocketIo::new(&ctx)?)), sessions: super::socketio::config::sessions, shutdown: None },
+    KindSpec { kind: "cli", check: super::cli::config::validate, build: |ctx, _| Ok(Arc::new(super::cli::Cli::new(&ctx)?)), sessions: super::cli::config::sessions, shutdown: None },
+    KindSpec { kind: "lingma", check: super::lingma::config::validate, build: |ctx, place| Ok(Arc::new(super::lingma::Lingma::new(&ctx, place)?)), sessions: super::lingma::config::sessions, shutdown: Some(super::lingma::kill_all_agents) },
 ];
 
 /// For kinds whose sessions are their accounts.
@@ -39,15 +40,21 @@ fn per_account(_: &PoolConfig) -> u32 {
     0
 }
 
-fn spec(kind: Kind) -> &'static KindSpec {
-    // Every `Kind` has its line: `KINDS` is checked by a test.
-    KINDS.iter().find(|s| s.kind == kind).unwrap_or(&KINDS[0])
+fn spec(kind: &str) -> Option<&'static KindSpec> {
+    KINDS.iter().find(|s| s.kind == kind)
 }
 
-/// Checks the keys of `pool`'s own kind (the configuration loader's
-/// [`crate::config::KindCheck`]).
-pub fn check_pool(pool: &PoolConfig, at: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
-    (spec(pool.kind).check)(pool, at)
+/// Checks that `pool`'s kind is known and its own keys (the configuration
+/// loader's [`crate::config::KindCheck`]).
+pub fn check_pool(pool: &mut PoolConfig, at: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    let Some(spec) = spec(&pool.kind) else {
+        let known: Vec<&str> = KINDS.iter().map(|s| s.kind).collect();
+        return Err(invalid(
+            at("kind"),
+            format!("unknown kind `{}` (known: {})", pool.kind, known.join(", ")),
+        ));
+    };
+    (spec.check)(pool, at)
 }
 
 /// The sessions a pool runs: one per account, or `POOL-1..n` for kinds that
@@ -57,7 +64,7 @@ pub fn session_names(pool: &PoolConfig) -> Vec<String> {
     if !pool.accounts.is_empty() {
         return pool.accounts.iter().map(|a| a.name.clone()).collect();
     }
-    let n = (spec(pool.kind).sessions)(pool);
+    let n = spec(&pool.kind).map_or(0, |s| (s.sessions)(pool));
     (1..=n).map(|i| format!("{}-{i}", pool.name)).collect()
 }
 
@@ -66,7 +73,10 @@ pub(crate) fn build(
     ctx: UpstreamContext<'_>,
     place: &Place<'_>,
 ) -> Result<Arc<dyn Upstream>, String> {
-    (spec(ctx.pool.kind).build)(ctx, place)
+    match spec(&ctx.pool.kind) {
+        Some(s) => (s.build)(ctx, place),
+        None => Err(format!("unknown kind `{}`", ctx.pool.kind)),
+    }
 }
 
 /// Runs every kind's shutdown hook: no process a kind started outlives the
@@ -97,11 +107,43 @@ mod tests {
 
     #[test]
     fn every_kind_has_exactly_one_line() {
-        for kind in Kind::ALL {
-            let lines = KINDS.iter().filter(|s| s.kind == kind).count();
-            assert_eq!(lines, 1, "{kind:?}");
+        for spec in &KINDS {
+            let lines = KINDS.iter().filter(|s| s.kind == spec.kind).count();
+            assert_eq!(lines, 1, "{}", spec.kind);
         }
-        assert_eq!(KINDS.len(), Kind::ALL.len());
+        let e = load_value(json!({"pools": [{"name": "x", "kind": "telnet", "models": ["m"]}]}))
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("pools[0].kind: unknown kind `telnet`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_key_of_another_kind_is_named() {
+        for (kind, key) in [
+            ("demo", "preset"),
+            ("openai", "chunk_delay"),
+            ("cli", "anon_key"),
+            ("cli", "acounts"),
+        ] {
+            let mut pool = json!({"name": "x", "kind": kind, "models": ["m"],
+                "accounts": [{"name": "a", "api_key": "k"}], key: "v"});
+            if kind == "openai" {
+                pool["base_url"] = json!("https://127.0.0.1/v1");
+            }
+            if kind == "cli" {
+                pool["preset"] = json!("claude");
+                pool["accounts"] = json!([]);
+            }
+            let e = load_value(json!({ "pools": [pool] })).unwrap_err();
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("pools[0].{key}: unknown field")),
+                "{kind}: {e}"
+            );
+        }
     }
 
     #[test]
@@ -141,8 +183,7 @@ mod tests {
         };
         let key = json!([{"name": "k", "api_key": "sk-ant"}]);
         let cfg = load_value(pool("https://api.anthropic.com", key.clone())).unwrap();
-        assert_eq!(cfg.pools[0].kind, Kind::Anthropic);
-        assert_eq!(cfg.pools[0].kind.as_str(), "anthropic");
+        assert_eq!(cfg.pools[0].kind, "anthropic");
         let e = load_value(pool("https://api.anthropic.com/v1", key.clone())).unwrap_err();
         assert!(e.to_string().starts_with("pools[0].base_url:"), "{e}");
         let e = load_value(pool("https://api.anthropic.com", json!([]))).unwrap_err();
@@ -172,9 +213,11 @@ mod tests {
         };
         let cfg = load_value(pool(json!({"response_mode": "sync"}))).unwrap();
         assert_eq!(cfg.pools[0].kind.as_str(), "ondemand");
+        let own: crate::upstream::ondemand::config::Settings =
+            cfg.pools[0].settings(&|k| k.to_owned()).unwrap();
         assert_eq!(
-            cfg.pools[0].response_mode,
-            Some(crate::config::ResponseMode::Sync)
+            own.response_mode,
+            crate::upstream::ondemand::config::ResponseMode::Sync
         );
         load_value(pool(json!({"models": ["predefined-xai-grok3"]}))).unwrap();
         load_value(pool(

@@ -1,13 +1,13 @@
-//! Anthropic Messages: wire types, the decoder and encoder the frontend
-//! uses (`/v1/messages`), and the ones the `anthropic` upstream uses in the
-//! other direction.
+//! Anthropic Messages: the wire types, the server side (what clients of
+//! `/v1/messages` send and get) and the client side (what `anthropic`
+//! upstreams get and stream back).
 
-pub mod decode;
-pub mod encode;
+pub mod client;
+pub mod server;
 pub mod wire;
 
-pub use decode::{decode_request, EventDecoder};
-pub use encode::{completion_body, encode_request, StreamEncoder};
+pub use client::{encode_request, EventDecoder};
+pub use server::{completion_body, decode_request, StreamEncoder};
 
 #[cfg(test)]
 mod fixtures;

@@ -1,10 +1,11 @@
-//! OpenAI Chat Completions: wire types, the decoder and encoder the frontend
-//! uses, and the ones the `openai` upstream uses in the other direction.
+//! OpenAI Chat Completions: the wire types, the server side (what OpenAI
+//! clients send and get) and the client side (what `openai` upstreams get
+//! and stream back).
 
-pub mod decode;
-pub mod encode;
+pub mod client;
 mod fastchunk;
+pub mod server;
 pub mod wire;
 
-pub use decode::{decode_request, ChunkDecoder};
-pub use encode::{completion_body, encode_request, openai_type_and_code, StreamEncoder};
+pub use client::{encode_request, ChunkDecoder};
+pub use server::{completion_body, decode_request, openai_type_and_code, StreamEncoder};

@@ -2,7 +2,10 @@
 
 use crate::config::{invalid, ConfigError, PoolConfig};
 
-pub(crate) fn validate(pool: &PoolConfig, at: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+pub(crate) fn validate(
+    pool: &mut PoolConfig,
+    at: &dyn Fn(&str) -> String,
+) -> Result<(), ConfigError> {
     // Anthropic's SDK convention: the gateway appends `/v1/messages`, so a
     // `/v1` here would double it.
     if let Some(u) = pool.base_url.as_deref() {

@@ -1,13 +1,60 @@
-//! Checks of the `cli` kind's keys, with errors naming the dotted key.
+//! The `cli` kind's own keys and their checks, with errors naming the
+//! dotted key.
 
-use crate::config::{invalid, ConfigError, PoolConfig};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::config::{invalid, ByteSize, ConfigError, PoolConfig};
+
+/// A `cli` pool's own keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Settings {
+    /// `claude`, `codex`, `gemini` or `custom`.
+    #[serde(default)]
+    pub preset: Option<String>,
+    /// The program to run (default: the preset's name, looked up on
+    /// `PATH`). A `custom` preset names its program in `command` instead.
+    #[serde(default)]
+    pub binary: Option<PathBuf>,
+    /// Arguments added to every run, after the preset's own options and
+    /// before the prompt (like `--permission-mode plan`).
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+    /// The directory the program runs in (default: the gateway's).
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    /// Environment variables set for the program, over the gateway's own
+    /// (like `ANTHROPIC_BASE_URL` or a separate `HOME`).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// The longest stdout line read (default 1MiB); a longer one fails the
+    /// request instead of growing a buffer without end.
+    #[serde(default)]
+    pub max_line: Option<ByteSize>,
+    /// With `preset = "custom"`: the program and its arguments, with
+    /// `{prompt}`, `{model}` and `{system}` replaced on every run.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// With `preset = "custom"`: how stdout is read: `text` (every line is
+    /// answer text, the default) or a preset's JSON lines (`claude`,
+    /// `codex`, `gemini`).
+    #[serde(default)]
+    pub output_format: Option<String>,
+}
 
 /// A `cli` pool: a known preset; `command` (with `{prompt}`) exactly for
 /// `custom`, `binary` and `output_format` only where they mean something;
 /// accounts carry only a name, `sessions` only without accounts.
-pub(crate) fn validate(pool: &PoolConfig, at: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+pub(crate) fn validate(
+    pool: &mut PoolConfig,
+    at: &dyn Fn(&str) -> String,
+) -> Result<(), ConfigError> {
     use super::{OUTPUT_FORMATS, PRESETS};
-    let Some(preset) = pool.preset.as_deref() else {
+    let own: Settings = pool.settings(at)?;
+    let Some(preset) = own.preset.as_deref() else {
         return Err(invalid(
             at("preset"),
             format!("the cli kind needs a preset ({})", PRESETS.join(", ")),
@@ -24,28 +71,28 @@ pub(crate) fn validate(pool: &PoolConfig, at: &dyn Fn(&str) -> String) -> Result
     }
     let custom = preset == "custom";
     if custom {
-        if pool.command.is_empty() {
+        if own.command.is_empty() {
             return Err(invalid(
                 at("command"),
                 "the custom preset needs command, like [\"my-llm\", \"--ask\", \"{prompt}\"]",
             ));
         }
-        if pool.command[0].trim().is_empty() {
+        if own.command[0].trim().is_empty() {
             return Err(invalid(at("command[0]"), "must name a program"));
         }
-        if !pool.command.iter().any(|a| a.contains("{prompt}")) {
+        if !own.command.iter().any(|a| a.contains("{prompt}")) {
             return Err(invalid(
                 at("command"),
                 "must contain {prompt}, where the prompt goes",
             ));
         }
-        if pool.binary.is_some() {
+        if own.binary.is_some() {
             return Err(invalid(
                 at("binary"),
                 "the custom preset names its program as the first element of command",
             ));
         }
-        if let Some(f) = pool.output_format.as_deref() {
+        if let Some(f) = own.output_format.as_deref() {
             if !OUTPUT_FORMATS.contains(&f) {
                 return Err(invalid(
                     at("output_format"),
@@ -57,27 +104,27 @@ pub(crate) fn validate(pool: &PoolConfig, at: &dyn Fn(&str) -> String) -> Result
             }
         }
     } else {
-        if !pool.command.is_empty() {
+        if !own.command.is_empty() {
             return Err(invalid(
                 at("command"),
                 format!("only the custom preset uses command; the {preset} preset builds its own"),
             ));
         }
-        if pool.output_format.is_some() {
+        if own.output_format.is_some() {
             return Err(invalid(
                 at("output_format"),
                 format!("only the custom preset uses output_format; {preset} has its own"),
             ));
         }
     }
-    if pool
+    if own
         .binary
         .as_ref()
         .is_some_and(|b| b.as_os_str().is_empty())
     {
         return Err(invalid(at("binary"), "must not be empty"));
     }
-    if pool.max_line.is_some_and(|m| m.0 < 1024) {
+    if own.max_line.is_some_and(|m| m.0 < 1024) {
         return Err(invalid(at("max_line"), "must be at least 1KiB"));
     }
     if pool.base_url.is_some() {
@@ -103,7 +150,7 @@ pub(crate) fn validate(pool: &PoolConfig, at: &dyn Fn(&str) -> String) -> Result
             ));
         }
     }
-    for key in pool.env.keys() {
+    for key in own.env.keys() {
         if key.is_empty() || key.contains('=') || key.contains('\0') {
             return Err(invalid(
                 at(&format!("env.{key}")),

@@ -95,8 +95,11 @@ pub struct Cli {
 
 impl Cli {
     pub fn new(ctx: &UpstreamContext<'_>) -> Result<Self, String> {
-        let pool = ctx.pool;
-        let preset = match pool.preset.as_deref() {
+        let own: config::Settings = ctx
+            .pool
+            .settings(&|k| k.to_owned())
+            .map_err(|e| e.to_string())?;
+        let preset = match own.preset.as_deref() {
             Some("claude") => Preset::Claude,
             Some("codex") => Preset::Codex,
             Some("gemini") => Preset::Gemini,
@@ -104,7 +107,7 @@ impl Cli {
             Some(other) => return Err(format!("preset: unknown cli preset `{other}`")),
             None => return Err("preset: the cli kind needs a preset".to_owned()),
         };
-        let format = match (preset, pool.output_format.as_deref()) {
+        let format = match (preset, own.output_format.as_deref()) {
             (Preset::Claude, _) | (Preset::Custom, Some("claude")) => Format::Claude,
             (Preset::Codex, _) | (Preset::Custom, Some("codex")) => Format::Codex,
             (Preset::Gemini, _) | (Preset::Custom, Some("gemini")) => Format::Gemini,
@@ -115,15 +118,15 @@ impl Cli {
         };
         let (program, template) = match preset {
             Preset::Custom => {
-                let Some((first, rest)) = pool.command.split_first() else {
+                let Some((first, rest)) = own.command.split_first() else {
                     return Err("command: the custom preset needs a command".to_owned());
                 };
                 (PathBuf::from(first), rest.to_vec())
             }
             _ => {
-                let name = pool.preset.as_deref().unwrap_or_default();
+                let name = own.preset.as_deref().unwrap_or_default();
                 (
-                    pool.binary.clone().unwrap_or_else(|| PathBuf::from(name)),
+                    own.binary.clone().unwrap_or_else(|| PathBuf::from(name)),
                     Vec::new(),
                 )
             }
@@ -133,10 +136,10 @@ impl Cli {
             format,
             program,
             template,
-            extra_args: pool.extra_args.clone(),
-            cwd: pool.cwd.clone(),
-            env: pool.env.clone(),
-            max_line: pool.max_line.map_or(DEFAULT_MAX_LINE, |b| b.0),
+            extra_args: own.extra_args,
+            cwd: own.cwd,
+            env: own.env,
+            max_line: own.max_line.map_or(DEFAULT_MAX_LINE, |b| b.0),
         })
     }
 
@@ -539,7 +542,7 @@ async fn keep_tail(mut err: tokio::process::ChildStderr, tail: Arc<Mutex<Vec<u8>
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        let mut t = crate::sync::lock(&tail);
+        let mut t = crate::support::sync::lock(&tail);
         t.extend_from_slice(&chunk[..n]);
         if t.len() > STDERR_TAIL {
             let cut = t.len() - STDERR_TAIL;
@@ -575,7 +578,7 @@ impl Group {
             // A grandchild may hold stderr open: don't wait for it long.
             let _ = tokio::time::timeout(Duration::from_millis(500), task).await;
         }
-        let t = crate::sync::lock(tail);
+        let t = crate::support::sync::lock(tail);
         let s = String::from_utf8_lossy(&t);
         last_chars(s.trim(), STDERR_TAIL).to_owned()
     }
@@ -819,12 +822,16 @@ mod tests {
 
     #[test]
     fn backend_names_are_not_models_and_resume_sends_the_newest_turn() {
-        let pool: crate::config::PoolConfig = serde_json::from_value(json!({
-            "name": "c", "kind": "cli", "models": ["claude", "opus=claude-opus-4"], "preset": "claude"
-        }))
+        let cfg = crate::config::from_value(
+            json!({"pools": [{
+                "name": "c", "kind": "cli", "models": ["claude", "opus=claude-opus-4"], "preset": "claude"
+            }]}),
+            crate::upstream::registry::check_pool,
+        )
         .unwrap();
+        let pool = &cfg.pools[0];
         let ctx = UpstreamContext {
-            pool: &pool,
+            pool,
             account: None,
             http: crate::upstream::http::client::HttpClient::new(std::time::Duration::from_secs(5))
                 .unwrap(),

@@ -49,16 +49,19 @@ impl Login {
 }
 
 impl Demo {
-    pub fn new(pool: &PoolConfig) -> Self {
-        Demo {
-            delay: pool.chunk_delay.unwrap_or(Duration::from_millis(20)),
-            ttl: pool.credential_ttl,
+    pub fn new(pool: &PoolConfig) -> Result<Self, String> {
+        let own: config::Settings = pool
+            .settings(&|k| k.to_owned())
+            .map_err(|e| e.to_string())?;
+        Ok(Demo {
+            delay: own.chunk_delay.unwrap_or(Duration::from_millis(20)),
+            ttl: own.credential_ttl,
             login: Mutex::new(None),
-        }
+        })
     }
 
     fn login(&self) -> std::sync::MutexGuard<'_, Option<Login>> {
-        crate::sync::lock(&self.login)
+        crate::support::sync::lock(&self.login)
     }
 }
 

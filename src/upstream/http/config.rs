@@ -1,7 +1,15 @@
 //! Checks shared by the kinds that are API-key servers (`openai`,
 //! `anthropic`), with errors naming the dotted key.
 
+use serde::Deserialize;
+
 use crate::config::{invalid, ConfigError, PoolConfig};
+
+/// The own keys of a kind that has none beyond the common ones: any other
+/// key is refused, named.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoOwnKeys {}
 
 /// An http(s) `base_url` the sessions can use, and one account with a key
 /// per session.
@@ -10,6 +18,7 @@ pub(crate) fn validate_keyed(
     at: &dyn Fn(&str) -> String,
 ) -> Result<(), ConfigError> {
     let kind = pool.kind.as_str();
+    pool.settings::<NoOwnKeys>(at)?;
     match &pool.base_url {
         None => {
             return Err(invalid(

@@ -42,18 +42,20 @@ impl LangGraph {
             .base_url
             .as_deref()
             .ok_or("the langgraph kind needs base_url")?;
+        let own: config::Settings = ctx
+            .pool
+            .settings(&|k| k.to_owned())
+            .map_err(|e| e.to_string())?;
         Ok(LangGraph {
             http: ctx.http.rest().clone(),
             base: base.trim_end_matches('/').to_owned(),
             // Local servers (`langgraph dev`) want no key at all.
             key: ApiKey::of(ctx.account),
             headers: extra_headers(&ctx.pool.headers)?,
-            assistant_id: ctx
-                .pool
+            assistant_id: own
                 .assistant_id
-                .clone()
                 .unwrap_or_else(|| DEFAULT_ASSISTANT.to_owned()),
-            assistants: ctx.pool.assistants.clone(),
+            assistants: own.assistants,
         })
     }
 

@@ -35,8 +35,7 @@ use super::{EventSink, Place, Upstream, UpstreamContext};
 use crate::canonical::{
     ChatEvent, ChatRequest, ContentPart, ErrorKind, Role, StopReason, UpstreamError,
 };
-use crate::config::PoolConfig;
-use crate::sync::lock;
+use crate::support::sync::lock;
 
 /// The info file's name when none is configured.
 pub const DEFAULT_INFO_FILE: &str = ".info";
@@ -211,19 +210,14 @@ fn absolute(p: &Path) -> Result<PathBuf, String> {
     std::path::absolute(p).map_err(|e| format!("cannot resolve {}: {e}", p.display()))
 }
 
-/// The base of a pool's work directories.
-pub fn base_dir(pool: &PoolConfig, data_dir: &Path) -> PathBuf {
-    pool.work_dir
-        .clone()
-        .unwrap_or_else(|| data_dir.join("lingma"))
-}
-
 impl Lingma {
     pub fn new(ctx: &UpstreamContext<'_>, place: &Place<'_>) -> Result<Self, String> {
         let pool = ctx.pool;
-        let binary = pool
+        let own: config::Settings = pool
+            .settings(&|k| k.to_owned())
+            .map_err(|e| e.to_string())?;
+        let binary = own
             .agent_binary
-            .clone()
             .ok_or("the lingma kind needs agent_binary")?;
         // The agent runs in its work directory: relative paths given to it
         // (and a relative program path) must not change meaning there.
@@ -233,7 +227,8 @@ impl Lingma {
             binary
         };
         let work_dir = absolute(
-            &base_dir(pool, place.data_dir)
+            &own.work_dir
+                .unwrap_or_else(|| place.data_dir.join("lingma"))
                 .join(sanitize(&pool.name))
                 .join(sanitize(place.session)),
         )?;
@@ -241,30 +236,26 @@ impl Lingma {
         Ok(Lingma {
             settings: Settings {
                 binary,
-                args: pool.agent_args.iter().map(|a| fill(a)).collect(),
-                env: pool
+                args: own.agent_args.iter().map(|a| fill(a)).collect(),
+                env: own
                     .agent_env
                     .iter()
                     .map(|(k, v)| (k.clone(), fill(v)))
                     .collect(),
-                info_file: pool
+                info_file: own
                     .info_file
-                    .clone()
                     .unwrap_or_else(|| DEFAULT_INFO_FILE.to_owned()),
-                ws_path: match pool.ws_path.as_deref() {
+                ws_path: match own.ws_path.as_deref() {
                     None | Some("") => "/".to_owned(),
                     Some(p) if p.starts_with('/') => p.to_owned(),
                     Some(p) => format!("/{p}"),
                 },
-                startup_timeout: pool.startup_timeout.unwrap_or(DEFAULT_STARTUP_TIMEOUT),
-                session_type: pool
-                    .session_type
-                    .clone()
-                    .unwrap_or_else(|| "chat".to_owned()),
-                mode: pool.agent_mode.clone().unwrap_or_else(|| "chat".to_owned()),
-                bundle: pool.session_bundle.as_ref().map(|s| s.expose().to_owned()),
-                bundle_file: pool.session_bundle_file.clone(),
-                answer: pool.agent_request_result.clone().unwrap_or(Value::Null),
+                startup_timeout: own.startup_timeout.unwrap_or(DEFAULT_STARTUP_TIMEOUT),
+                session_type: own.session_type.unwrap_or_else(|| "chat".to_owned()),
+                mode: own.agent_mode.unwrap_or_else(|| "chat".to_owned()),
+                bundle: own.session_bundle.as_ref().map(|s| s.expose().to_owned()),
+                bundle_file: own.session_bundle_file,
+                answer: own.agent_request_result.unwrap_or(Value::Null),
                 work_dir,
             },
             agent: Mutex::new(None),

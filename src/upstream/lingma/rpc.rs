@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::canonical::{ErrorKind, UpstreamError};
-use crate::sync::lock;
+use crate::support::sync::lock;
 
 /// The largest LSP message (and WebSocket message) accepted.
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;

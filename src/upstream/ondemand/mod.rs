@@ -21,8 +21,9 @@ use super::http::{extra_headers, reply_id, send_checked};
 use super::text::flatten::flatten;
 use super::{ApiKey, EventSink, Upstream, UpstreamContext};
 use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, StopReason, UpstreamError};
-use crate::config::{PoolConfig, ResponseMode};
+use crate::config::PoolConfig;
 use crate::protocol::sse::SseEvent;
+use config::{ResponseMode, Settings};
 
 /// Where OnDemand's chat API lives when a pool gives no `base_url`.
 pub const DEFAULT_BASE_URL: &str = "https://api.on-demand.io/chat/v1";
@@ -71,13 +72,16 @@ impl OnDemand {
         let base = pool.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
         let key =
             ApiKey::of(ctx.account).ok_or("the ondemand kind needs an api_key per account")?;
+        let own: Settings = pool
+            .settings(&|k| k.to_owned())
+            .map_err(|e| e.to_string())?;
         Ok(OnDemand {
             http: ctx.http.rest().clone(),
             base: base.trim_end_matches('/').to_owned(),
             key,
             headers: extra_headers(&pool.headers)?,
-            endpoints: pool.endpoints.clone(),
-            mode: pool.response_mode.unwrap_or_default(),
+            endpoints: own.endpoints,
+            mode: own.response_mode,
         })
     }
 

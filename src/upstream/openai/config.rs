@@ -2,6 +2,9 @@
 
 use crate::config::{ConfigError, PoolConfig};
 
-pub(crate) fn validate(pool: &PoolConfig, at: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+pub(crate) fn validate(
+    pool: &mut PoolConfig,
+    at: &dyn Fn(&str) -> String,
+) -> Result<(), ConfigError> {
     crate::upstream::http::config::validate_keyed(pool, at)
 }

@@ -22,7 +22,7 @@ use tokio::sync::{oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::canonical::{ErrorKind, UpstreamError};
-use crate::sync::lock;
+use crate::support::sync::lock;
 
 /// How long connecting, the Engine.IO open and the socket.io CONNECT may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);

@@ -26,7 +26,7 @@ use self::client::{Connection, Endpoint, EventNames};
 use super::http::{extra_headers, send_checked};
 use super::{EventSink, Upstream, UpstreamContext};
 use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, Role, StopReason, UpstreamError};
-use crate::sync::lock;
+use crate::support::sync::lock;
 
 /// The presets this kind knows.
 pub const PRESETS: &[&str] = &["langfast"];
@@ -124,37 +124,40 @@ pub struct SocketIo {
 impl SocketIo {
     pub fn new(ctx: &UpstreamContext<'_>) -> Result<Self, String> {
         let pool = ctx.pool;
-        let langfast = pool.preset.as_deref() == Some("langfast");
+        let own: config::Settings = pool
+            .settings(&|k| k.to_owned())
+            .map_err(|e| e.to_string())?;
+        let langfast = own.preset.as_deref() == Some("langfast");
         let need = |v: &Option<String>, key: &str| {
             v.clone()
                 .ok_or_else(|| format!("the socketio kind needs {key}"))
         };
-        let chunk = match (&pool.chunk_event, langfast) {
+        let chunk = match (&own.chunk_event, langfast) {
             (Some(c), _) => c.clone(),
             (None, true) => LANGFAST_CHUNK_EVENT.to_owned(),
             (None, false) => return Err("the socketio kind needs chunk_event".into()),
         };
-        let finish = pool
+        let finish = own
             .finish_event
             .clone()
             .or_else(|| langfast.then(|| LANGFAST_FINISH_EVENT.to_owned()));
         Ok(SocketIo {
             http: ctx.http.rest().clone(),
-            supabase: need(&pool.supabase_url, "supabase_url")?
+            supabase: need(&own.supabase_url, "supabase_url")?
                 .trim_end_matches('/')
                 .to_owned(),
-            anon_key: pool
+            anon_key: own
                 .anon_key
                 .as_ref()
                 .ok_or("the socketio kind needs anon_key")?
                 .expose()
                 .to_owned(),
-            socket_url: need(&pool.socket_url, "socket_url")?,
-            socket_path: pool
+            socket_url: need(&own.socket_url, "socket_url")?,
+            socket_path: own
                 .socket_path
                 .clone()
                 .unwrap_or_else(|| DEFAULT_SOCKET_PATH.to_owned()),
-            prompt_id: need(&pool.prompt_id, "prompt_id")?,
+            prompt_id: need(&own.prompt_id, "prompt_id")?,
             events: EventNames { chunk, finish },
             headers: extra_headers(&pool.headers)?,
             account: Mutex::new(None),

@@ -1,18 +1,23 @@
-//! Reading the Anthropic wire format: client requests into [`ChatRequest`]
-//! (frontend) and an Anthropic server's stream events into [`ChatEvent`]s
-//! (upstream).
+//! Anthropic Messages, server side: what clients send (requests, decoded into
+//! the canonical model) and what they get back (streamed chunks or one
+//! body, encoded from canonical events).
 
-use serde_json::Value;
+use std::io::Write as _;
+use std::sync::Arc;
 
+use bytes::{BufMut as _, BytesMut};
+use serde_json::{Map, Value};
+
+use super::client::tool_input;
 use super::wire::{
-    BlockIn, ContentIn, ErrorBodyIn, InMessage, InRole, MessageIn, MessagesRequest,
-    ResponseBlockIn, StreamEventIn, SystemIn, ToolChoiceIn, UsageIn,
+    BlockIn, BlockOut, ContentIn, DeltaOut, ErrorOut, InMessage, InRole, MessageDeltaOut,
+    MessageOut, MessagesRequest, StreamEventOut, SystemIn, ToolChoiceIn, UsageOut,
 };
 use crate::canonical::{
-    ChatEvent, ChatRequest, ContentPart, ErrorKind, ImageSource, Message, Role, Sampling,
-    StopReason, Tool, ToolChoice, UpstreamError, Usage,
+    Answer, ChatEvent, ChatRequest, ContentPart, ErrorKind, ImageSource, Message, Role, Sampling,
+    StopReason, Tool, ToolChoice, UpstreamError, Usage, UsageTally,
 };
-use crate::protocol::{parse_json, DecodeError};
+use crate::protocol::{parse_json, DecodeError, EventEncoder};
 
 /// Separates system prompt pieces (blocks, `system` messages) so each
 /// stays its own paragraph.
@@ -426,275 +431,388 @@ fn tool_choice(c: ToolChoiceIn) -> Result<(Option<ToolChoice>, Option<bool>), De
     Ok((Some(choice), parallel))
 }
 
-// ---- upstream: an Anthropic server's answer ----
+// ---- responses to clients ----
 
-/// Turns an Anthropic server's stream events into canonical events. Tool
-/// calls are numbered by their order among the message's `tool_use`
-/// blocks, not by content block index, so they line up with OpenAI's
-/// `tool_calls[i].index` whatever text or thinking sits between them.
-#[derive(Debug, Default)]
-pub struct EventDecoder {
-    /// Content block index → tool call index, for the open tool blocks.
-    tool_blocks: Vec<(u32, u32)>,
-    next_tool: u32,
-    stopped: bool,
-    done: bool,
-    content: bool,
+/// Anthropic's `stop_reason` for a stop.
+pub fn stop_reason(r: StopReason) -> &'static str {
+    match r {
+        StopReason::End => "end_turn",
+        StopReason::Length => "max_tokens",
+        StopReason::ToolUse => "tool_use",
+        StopReason::StopSequence => "stop_sequence",
+        StopReason::ContentFilter => "refusal",
+    }
 }
 
-impl EventDecoder {
-    /// Decodes one SSE event's `data` into `out`. An upstream `error` event
-    /// is returned as the error.
-    pub fn decode(&mut self, data: &str, out: &mut Vec<ChatEvent>) -> Result<(), UpstreamError> {
-        let ev: StreamEventIn = serde_json::from_str(data).map_err(|e| {
-            UpstreamError::new(
-                ErrorKind::Protocol,
-                format!("upstream sent an unreadable event: {e}"),
-            )
-        })?;
-        let before = out.len();
-        match ev {
-            StreamEventIn::MessageStart { message } => {
-                if let Some(u) = message.usage {
-                    // `output_tokens` here is a placeholder; the real count
-                    // comes with `message_delta`.
-                    let mut usage = usage_from_wire(&u);
-                    usage.output = 0;
-                    if usage != Usage::default() {
-                        out.push(ChatEvent::Usage(usage));
-                    }
-                }
-                // A message_start with content already in it (some proxies
-                // send whole messages this way).
-                for (i, b) in message.content.into_iter().enumerate() {
-                    let index = u32::try_from(i).unwrap_or(u32::MAX);
-                    self.block_start(index, b, out);
-                }
-            }
-            StreamEventIn::ContentBlockStart {
+/// Canonical usage already keeps cached tokens apart, as Anthropic does.
+pub fn usage_out(u: &Usage) -> UsageOut {
+    UsageOut {
+        input_tokens: u.input,
+        output_tokens: u.output,
+        cache_creation_input_tokens: u.cache_write,
+        cache_read_input_tokens: u.cache_read,
+    }
+}
+
+/// Anthropic's error `type` for a failure reported inside a stream.
+pub fn stream_error_type(e: &UpstreamError) -> &'static str {
+    match e.kind {
+        ErrorKind::RateLimited | ErrorKind::Unavailable => "overloaded_error",
+        _ => "api_error",
+    }
+}
+
+/// The body of a non-streamed answer: thinking, text, then tool calls,
+/// the order Anthropic models produce them in.
+pub fn completion_body(answer: &Answer, req: &ChatRequest, id: &str) -> Vec<u8> {
+    let mut content = Vec::with_capacity(2 + answer.tool_calls.len());
+    if !answer.thinking.is_empty() || answer.signature.is_some() {
+        content.push(BlockOut::Thinking {
+            thinking: &answer.thinking,
+            // Typed SDKs require the field; an empty one is dropped again
+            // if the client sends this block back.
+            signature: Some(answer.signature.as_deref().unwrap_or("")),
+        });
+    }
+    for data in &answer.redacted_thinking {
+        content.push(BlockOut::RedactedThinking { data });
+    }
+    if !answer.text.is_empty() {
+        content.push(BlockOut::Text { text: &answer.text });
+    }
+    for call in &answer.tool_calls {
+        content.push(BlockOut::ToolUse {
+            id: &call.id,
+            name: &call.name,
+            input: tool_input(&call.arguments),
+        });
+    }
+    let body = MessageOut {
+        id,
+        kind: "message",
+        role: "assistant",
+        model: &req.model,
+        content,
+        stop_reason: Some(stop_reason(answer.stop.unwrap_or(StopReason::End))),
+        stop_sequence: None,
+        usage: usage_out(&answer.usage(req)),
+    };
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// The kind of the content block being written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Block {
+    Text,
+    /// `signed` once its signature went out: more thinking after that is a
+    /// new block, or the signature would cover the wrong text.
+    Thinking {
+        signed: bool,
+    },
+    Tool(u32),
+    RedactedThinking,
+}
+
+/// Encodes events as Anthropic's named SSE events: `message_start` before
+/// the first content, one content block per text, thinking or tool call
+/// run with indexes counting up, and `message_delta` + `message_stop` at
+/// the end. The `message_delta` is written by [`EventEncoder::finish`], not
+/// at `Stop`, because the final usage arrives after the stop.
+#[derive(Debug)]
+pub struct StreamEncoder {
+    id: String,
+    req: Arc<ChatRequest>,
+    started: bool,
+    /// The open block and its index.
+    open: Option<(usize, Block)>,
+    next_block: usize,
+    /// Canonical tool call index → content block index.
+    tool_blocks: Vec<(u32, usize)>,
+    stop: Option<StopReason>,
+    failed: bool,
+    tally: UsageTally,
+}
+
+impl StreamEncoder {
+    /// An encoder for the answer to `req`, whose public model name and
+    /// prompt (for counting input tokens the upstream did not report) it
+    /// needs before the end.
+    pub fn new(id: String, req: Arc<ChatRequest>) -> Self {
+        StreamEncoder {
+            id,
+            req,
+            started: false,
+            open: None,
+            next_block: 0,
+            tool_blocks: Vec::new(),
+            stop: None,
+            failed: false,
+            tally: UsageTally::new(true),
+        }
+    }
+
+    fn write(out: &mut BytesMut, ev: &StreamEventOut<'_>) {
+        out.put_slice(b"event: ");
+        out.put_slice(ev.name().as_bytes());
+        out.put_slice(b"\ndata: ");
+        let mut w = out.writer();
+        // Writing to memory cannot fail; serialization of these types cannot either.
+        let _ = serde_json::to_writer(&mut w, ev);
+        let _ = w.write_all(b"\n\n");
+    }
+
+    fn start(&mut self, out: &mut BytesMut) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let mut usage = usage_out(&self.tally.input(&self.req));
+        // The real count comes with `message_delta`.
+        usage.output_tokens = 0;
+        Self::write(
+            out,
+            &StreamEventOut::MessageStart {
+                message: MessageOut {
+                    id: &self.id,
+                    kind: "message",
+                    role: "assistant",
+                    model: &self.req.model,
+                    content: Vec::new(),
+                    stop_reason: None,
+                    stop_sequence: None,
+                    usage,
+                },
+            },
+        );
+    }
+
+    fn close(&mut self, out: &mut BytesMut) {
+        if let Some((index, _)) = self.open.take() {
+            Self::write(out, &StreamEventOut::ContentBlockStop { index });
+        }
+    }
+
+    /// Opens a new block, closing the one before.
+    fn open_block(
+        &mut self,
+        block: Block,
+        content_block: BlockOut<'_>,
+        out: &mut BytesMut,
+    ) -> usize {
+        self.close(out);
+        let index = self.next_block;
+        self.next_block += 1;
+        Self::write(
+            out,
+            &StreamEventOut::ContentBlockStart {
                 index,
                 content_block,
-            } => self.block_start(index, content_block, out),
-            StreamEventIn::ContentBlockDelta { index, delta } => match delta.kind.as_str() {
-                "text_delta" => push_text(delta.text, out),
-                "input_json_delta" => {
-                    if let Some(json) = delta.partial_json.filter(|j| !j.is_empty()) {
-                        let tool = self.tool_index(index).ok_or_else(|| {
-                            UpstreamError::new(
-                                ErrorKind::Protocol,
-                                format!("upstream sent tool input for block {index}, which is not a tool_use block"),
-                            )
-                        })?;
-                        out.push(ChatEvent::ToolCallArgsDelta { index: tool, json });
-                    }
-                }
-                "thinking_delta" => {
-                    if let Some(t) = delta.thinking.filter(|t| !t.is_empty()) {
-                        out.push(ChatEvent::ThinkingDelta(t));
-                    }
-                }
-                "signature_delta" => {
-                    if let Some(s) = delta.signature.filter(|s| !s.is_empty()) {
-                        out.push(ChatEvent::ThinkingSignature(s));
-                    }
-                }
-                // citations_delta and later additions carry nothing the
-                // canonical model holds.
-                _ => {}
             },
-            StreamEventIn::ContentBlockStop { .. } | StreamEventIn::Ping => {}
-            StreamEventIn::MessageDelta { delta, usage } => {
-                if let Some(reason) = delta.and_then(|d| d.stop_reason) {
-                    self.stopped = true;
-                    out.push(ChatEvent::Stop(stop_reason(&reason)));
-                }
-                if let Some(u) = usage {
-                    let usage = usage_from_wire(&u);
-                    if usage != Usage::default() {
-                        out.push(ChatEvent::Usage(usage));
-                    }
-                }
-            }
-            StreamEventIn::MessageStop => self.done = true,
-            StreamEventIn::Error { error } => return Err(upstream_error(error)),
-            StreamEventIn::Unknown => {}
-        }
-        if out[before..].iter().any(|e| !e.is_preamble()) {
-            self.content = true;
-        }
-        Ok(())
+        );
+        self.open = Some((index, block));
+        index
     }
 
-    fn block_start(&mut self, index: u32, b: ResponseBlockIn, out: &mut Vec<ChatEvent>) {
-        match b.kind.as_str() {
-            "text" => push_text(b.text, out),
-            "tool_use" => {
-                let tool = self.next_tool;
-                self.next_tool += 1;
-                self.tool_blocks.retain(|(block, _)| *block != index);
-                self.tool_blocks.push((index, tool));
-                out.push(ChatEvent::ToolCallStart {
-                    index: tool,
-                    id: b.id.unwrap_or_else(|| format!("toolu_{tool}")),
-                    name: b.name.unwrap_or_default(),
-                });
-                // Streams start with `input: {}` and send the input as
-                // deltas; whole messages carry it here.
-                match b.input {
-                    Some(Value::Object(m)) if m.is_empty() => {}
-                    None | Some(Value::Null) => {}
-                    Some(v) => out.push(ChatEvent::ToolCallArgsDelta {
-                        index: tool,
-                        json: v.to_string(),
-                    }),
-                }
-            }
-            "thinking" => {
-                if let Some(t) = b.thinking.filter(|t| !t.is_empty()) {
-                    out.push(ChatEvent::ThinkingDelta(t));
-                }
-                if let Some(s) = b.signature.filter(|s| !s.is_empty()) {
-                    out.push(ChatEvent::ThinkingSignature(s));
-                }
-            }
-            "redacted_thinking" => {
-                if let Some(d) = b.data.filter(|d| !d.is_empty()) {
-                    out.push(ChatEvent::RedactedThinking(d));
-                }
-            }
-            // Server tool blocks run upstream; their results show up in
-            // the text that follows.
-            _ => {}
+    /// The open text block, or a new one.
+    fn text_block(&mut self, out: &mut BytesMut) -> usize {
+        match self.open {
+            Some((index, Block::Text)) => index,
+            _ => self.open_block(Block::Text, BlockOut::Text { text: "" }, out),
         }
     }
 
-    fn tool_index(&self, block: u32) -> Option<u32> {
-        self.tool_blocks
-            .iter()
-            .find(|(b, _)| *b == block)
-            .map(|(_, t)| *t)
+    /// The open unsigned thinking block, or a new one.
+    fn thinking_block(&mut self, out: &mut BytesMut) -> usize {
+        match self.open {
+            Some((index, Block::Thinking { signed: false })) => index,
+            _ => self.open_block(
+                Block::Thinking { signed: false },
+                BlockOut::Thinking {
+                    thinking: "",
+                    signature: None,
+                },
+                out,
+            ),
+        }
     }
 
-    /// Decodes a whole non-streamed message body (from a server that
-    /// ignored `stream: true`) into `out`, ending with a stop.
-    pub fn decode_message(
-        &mut self,
-        body: &[u8],
-        out: &mut Vec<ChatEvent>,
-    ) -> Result<(), UpstreamError> {
-        #[derive(serde::Deserialize)]
-        struct Body {
-            #[serde(rename = "type", default)]
-            kind: Option<String>,
-            #[serde(default)]
-            error: Option<ErrorBodyIn>,
-            #[serde(flatten)]
-            message: MessageIn,
-        }
-        let b: Body = serde_json::from_slice(body).map_err(|e| {
-            UpstreamError::new(
-                ErrorKind::Protocol,
-                format!("upstream sent an unreadable body: {e}"),
-            )
-        })?;
-        if b.kind.as_deref() == Some("error") || b.error.is_some() {
-            return Err(upstream_error(b.error.unwrap_or(ErrorBodyIn {
-                kind: None,
-                message: String::new(),
-            })));
-        }
-        for (i, block) in b.message.content.into_iter().enumerate() {
-            self.block_start(u32::try_from(i).unwrap_or(u32::MAX), block, out);
-        }
-        let reason = b
-            .message
-            .stop_reason
-            .as_deref()
-            .map_or(StopReason::End, stop_reason);
-        self.stopped = true;
-        self.done = true;
-        self.content = true;
-        out.push(ChatEvent::Stop(reason));
-        if let Some(u) = b.message.usage {
-            let usage = usage_from_wire(&u);
-            if usage != Usage::default() {
-                out.push(ChatEvent::Usage(usage));
-            }
-        }
-        Ok(())
+    fn tool_block(&mut self, index: u32, id: &str, name: &str, out: &mut BytesMut) -> usize {
+        let block = self.open_block(
+            Block::Tool(index),
+            BlockOut::ToolUse {
+                id,
+                name,
+                input: Value::Object(Map::new()),
+            },
+            out,
+        );
+        self.tool_blocks.retain(|(i, _)| *i != index);
+        self.tool_blocks.push((index, block));
+        block
     }
 
-    /// Whether a stop reason has been seen.
-    pub fn stopped(&self) -> bool {
-        self.stopped
+    fn delta(index: usize, delta: DeltaOut<'_>, out: &mut BytesMut) {
+        Self::write(out, &StreamEventOut::ContentBlockDelta { index, delta });
     }
 
-    /// Whether `message_stop` has been seen: the answer is complete.
-    pub fn done(&self) -> bool {
-        self.done
+    fn error(&mut self, e: &UpstreamError, out: &mut BytesMut) {
+        self.failed = true;
+        Self::write_error(e, out);
+    }
+
+    /// Appends an `error` event; needs no state, so it can end a stream
+    /// whose encoder is gone.
+    pub fn write_error(e: &UpstreamError, out: &mut BytesMut) {
+        Self::write(out, &error_event(stream_error_type(e), &e.message));
     }
 }
 
-#[cfg(test)]
-impl EventDecoder {
-    /// Whether anything beyond preamble has been produced.
-    fn has_content(&self) -> bool {
-        self.content
+fn error_event<'a>(kind: &'a str, message: &'a str) -> StreamEventOut<'a> {
+    StreamEventOut::Error {
+        error: ErrorOut { kind, message },
     }
 }
 
-/// An `error` event or error body. Overload and rate limits are worth
-/// trying elsewhere; anything else mid-answer is the upstream's fault.
-fn upstream_error(error: ErrorBodyIn) -> UpstreamError {
-    let kind = match error.kind.as_deref() {
-        Some("overloaded_error") => ErrorKind::Unavailable,
-        Some("rate_limit_error") => ErrorKind::RateLimited,
-        _ => ErrorKind::Protocol,
-    };
-    let message = if error.message.is_empty() {
-        "upstream sent an error event".to_owned()
-    } else {
-        error.message
-    };
-    let mut e = UpstreamError::new(kind, message);
-    e.error_type = error.kind;
-    e
+/// Anthropic's error envelope, `{"type": "error", "error": {"type",
+/// "message"}}`: the body of an HTTP error, as the in-stream `error` event
+/// carries it.
+pub fn error_body(kind: &str, message: &str) -> Vec<u8> {
+    // Serializing strings into memory cannot fail.
+    serde_json::to_vec(&error_event(kind, message)).unwrap_or_default()
 }
 
-fn push_text(text: Option<String>, out: &mut Vec<ChatEvent>) {
-    if let Some(t) = text.filter(|t| !t.is_empty()) {
-        out.push(ChatEvent::TextDelta(t));
+/// Anthropic's error `type` for an HTTP status.
+pub fn error_type(status: u16) -> &'static str {
+    match status {
+        400 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        408 => "timeout_error",
+        413 => "request_too_large",
+        415 => "invalid_request_error",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        _ => "api_error",
     }
 }
 
-/// Maps an Anthropic `stop_reason`.
-pub fn stop_reason(reason: &str) -> StopReason {
-    match reason {
-        "max_tokens" | "model_context_window_exceeded" => StopReason::Length,
-        "tool_use" => StopReason::ToolUse,
-        "stop_sequence" => StopReason::StopSequence,
-        "refusal" => StopReason::ContentFilter,
-        // end_turn, pause_turn and anything newer end the turn normally.
-        _ => StopReason::End,
+impl EventEncoder for StreamEncoder {
+    fn usage(&self, req: &ChatRequest) -> Option<Usage> {
+        Some(self.tally.finish(req))
     }
-}
 
-/// Anthropic usage keeps cached tokens apart from `input_tokens`, as the
-/// canonical model does.
-fn usage_from_wire(u: &UsageIn) -> Usage {
-    Usage {
-        input: u.input_tokens.unwrap_or(0),
-        output: u.output_tokens.unwrap_or(0),
-        cache_read: u.cache_read_input_tokens.unwrap_or(0),
-        cache_write: u.cache_creation_input_tokens.unwrap_or(0),
+    fn tally(&mut self) -> Option<&mut crate::canonical::UsageTally> {
+        Some(&mut self.tally)
+    }
+
+    fn counts_prompt_first(&self) -> bool {
+        true
+    }
+
+    fn write_error(e: &UpstreamError, out: &mut BytesMut) {
+        Self::write_error(e, out)
+    }
+
+    fn event(&mut self, ev: &ChatEvent, out: &mut BytesMut) {
+        if self.failed {
+            return;
+        }
+        self.tally.observe(ev);
+        if ev.is_preamble() {
+            return;
+        }
+        if let ChatEvent::Error(e) = ev {
+            self.error(e, out);
+            return;
+        }
+        self.start(out);
+        match ev {
+            ChatEvent::TextDelta(t) => {
+                if !t.is_empty() {
+                    let index = self.text_block(out);
+                    Self::delta(index, DeltaOut::TextDelta { text: t }, out);
+                }
+            }
+            ChatEvent::ThinkingDelta(t) => {
+                if !t.is_empty() {
+                    let index = self.thinking_block(out);
+                    Self::delta(index, DeltaOut::ThinkingDelta { thinking: t }, out);
+                }
+            }
+            ChatEvent::ThinkingSignature(s) => {
+                let index = self.thinking_block(out);
+                Self::delta(index, DeltaOut::SignatureDelta { signature: s }, out);
+                self.open = Some((index, Block::Thinking { signed: true }));
+            }
+            ChatEvent::RedactedThinking(data) => {
+                self.open_block(
+                    Block::RedactedThinking,
+                    BlockOut::RedactedThinking { data },
+                    out,
+                );
+                self.close(out);
+            }
+            ChatEvent::ToolCallStart { index, id, name } => {
+                self.tool_block(*index, id, name, out);
+            }
+            ChatEvent::ToolCallArgsDelta { index, json } => {
+                let block = match self.tool_blocks.iter().find(|(i, _)| i == index) {
+                    Some((_, b)) => *b,
+                    // Arguments without a start: give the call a block
+                    // rather than drop its input.
+                    None => self.tool_block(*index, &format!("toolu_{index}"), "", out),
+                };
+                // A call streamed after a later one started (rare) still
+                // names its own block: clients assemble blocks by index.
+                Self::delta(block, DeltaOut::InputJsonDelta { partial_json: json }, out);
+            }
+            ChatEvent::Stop(r) => {
+                if self.stop.is_none() {
+                    self.stop = Some(*r);
+                }
+                self.close(out);
+            }
+            ChatEvent::Start { .. } | ChatEvent::Usage(_) | ChatEvent::Error(_) => {}
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.is_some()
+    }
+
+    /// Closes the open block and writes `message_delta` (stop reason and
+    /// final usage) and `message_stop`.
+    fn finish(&mut self, req: &ChatRequest, out: &mut BytesMut) {
+        if self.failed {
+            return;
+        }
+        self.start(out);
+        self.close(out);
+        Self::write(
+            out,
+            &StreamEventOut::MessageDelta {
+                delta: MessageDeltaOut {
+                    stop_reason: Some(stop_reason(self.stop.unwrap_or(StopReason::End))),
+                    stop_sequence: None,
+                },
+                usage: usage_out(&self.tally.finish(req)),
+            },
+        );
+        Self::write(out, &StreamEventOut::MessageStop);
+    }
+
+    fn keepalive(&self) -> &'static [u8] {
+        b"event: ping\ndata: {\"type\": \"ping\"}\n\n"
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::canonical::answer::ToolCallAcc;
+    use crate::canonical::Message;
     use serde_json::json;
-
     fn decode(v: Value) -> Result<ChatRequest, DecodeError> {
         decode_request(v.to_string().as_bytes())
     }
@@ -955,151 +1073,279 @@ mod tests {
         assert!(e.message.starts_with("invalid JSON"), "{e:?}");
     }
 
-    fn events(lines: &[Value]) -> Result<Vec<ChatEvent>, UpstreamError> {
-        let mut d = EventDecoder::default();
-        let mut out = Vec::new();
-        for l in lines {
-            d.decode(&l.to_string(), &mut out)?;
+    /// Splits an SSE body into (event name, parsed data) pairs.
+    fn sse_events(buf: &[u8]) -> Vec<(String, Value)> {
+        std::str::from_utf8(buf)
+            .unwrap()
+            .split("\n\n")
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                let (ev, data) = s.split_once('\n').unwrap();
+                let name = ev.strip_prefix("event: ").unwrap().to_owned();
+                let data = serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
+                (name, data)
+            })
+            .collect()
+    }
+
+    fn request() -> Arc<ChatRequest> {
+        Arc::new(ChatRequest {
+            model: "public".into(),
+            messages: vec![Message::text(Role::User, "hello world")],
+            ..Default::default()
+        })
+    }
+
+    fn encode(events: &[ChatEvent], finish: bool) -> Vec<(String, Value)> {
+        let req = request();
+        let mut enc = StreamEncoder::new("msg_1".into(), req.clone());
+        let mut out = BytesMut::new();
+        for ev in events {
+            enc.event(ev, &mut out);
         }
-        assert!(d.done() && d.stopped());
-        Ok(out)
+        if finish {
+            assert!(enc.stopped());
+            enc.finish(&req, &mut out);
+        }
+        sse_events(&out)
     }
 
     #[test]
-    fn stream_events_decode_with_tool_order_indexes() {
-        let out = events(&[
-            json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant",
-                "content": [], "model": "claude", "stop_reason": null,
-                "usage": {"input_tokens": 10, "output_tokens": 1, "cache_read_input_tokens": 4, "cache_creation_input_tokens": 2}}}),
-            json!({"type": "ping"}),
-            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}}),
-            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "hmm"}}),
-            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "sig"}}),
-            json!({"type": "content_block_stop", "index": 0}),
-            json!({"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}}),
-            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": "Hi"}}),
-            json!({"type": "content_block_stop", "index": 1}),
-            json!({"type": "content_block_start", "index": 2, "content_block": {"type": "tool_use", "id": "t1", "name": "f", "input": {}}}),
-            json!({"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": ""}}),
-            json!({"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": "{\"a\":"}}),
-            json!({"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": "1}"}}),
-            json!({"type": "content_block_stop", "index": 2}),
-            json!({"type": "content_block_start", "index": 3, "content_block": {"type": "redacted_thinking", "data": "enc"}}),
-            json!({"type": "content_block_stop", "index": 3}),
-            json!({"type": "content_block_start", "index": 4, "content_block": {"type": "tool_use", "id": "t2", "name": "g", "input": {}}}),
-            json!({"type": "content_block_stop", "index": 4}),
-            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 7}}),
-            json!({"type": "message_stop"}),
-        ])
-        .unwrap();
-        assert_eq!(
-            out,
-            vec![
+    fn stream_follows_anthropic_event_order() {
+        let evs = encode(
+            &[
+                ChatEvent::Start { model: "up".into() },
                 ChatEvent::Usage(Usage {
-                    input: 10,
-                    output: 0,
-                    cache_read: 4,
-                    cache_write: 2
+                    input: 12,
+                    cache_read: 5,
+                    ..Default::default()
                 }),
                 ChatEvent::ThinkingDelta("hmm".into()),
                 ChatEvent::ThinkingSignature("sig".into()),
                 ChatEvent::TextDelta("Hi".into()),
+                ChatEvent::TextDelta(" there".into()),
                 ChatEvent::ToolCallStart {
                     index: 0,
                     id: "t1".into(),
-                    name: "f".into()
+                    name: "f".into(),
                 },
                 ChatEvent::ToolCallArgsDelta {
                     index: 0,
-                    json: "{\"a\":".into()
+                    json: "{\"a\":".into(),
                 },
                 ChatEvent::ToolCallArgsDelta {
                     index: 0,
-                    json: "1}".into()
+                    json: "1}".into(),
                 },
-                ChatEvent::RedactedThinking("enc".into()),
                 ChatEvent::ToolCallStart {
                     index: 1,
                     id: "t2".into(),
-                    name: "g".into()
+                    name: "g".into(),
                 },
                 ChatEvent::Stop(StopReason::ToolUse),
                 ChatEvent::Usage(Usage {
-                    output: 7,
+                    output: 9,
                     ..Default::default()
                 }),
+            ],
+            true,
+        );
+        let names: Vec<&str> = evs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            vec![
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_stop",
+                "message_delta",
+                "message_stop",
             ]
+        );
+        for (name, data) in &evs {
+            assert_eq!(data["type"], json!(name), "event name matches type");
+        }
+        assert_eq!(
+            evs[0].1,
+            json!({"type": "message_start", "message": {
+                "id": "msg_1", "type": "message", "role": "assistant", "model": "public",
+                "content": [], "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": 12, "output_tokens": 0,
+                          "cache_creation_input_tokens": 0, "cache_read_input_tokens": 5}}})
+        );
+        assert_eq!(
+            evs[1].1["content_block"],
+            json!({"type": "thinking", "thinking": ""})
+        );
+        assert_eq!(
+            evs[3].1["delta"],
+            json!({"type": "signature_delta", "signature": "sig"})
+        );
+        assert_eq!(
+            evs[7].1,
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": " there"}})
+        );
+        assert_eq!(
+            evs[9].1,
+            json!({"type": "content_block_start", "index": 2,
+                   "content_block": {"type": "tool_use", "id": "t1", "name": "f", "input": {}}})
+        );
+        assert_eq!(
+            evs[11].1["delta"],
+            json!({"type": "input_json_delta", "partial_json": "1}"})
+        );
+        assert_eq!(evs[13].1["index"], 3);
+        assert_eq!(
+            evs[15].1,
+            json!({"type": "message_delta",
+                   "delta": {"stop_reason": "tool_use", "stop_sequence": null},
+                   "usage": {"input_tokens": 12, "output_tokens": 9,
+                             "cache_creation_input_tokens": 0, "cache_read_input_tokens": 5}})
         );
     }
 
     #[test]
-    fn error_events_are_classified() {
-        let mut d = EventDecoder::default();
-        let mut out = Vec::new();
-        for (kind, want) in [
-            ("overloaded_error", ErrorKind::Unavailable),
-            ("rate_limit_error", ErrorKind::RateLimited),
-            ("api_error", ErrorKind::Protocol),
-        ] {
-            let e = d
-                .decode(
-                    &json!({"type": "error", "error": {"type": kind, "message": "boom"}})
-                        .to_string(),
-                    &mut out,
-                )
-                .unwrap_err();
-            assert_eq!((e.kind, e.message.as_str()), (want, "boom"));
-            assert_eq!(e.error_type.as_deref(), Some(kind));
-        }
-        assert!(d.decode("not json", &mut out).is_err());
-        // Unknown event types are skipped.
-        d.decode(r#"{"type": "future_event", "x": 1}"#, &mut out)
-            .unwrap();
-        assert!(out.is_empty());
-        assert!(!d.has_content());
+    fn input_tokens_are_counted_when_not_reported() {
+        let evs = encode(
+            &[
+                ChatEvent::Start { model: "up".into() },
+                ChatEvent::TextDelta("Hi".into()),
+                ChatEvent::Stop(StopReason::End),
+            ],
+            true,
+        );
+        let counted = crate::canonical::tokens::request_tokens_now(&request());
+        assert!(counted > 0);
+        assert_eq!(evs[0].1["message"]["usage"]["input_tokens"], json!(counted));
+        let last = &evs[evs.len() - 2].1;
+        assert_eq!(last["delta"]["stop_reason"], "end_turn");
+        assert_eq!(last["usage"]["output_tokens"], 1);
     }
 
     #[test]
-    fn whole_message_bodies_decode() {
-        let mut d = EventDecoder::default();
-        let mut out = Vec::new();
-        let body = json!({"id": "msg", "type": "message", "role": "assistant", "model": "claude",
-            "content": [
-                {"type": "text", "text": "Hi"},
-                {"type": "tool_use", "id": "t1", "name": "f", "input": {"a": [1]}}
+    fn stop_reasons_map() {
+        for (r, want) in [
+            (StopReason::End, "end_turn"),
+            (StopReason::Length, "max_tokens"),
+            (StopReason::ToolUse, "tool_use"),
+            (StopReason::StopSequence, "stop_sequence"),
+            (StopReason::ContentFilter, "refusal"),
+        ] {
+            assert_eq!(stop_reason(r), want);
+        }
+    }
+
+    #[test]
+    fn signed_thinking_then_more_thinking_opens_a_new_block() {
+        let evs = encode(
+            &[
+                ChatEvent::ThinkingDelta("a".into()),
+                ChatEvent::ThinkingSignature("s1".into()),
+                ChatEvent::ThinkingDelta("b".into()),
+                ChatEvent::ThinkingSignature("s2".into()),
+                ChatEvent::RedactedThinking("enc".into()),
+                ChatEvent::Stop(StopReason::End),
             ],
-            "stop_reason": "max_tokens",
-            "usage": {"input_tokens": 3, "output_tokens": 2}});
-        d.decode_message(body.to_string().as_bytes(), &mut out)
-            .unwrap();
+            true,
+        );
+        let starts: Vec<&Value> = evs
+            .iter()
+            .filter(|(n, _)| n == "content_block_start")
+            .map(|(_, d)| d)
+            .collect();
+        assert_eq!(starts.len(), 3);
+        assert_eq!(starts[1]["index"], 1);
         assert_eq!(
-            out,
-            vec![
-                ChatEvent::TextDelta("Hi".into()),
-                ChatEvent::ToolCallStart {
+            starts[2]["content_block"],
+            json!({"type": "redacted_thinking", "data": "enc"})
+        );
+    }
+
+    #[test]
+    fn errors_after_the_start_end_the_stream() {
+        let req = request();
+        let mut enc = StreamEncoder::new("msg_1".into(), req.clone());
+        let mut out = BytesMut::new();
+        enc.event(&ChatEvent::TextDelta("Hi".into()), &mut out);
+        let mut e = UpstreamError::new(ErrorKind::RateLimited, "slow down");
+        e.status = Some(429);
+        enc.event(&ChatEvent::Error(Box::new(e)), &mut out);
+        enc.event(&ChatEvent::TextDelta("more".into()), &mut out);
+        enc.finish(&req, &mut out);
+        let evs = sse_events(&out);
+        assert_eq!(evs.len(), 4);
+        assert_eq!(
+            evs[3],
+            (
+                "error".to_owned(),
+                json!({"type": "error", "error": {"type": "overloaded_error", "message": "slow down"}})
+            )
+        );
+        let e = UpstreamError::new(ErrorKind::Protocol, "broken");
+        assert_eq!(stream_error_type(&e), "api_error");
+        assert_eq!(
+            enc.keepalive(),
+            b"event: ping\ndata: {\"type\": \"ping\"}\n\n"
+        );
+    }
+
+    #[test]
+    fn completion_body_has_blocks_and_usage() {
+        let answer = Answer {
+            text: "Hi".into(),
+            thinking: "hmm".into(),
+            signature: Some("sig".into()),
+            redacted_thinking: vec![],
+            tool_calls: vec![
+                ToolCallAcc {
                     index: 0,
                     id: "t1".into(),
-                    name: "f".into()
+                    name: "f".into(),
+                    arguments: r#"{"a":1}"#.into(),
                 },
-                ChatEvent::ToolCallArgsDelta {
-                    index: 0,
-                    json: r#"{"a":[1]}"#.into()
+                ToolCallAcc {
+                    index: 1,
+                    id: "t2".into(),
+                    name: "g".into(),
+                    arguments: "{broken".into(),
                 },
-                ChatEvent::Stop(StopReason::Length),
-                ChatEvent::Usage(Usage {
-                    input: 3,
-                    output: 2,
-                    ..Default::default()
-                }),
-            ]
+            ],
+            stop: Some(StopReason::ToolUse),
+            reported_usage: Some(Usage {
+                input: 10,
+                output: 4,
+                cache_read: 3,
+                cache_write: 2,
+            }),
+            ..Default::default()
+        };
+        let body: Value =
+            serde_json::from_slice(&completion_body(&answer, &request(), "msg_1")).unwrap();
+        assert_eq!(
+            body,
+            json!({
+                "id": "msg_1", "type": "message", "role": "assistant", "model": "public",
+                "content": [
+                    {"type": "thinking", "thinking": "hmm", "signature": "sig"},
+                    {"type": "text", "text": "Hi"},
+                    {"type": "tool_use", "id": "t1", "name": "f", "input": {"a": 1}},
+                    {"type": "tool_use", "id": "t2", "name": "g", "input": {}}
+                ],
+                "stop_reason": "tool_use", "stop_sequence": null,
+                "usage": {"input_tokens": 10, "output_tokens": 4,
+                          "cache_read_input_tokens": 3, "cache_creation_input_tokens": 2}
+            })
         );
-        assert!(d.done() && d.has_content());
-        let err = EventDecoder::default()
-            .decode_message(
-                br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
-                &mut out,
-            )
-            .unwrap_err();
-        assert_eq!(err.kind, ErrorKind::Unavailable);
     }
 }

@@ -1,0 +1,4 @@
+//! Small building blocks any folder may use; they import nothing of the
+//! crate, so they sit below every other folder.
+
+pub(crate) mod sync;
