@@ -30,6 +30,8 @@ pub struct Metrics {
     pub sessions: IntGaugeVec,
     /// Restarts, give-ups, cool-downs, refreshes... by pool and event.
     pub session_events: IntCounterVec,
+    /// Session restarts by pool and reason (a closed set: `Cause`).
+    pub session_restarts: IntCounterVec,
     /// Upstream failures by pool and kind.
     pub upstream_errors: IntCounterVec,
     /// Tasks that failed (panicked) where no error was expected, by where:
@@ -102,6 +104,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "Restarts, give-ups, cool-downs, credential refreshes, resets.",
         &["pool", "event"],
     )?;
+    let session_restarts = counter(
+        "session_restarts_total",
+        "Session restarts by pool and reason.",
+        &["pool", "reason"],
+    )?;
     let upstream_errors = counter(
         "upstream_errors_total",
         "Upstream failures by kind.",
@@ -138,6 +145,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         queue_wait,
         sessions,
         session_events,
+        session_restarts,
         upstream_errors,
         task_failures,
         tokenizer_busy,

@@ -238,3 +238,13 @@ pub struct SessionInfo {
     /// Models this session is cooling down for, with seconds left.
     pub model_cooldowns: Vec<(Arc<str>, f64)>,
 }
+
+/// Reload the configuration now: sent to the reloader (`app::reload`) by
+/// SIGHUP, the admin API and the file watcher; answers a summary of what
+/// changed, or why the new configuration was refused.
+#[derive(Message)]
+#[rtype(result = "Result<String, String>")]
+pub struct Reload {
+    /// What asked for it, for the logs (`SIGHUP`, `admin`, `file`).
+    pub source: &'static str,
+}

@@ -13,7 +13,7 @@ pub mod tickets;
 #[cfg(test)]
 mod tests;
 
-pub use messages::{AcquireError, Lease, SessionId, SessionInfo, SessionState};
+pub use messages::{AcquireError, Lease, Reload, SessionId, SessionInfo, SessionState};
 
 /// Creates `dir` (and its parents) readable by this user alone, and narrows
 /// it if it already exists: the data directory holds cached credentials

@@ -11,7 +11,7 @@ use actix::prelude::*;
 
 use super::credentials::CredentialStore;
 use super::messages::{Retire, SessionId};
-use super::restart_log::{EventKind, RestartEvent, RestartLog};
+use super::restart_log::{Cause, EventKind, RestartEvent, RestartLog};
 use super::router::Router;
 use super::session::{Registration, Session};
 use crate::config::{PoolConfig, SupervisorConfig};
@@ -269,12 +269,14 @@ impl Actor for PoolSupervisor {
                 let m = &act.members[i];
                 let reason = "session actor died; re-created by the watchdog";
                 tracing::error!(pool = %m.registration.pool, session = %m.registration.name, reason);
-                act.log.do_send(RestartEvent::now(
+                let mut ev = RestartEvent::now(
                     &m.registration.pool,
                     &m.registration.name,
                     EventKind::Respawn,
                     reason,
-                ));
+                );
+                ev.cause = Some(Cause::ActorDied);
+                act.log.do_send(ev);
                 // An arbiter whose thread died takes no more actors: move
                 // the session to the pool's own.
                 let arbiter = m.arbiter.clone().filter(|a| a.spawn(async {}));

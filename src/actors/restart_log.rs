@@ -41,6 +41,37 @@ pub enum EventKind {
     ReloadRejected,
 }
 
+/// Why a session restarted: a closed set, so it can label a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// Logging in, connecting or spawning failed.
+    EstablishFailed,
+    /// The upstream connection went away between requests.
+    ConnectionLost,
+    /// Refreshing credentials failed.
+    RefreshFailed,
+    /// The upstream refused the credentials.
+    Auth,
+    /// The upstream no longer knows the session.
+    SessionLost,
+    /// The session's actor died; the watchdog made a new one.
+    ActorDied,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::EstablishFailed => "establish_failed",
+            Cause::ConnectionLost => "connection_lost",
+            Cause::RefreshFailed => "refresh_failed",
+            Cause::Auth => "auth",
+            Cause::SessionLost => "session_lost",
+            Cause::ActorDied => "actor_died",
+        }
+    }
+}
+
 impl EventKind {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -75,6 +106,9 @@ pub struct RestartEvent {
     /// Delay before the next start or the length of a cool-down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff_ms: Option<u64>,
+    /// Of a restart or a give-up: why, from a closed set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
 }
 
 impl RestartEvent {
@@ -88,6 +122,7 @@ impl RestartEvent {
             reason: reason.into(),
             attempt: 0,
             backoff_ms: None,
+            cause: None,
         }
     }
 
@@ -216,6 +251,11 @@ impl Handler<RestartEvent> for RestartLog {
             m.session_events
                 .with_label_values(&[&ev.pool, ev.event.as_str()])
                 .inc();
+            if let (EventKind::Restart | EventKind::Respawn, Some(cause)) = (ev.event, ev.cause) {
+                m.session_restarts
+                    .with_label_values(&[&ev.pool, cause.as_str()])
+                    .inc();
+            }
         }
         tracing::info!(pool = %ev.pool, session = %ev.session, event = ev.event.as_str(), reason = %ev.reason, attempt = ev.attempt, backoff_ms = ev.backoff_ms, "session event");
         self.append(&ev);

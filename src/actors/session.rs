@@ -18,7 +18,7 @@ use super::credentials::CredentialStore;
 use super::messages::{
     Chat, ModelCooldown, Register, Remember, Reset, Retire, SessionId, SessionState, StateChanged,
 };
-use super::restart_log::{EventKind, RestartEvent, RestartLog};
+use super::restart_log::{Cause, EventKind, RestartEvent, RestartLog};
 use super::router::Router;
 use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, UpstreamError};
 use crate::config::SupervisorConfig;
@@ -91,6 +91,8 @@ pub struct Session {
     /// Times in a row the session gave up, for the wait before it is tried
     /// again; a served request clears it.
     gave_up: u32,
+    /// Why the latest fault happened, for the restart log and metrics.
+    cause: Cause,
     /// A revival's one try is under way: a fault now gives up at once.
     reviving: bool,
     credentials: Option<CredentialStore>,
@@ -141,6 +143,7 @@ impl Session {
             in_flight: 0,
             stopping: false,
             gave_up: 0,
+            cause: Cause::EstablishFailed,
             reviving: false,
             credentials: None,
             // Grown as conversations come, capped in `put`: a bounded
@@ -189,6 +192,9 @@ impl Session {
 
     fn record(&self, event: EventKind, reason: &str, attempt: u32, backoff: Option<Duration>) {
         let mut ev = RestartEvent::now(&self.pool, &self.name, event, reason);
+        if matches!(event, EventKind::Restart | EventKind::GiveUp) {
+            ev.cause = Some(self.cause);
+        }
         ev.attempt = attempt;
         ev.backoff_ms = backoff.map(|d| d.as_millis() as u64);
         self.log.do_send(ev);
@@ -230,7 +236,7 @@ impl Session {
                         act.watch_connection(ctx);
                         tracing::info!(pool = %act.pool, session = %act.name, "session ready");
                     }
-                    Err(e) => act.fault(e.to_string(), ctx),
+                    Err(e) => act.fault(e.to_string(), Cause::EstablishFailed, ctx),
                 }),
         );
     }
@@ -249,7 +255,7 @@ impl Session {
                         act.state,
                         SessionState::Starting | SessionState::Failed { .. }
                     ) {
-                        act.fault(reason, ctx);
+                        act.fault(reason, Cause::ConnectionLost, ctx);
                     }
                 }),
         );
@@ -288,7 +294,11 @@ impl Session {
                             act.save_credentials();
                             act.schedule_refresh(ctx);
                         }
-                        Err(e) => act.fault(format!("credential refresh failed: {e}"), ctx),
+                        Err(e) => act.fault(
+                            format!("credential refresh failed: {e}"),
+                            Cause::RefreshFailed,
+                            ctx,
+                        ),
                     }
                 }),
         );
@@ -296,7 +306,8 @@ impl Session {
 
     /// The session cannot serve: restart it, or give up after too many
     /// restarts within the window.
-    fn fault(&mut self, reason: String, ctx: &mut Context<Self>) {
+    fn fault(&mut self, reason: String, cause: Cause, ctx: &mut Context<Self>) {
+        self.cause = cause;
         if self.stopping || self.state == SessionState::Draining {
             // Already on its way to a restart: one fault, one restart.
             self.last_error = Some(Arc::from(reason.as_str()));
@@ -465,7 +476,8 @@ impl Session {
                     self.report();
                 }
             }
-            ErrorKind::Auth | ErrorKind::SessionLost => self.fault(err.to_string(), ctx),
+            ErrorKind::Auth => self.fault(err.to_string(), Cause::Auth, ctx),
+            ErrorKind::SessionLost => self.fault(err.to_string(), Cause::SessionLost, ctx),
         }
     }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 mod events;
 
-use actix::Addr;
+use actix::{Addr, Recipient};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use serde::Deserialize;
@@ -15,10 +15,11 @@ use serde_json::json;
 use crate::actors::messages::{ResetSession, Snapshot};
 use crate::actors::restart_log::{Recent, RestartLog};
 use crate::actors::router::Router;
+use crate::actors::Reload;
 use crate::actors::{SessionInfo, SessionState};
-use crate::app::reload::{Reload, Reloader};
 use crate::config::Secret;
 use crate::http::auth::Auth;
+use crate::http::{get, post};
 
 /// What the admin routes need.
 pub struct AdminState {
@@ -26,7 +27,7 @@ pub struct AdminState {
     pub log: Addr<RestartLog>,
     /// `None` disables the admin API.
     pub auth: Option<Auth>,
-    pub reloader: Option<Addr<Reloader>>,
+    pub reloader: Option<Recipient<Reload>>,
 }
 
 impl AdminState {
@@ -40,7 +41,7 @@ impl AdminState {
     }
 
     /// Enables `POST /admin/reload`.
-    pub fn with_reloader(mut self, reloader: Addr<Reloader>) -> Self {
+    pub fn with_reloader(mut self, reloader: Recipient<Reload>) -> Self {
         self.reloader = Some(reloader);
         self
     }
@@ -64,13 +65,13 @@ impl AdminState {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/admin")
-            .route("", web::get().to(dashboard))
-            .route("/", web::get().to(dashboard))
-            .route("/events", web::get().to(live_events))
-            .route("/sessions", web::get().to(sessions))
-            .route("/reload", web::post().to(reload))
-            .route("/restarts", web::get().to(restarts))
-            .route("/sessions/{pool}/{session}/reset", web::post().to(reset)),
+            .service(get("", dashboard))
+            .service(get("/", dashboard))
+            .service(get("/events", live_events))
+            .service(get("/sessions", sessions))
+            .service(post("/reload", reload))
+            .service(get("/restarts", restarts))
+            .service(post("/sessions/{pool}/{session}/reset", reset)),
     );
 }
 

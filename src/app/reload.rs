@@ -18,19 +18,12 @@ use crate::actors::messages::SetModels;
 use crate::actors::pool::{PoolSupervisor, RetirePool, UpdateAccounts};
 use crate::actors::restart_log::{EventKind, RestartEvent, RestartLog};
 use crate::actors::router::Router;
+use crate::actors::Reload;
 use crate::config::{Config, PoolConfig};
 use crate::http::Catalog;
 
 /// How often the config file's modification time is looked at.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
-
-/// Reload the configuration now.
-#[derive(Message)]
-#[rtype(result = "Result<String, String>")]
-pub struct Reload {
-    /// What asked for it, for the logs (`SIGHUP`, `admin`, `file`).
-    pub source: &'static str,
-}
 
 /// Owns the running configuration and the pool supervisors built from it.
 pub struct Reloader {

@@ -14,10 +14,11 @@ use actix_web::dev::AppConfig;
 use actix_web::{web, App};
 
 use super::placement::{Deferred, Placement};
-use super::reload::{Reload, Reloader};
+use super::reload::Reloader;
 use crate::actors::messages::Busy;
 use crate::actors::restart_log::RestartLog;
 use crate::actors::router::Router;
+use crate::actors::Reload;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::http::{self, AppState};
@@ -206,7 +207,7 @@ pub async fn serve(
     let router_busy = router.clone();
     let admin = web::Data::new(
         AdminState::new(router, log.clone(), cfg.server.admin_key.clone())
-            .with_reloader(reloader.clone()),
+            .with_reloader(reloader.clone().recipient()),
     );
     actix_web::rt::spawn(reload_on_sighup(reloader));
     let (listener, closer) = listen_on(listen)?;
@@ -269,7 +270,7 @@ pub async fn serve(
                 // actix-web's `AppConfig` only feeds URL generation and the
                 // host of requests without a `Host` header, neither used here.
                 .finish(actix_service::map_config(app, |()| AppConfig::default()))
-                .tcp()
+                .tcp_auto_h2c()
         })?;
     tracing::info!(addr = %local, "listening");
     {

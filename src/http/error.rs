@@ -44,8 +44,12 @@ pub enum ApiError {
     /// Work the gateway refuses rather than queues (token counting).
     #[error("{0}")]
     Overloaded(String),
-    #[error("the request body must be JSON: send `Content-Type: application/json` (got {0})")]
+    /// A body the gateway cannot read: not JSON, or in an unknown
+    /// `Content-Encoding`.
+    #[error("{0}")]
     UnsupportedMediaType(String),
+    #[error("{method} is not allowed here; allowed: {allow}")]
+    MethodNotAllowed { method: String, allow: &'static str },
     #[error("{0}")]
     Forbidden(String),
     #[error("the request body did not arrive within {0}s (server.body_timeout)")]
@@ -93,6 +97,7 @@ impl ApiError {
             ApiError::Upstream(e) => upstream_status(e),
             ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
@@ -137,6 +142,9 @@ impl ApiError {
             // The rest of the body is not worth reading, and a connection
             // over the cap is the point.
             resp.force_close();
+        }
+        if let ApiError::MethodNotAllowed { allow, .. } = self {
+            resp.insert_header(("Allow", *allow));
         }
         if let Some(secs) = self.retry_after() {
             resp.insert_header(("Retry-After", secs.to_string()));
@@ -194,6 +202,11 @@ impl ApiError {
                 None,
             ),
             ApiError::Forbidden(_) => ("invalid_request_error".into(), s("forbidden"), None),
+            ApiError::MethodNotAllowed { .. } => (
+                "invalid_request_error".into(),
+                s("method_not_allowed"),
+                None,
+            ),
             ApiError::BodyTimeout(_) => {
                 ("invalid_request_error".into(), s("request_timeout"), None)
             }

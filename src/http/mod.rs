@@ -241,36 +241,56 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     for prefix in ["/v1", "/openai/v1", "/anthropic/v1"] {
         let mut scope = web::scope(prefix);
         if prefix != "/anthropic/v1" {
-            scope = scope.route(
-                "/chat/completions",
-                web::post().to(openai::chat_completions),
-            );
+            scope = scope.service(post("/chat/completions", openai::chat_completions));
         }
         if prefix != "/openai/v1" {
             scope = scope
-                .route("/messages", web::post().to(anthropic::messages))
-                .route(
-                    "/messages/count_tokens",
-                    web::post().to(anthropic::count_tokens),
-                );
+                .service(post("/messages", anthropic::messages))
+                .service(post("/messages/count_tokens", anthropic::count_tokens));
         }
         cfg.service(
             scope
-                .route("/models", web::get().to(openai::list_models))
-                .route("/models/{id:.*}", web::get().to(openai::get_model)),
+                .service(get("/models", openai::list_models))
+                .service(get("/models/{id:.*}", openai::get_model)),
         );
     }
-    cfg.route("/healthz", web::get().to(health::healthz))
-        .route("/readyz", web::get().to(health::readyz))
-        .route("/metrics", web::get().to(health::metrics))
+    cfg.service(get("/healthz", health::healthz))
+        .service(get("/readyz", health::readyz))
+        .service(get("/metrics", health::metrics))
         // Clients probe the base URL (Claude Code sends `HEAD /`).
-        .route(
-            "/",
-            web::route()
-                .guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head()))
-                .to(health::root),
-        )
+        .service(get("/", health::root))
         .default_service(web::to(not_found));
+}
+
+/// A resource answering GET and HEAD (actix-http sends no body for HEAD),
+/// and 405 with `Allow` for any other method.
+pub(crate) fn get<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args> + Clone,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(handler.clone()))
+        .route(web::head().to(handler))
+        .default_service(web::to(|req: HttpRequest| not_allowed(req, "GET, HEAD")))
+}
+
+/// A resource answering POST, and 405 with `Allow` for any other method.
+pub(crate) fn post<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::post().to(handler))
+        .default_service(web::to(|req: HttpRequest| not_allowed(req, "POST")))
+}
+
+async fn not_allowed(req: HttpRequest, allow: &'static str) -> HttpResponse {
+    let method = guard::echo(req.method().as_str()).into_owned();
+    ApiError::MethodNotAllowed { method, allow }.render(protocol_of(&req))
 }
 
 /// The protocol a request speaks, for errors raised before its route runs.

@@ -513,11 +513,36 @@ enum Block {
     RedactedThinking,
 }
 
+/// A tool call that started while another call's block was open: its
+/// block is written whole once that one is done, so blocks never overlap.
+#[derive(Debug)]
+struct HeldCall {
+    index: u32,
+    id: String,
+    name: String,
+    arguments: String,
+}
+
 /// Encodes events as Anthropic's named SSE events: `message_start` before
 /// the first content, one content block per text, thinking or tool call
 /// run with indexes counting up, and `message_delta` + `message_stop` at
-/// the end. The `message_delta` is written by [`EventEncoder::finish`], not
-/// at `Stop`, because the final usage arrives after the stop.
+/// the end.
+///
+/// Anthropic clients assemble a block from its start, its deltas and its
+/// stop, and expect blocks one after another; upstreams of other protocols
+/// do not promise that order (OpenAI servers interleave the argument
+/// fragments of parallel tool calls, and may send the last fragment with or
+/// after `finish_reason`). So the encoder is a small state machine:
+///
+/// - one block is open at a time, and streams live;
+/// - once a tool call's block is open it stays open until the end, because
+///   any later fragment may still be its own; tool calls that start
+///   meanwhile are held ([`HeldCall`]) with their fragments, and text or
+///   thinking that arrives meanwhile is held too;
+/// - at the end ([`EventEncoder::finish`], after the stop and the final
+///   usage) the open block closes, each held call is written as one
+///   contiguous block, then the held text and thinking, then
+///   `message_delta` and `message_stop`.
 #[derive(Debug)]
 pub struct StreamEncoder {
     id: String,
@@ -526,8 +551,10 @@ pub struct StreamEncoder {
     /// The open block and its index.
     open: Option<(usize, Block)>,
     next_block: usize,
-    /// Canonical tool call index → content block index.
-    tool_blocks: Vec<(u32, usize)>,
+    /// Calls waiting for the open tool block to end, in start order.
+    held_calls: Vec<HeldCall>,
+    /// Text and thinking that arrived while a tool block was open.
+    held: Vec<ChatEvent>,
     stop: Option<StopReason>,
     failed: bool,
     tally: UsageTally,
@@ -544,7 +571,8 @@ impl StreamEncoder {
             started: false,
             open: None,
             next_block: 0,
-            tool_blocks: Vec::new(),
+            held_calls: Vec::new(),
+            held: Vec::new(),
             stop: None,
             failed: false,
             tally: UsageTally::new(true),
@@ -629,7 +657,9 @@ impl StreamEncoder {
                 Block::Thinking { signed: false },
                 BlockOut::Thinking {
                     thinking: "",
-                    signature: None,
+                    // Anthropic sends an empty signature here; the SDKs'
+                    // event types require the field.
+                    signature: Some(""),
                 },
                 out,
             ),
@@ -637,7 +667,7 @@ impl StreamEncoder {
     }
 
     fn tool_block(&mut self, index: u32, id: &str, name: &str, out: &mut BytesMut) -> usize {
-        let block = self.open_block(
+        self.open_block(
             Block::Tool(index),
             BlockOut::ToolUse {
                 id,
@@ -645,10 +675,118 @@ impl StreamEncoder {
                 input: Value::Object(Map::new()),
             },
             out,
-        );
-        self.tool_blocks.retain(|(i, _)| *i != index);
-        self.tool_blocks.push((index, block));
-        block
+        )
+    }
+
+    /// Whether a tool call's block is open: until the end, every other
+    /// block waits.
+    fn in_tool_block(&self) -> bool {
+        matches!(self.open, Some((_, Block::Tool(_))))
+    }
+
+    /// Writes the held calls, each as one whole block, then the held text
+    /// and thinking.
+    fn flush_held(&mut self, out: &mut BytesMut) {
+        for call in std::mem::take(&mut self.held_calls) {
+            let block = self.tool_block(call.index, &call.id, &call.name, out);
+            if !call.arguments.is_empty() {
+                Self::delta(
+                    block,
+                    DeltaOut::InputJsonDelta {
+                        partial_json: &call.arguments,
+                    },
+                    out,
+                );
+            }
+            self.close(out);
+        }
+        for ev in std::mem::take(&mut self.held) {
+            self.content(&ev, out);
+        }
+    }
+
+    /// Writes one content event: text, thinking or a tool call's part.
+    fn content(&mut self, ev: &ChatEvent, out: &mut BytesMut) {
+        match ev {
+            ChatEvent::TextDelta(t) if t.is_empty() => {}
+            ChatEvent::ThinkingDelta(t) if t.is_empty() => {}
+            ChatEvent::TextDelta(_)
+            | ChatEvent::ThinkingDelta(_)
+            | ChatEvent::ThinkingSignature(_)
+            | ChatEvent::RedactedThinking(_)
+                if self.in_tool_block() =>
+            {
+                self.held.push(ev.clone());
+            }
+            ChatEvent::TextDelta(t) => {
+                let index = self.text_block(out);
+                Self::delta(index, DeltaOut::TextDelta { text: t }, out);
+            }
+            ChatEvent::ThinkingDelta(t) => {
+                let index = self.thinking_block(out);
+                Self::delta(index, DeltaOut::ThinkingDelta { thinking: t }, out);
+            }
+            ChatEvent::ThinkingSignature(s) => {
+                let index = self.thinking_block(out);
+                Self::delta(index, DeltaOut::SignatureDelta { signature: s }, out);
+                self.open = Some((index, Block::Thinking { signed: true }));
+            }
+            ChatEvent::RedactedThinking(data) => {
+                self.open_block(
+                    Block::RedactedThinking,
+                    BlockOut::RedactedThinking { data },
+                    out,
+                );
+                self.close(out);
+            }
+            ChatEvent::ToolCallStart { index, id, name } => {
+                let known = matches!(self.open, Some((_, Block::Tool(i))) if i == *index)
+                    || self.held_calls.iter().any(|c| c.index == *index);
+                if known {
+                    // A repeated start of the same call adds nothing.
+                } else if self.in_tool_block() {
+                    self.held_calls.push(HeldCall {
+                        index: *index,
+                        id: id.clone(),
+                        name: name.clone(),
+                        arguments: String::new(),
+                    });
+                } else {
+                    self.tool_block(*index, id, name, out);
+                }
+            }
+            ChatEvent::ToolCallArgsDelta { index, json } => {
+                if json.is_empty() {
+                    return;
+                }
+                match self.open {
+                    Some((block, Block::Tool(i))) if i == *index => {
+                        Self::delta(block, DeltaOut::InputJsonDelta { partial_json: json }, out);
+                    }
+                    _ => {
+                        if let Some(call) = self.held_calls.iter_mut().find(|c| c.index == *index) {
+                            call.arguments.push_str(json);
+                        } else {
+                            // Arguments without a start: give the call a
+                            // block rather than drop its input.
+                            self.content(
+                                &ChatEvent::ToolCallStart {
+                                    index: *index,
+                                    id: format!("toolu_{index}"),
+                                    name: String::new(),
+                                },
+                                out,
+                            );
+                            self.content(ev, out);
+                        }
+                    }
+                }
+            }
+            ChatEvent::Start { .. }
+            | ChatEvent::Usage(_)
+            | ChatEvent::Stop(_)
+            | ChatEvent::Error(_) => {}
+        }
     }
 
     fn delta(index: usize, delta: DeltaOut<'_>, out: &mut BytesMut) {
@@ -688,6 +826,7 @@ pub fn error_type(status: u16) -> &'static str {
         401 => "authentication_error",
         403 => "permission_error",
         404 => "not_found_error",
+        405 => "invalid_request_error",
         408 => "timeout_error",
         413 => "request_too_large",
         415 => "invalid_request_error",
@@ -728,52 +867,14 @@ impl EventEncoder for StreamEncoder {
         }
         self.start(out);
         match ev {
-            ChatEvent::TextDelta(t) => {
-                if !t.is_empty() {
-                    let index = self.text_block(out);
-                    Self::delta(index, DeltaOut::TextDelta { text: t }, out);
-                }
-            }
-            ChatEvent::ThinkingDelta(t) => {
-                if !t.is_empty() {
-                    let index = self.thinking_block(out);
-                    Self::delta(index, DeltaOut::ThinkingDelta { thinking: t }, out);
-                }
-            }
-            ChatEvent::ThinkingSignature(s) => {
-                let index = self.thinking_block(out);
-                Self::delta(index, DeltaOut::SignatureDelta { signature: s }, out);
-                self.open = Some((index, Block::Thinking { signed: true }));
-            }
-            ChatEvent::RedactedThinking(data) => {
-                self.open_block(
-                    Block::RedactedThinking,
-                    BlockOut::RedactedThinking { data },
-                    out,
-                );
-                self.close(out);
-            }
-            ChatEvent::ToolCallStart { index, id, name } => {
-                self.tool_block(*index, id, name, out);
-            }
-            ChatEvent::ToolCallArgsDelta { index, json } => {
-                let block = match self.tool_blocks.iter().find(|(i, _)| i == index) {
-                    Some((_, b)) => *b,
-                    // Arguments without a start: give the call a block
-                    // rather than drop its input.
-                    None => self.tool_block(*index, &format!("toolu_{index}"), "", out),
-                };
-                // A call streamed after a later one started (rare) still
-                // names its own block: clients assemble blocks by index.
-                Self::delta(block, DeltaOut::InputJsonDelta { partial_json: json }, out);
-            }
+            // Blocks close at the end, not here: fragments may still come
+            // with or after the stop.
             ChatEvent::Stop(r) => {
                 if self.stop.is_none() {
                     self.stop = Some(*r);
                 }
-                self.close(out);
             }
-            ChatEvent::Start { .. } | ChatEvent::Usage(_) | ChatEvent::Error(_) => {}
+            _ => self.content(ev, out),
         }
     }
 
@@ -788,6 +889,8 @@ impl EventEncoder for StreamEncoder {
             return;
         }
         self.start(out);
+        self.close(out);
+        self.flush_held(out);
         self.close(out);
         Self::write(
             out,
@@ -1186,7 +1289,7 @@ mod tests {
         );
         assert_eq!(
             evs[1].1["content_block"],
-            json!({"type": "thinking", "thinking": ""})
+            json!({"type": "thinking", "thinking": "", "signature": ""})
         );
         assert_eq!(
             evs[3].1["delta"],
@@ -1270,6 +1373,72 @@ mod tests {
             starts[2]["content_block"],
             json!({"type": "redacted_thinking", "data": "enc"})
         );
+    }
+
+    #[test]
+    fn interleaved_tool_calls_become_contiguous_blocks() {
+        let start = |index: u32, id: &str| ChatEvent::ToolCallStart {
+            index,
+            id: id.into(),
+            name: "weather".into(),
+        };
+        let args = |index: u32, json: &str| ChatEvent::ToolCallArgsDelta {
+            index,
+            json: json.into(),
+        };
+        let evs = encode(
+            &[
+                ChatEvent::TextDelta("Both.".into()),
+                start(0, "call_a"),
+                args(0, "{\"ci"),
+                start(1, "call_b"),
+                args(1, "{\"city\":"),
+                args(0, "ty\":\"Paris\""),
+                ChatEvent::TextDelta(" (late text)".into()),
+                args(1, "\"Tokyo\"}"),
+                ChatEvent::Stop(StopReason::ToolUse),
+                // A fragment with or after the stop is still the call's.
+                args(0, "}"),
+            ],
+            true,
+        );
+        // Every block is start, its deltas, stop; no block overlaps another.
+        let mut open: Option<u64> = None;
+        let mut blocks: Vec<(String, String)> = Vec::new();
+        for (name, data) in &evs {
+            match name.as_str() {
+                "content_block_start" => {
+                    assert_eq!(open, None, "{evs:?}");
+                    open = data["index"].as_u64();
+                    assert_eq!(open, Some(blocks.len() as u64));
+                    let b = &data["content_block"];
+                    let label = b["id"].as_str().unwrap_or(b["type"].as_str().unwrap());
+                    blocks.push((label.to_owned(), String::new()));
+                }
+                "content_block_delta" => {
+                    assert_eq!(data["index"].as_u64(), open, "{evs:?}");
+                    let d = &data["delta"];
+                    let part = d["partial_json"].as_str().or(d["text"].as_str()).unwrap();
+                    blocks.last_mut().unwrap().1.push_str(part);
+                }
+                "content_block_stop" => {
+                    assert_eq!(data["index"].as_u64(), open);
+                    open = None;
+                }
+                _ => assert_eq!(open, None, "{name} inside a block"),
+            }
+        }
+        let blocks: Vec<(&str, &str)> = blocks.iter().map(|(a, b)| (&a[..], &b[..])).collect();
+        assert_eq!(
+            blocks,
+            [
+                ("text", "Both."),
+                ("call_a", "{\"city\":\"Paris\"}"),
+                ("call_b", "{\"city\":\"Tokyo\"}"),
+                ("text", " (late text)"),
+            ]
+        );
+        assert_eq!(evs.last().unwrap().0, "message_stop");
     }
 
     #[test]

@@ -487,10 +487,11 @@ impl StreamEncoder {
                 },
                 None,
             ),
+            // The `finish_reason` chunk is written at the end: a fragment
+            // may still come with or after the stop, and belongs before it.
             ChatEvent::Stop(r) => {
                 if self.stop.is_none() {
                     self.stop = Some(*r);
-                    self.chunk(out, DeltaOut::default(), Some(finish_reason(*r)));
                 }
             }
             ChatEvent::Error(e) => self.error(e, out),
@@ -516,8 +517,11 @@ impl StreamEncoder {
         self.stop.is_some()
     }
 
-    /// Appends the normal end: the usage chunk if asked for, then `[DONE]`.
+    /// Appends the normal end: the `finish_reason` chunk, the usage chunk
+    /// if asked for, then `[DONE]`.
     pub fn finish(&mut self, req: &ChatRequest, out: &mut BytesMut) {
+        let reason = finish_reason(self.stop.unwrap_or(StopReason::End));
+        self.chunk(out, DeltaOut::default(), Some(reason));
         if self.include_usage {
             let usage = usage_wire(&self.tally.finish(req));
             out.put_slice(&self.head);
