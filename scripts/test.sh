@@ -42,6 +42,23 @@ if [ ! -f "$STAMP" ] || [ "$REQS" -nt "$STAMP" ]; then
     touch "$STAMP"
 fi
 
+# The Vercel AI SDK client of tests/test_ai_sdk.py: its pinned npm packages,
+# with the machine's Node.js and npm (without npm that test is skipped).
+AI_SDK="$ROOT/tests/clients/ai_sdk"
+if ! command -v npm >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    step "installing nodejs and npm (for the AI SDK and Claude Code clients)"
+    apt-get update -qq >/dev/null && apt-get install -y -qq nodejs npm >/dev/null \
+        || echo "could not install npm"
+fi
+if command -v npm >/dev/null 2>&1; then
+    if [ ! -f "$AI_SDK/node_modules/.package-lock.json" ] || [ "$AI_SDK/package-lock.json" -nt "$AI_SDK/node_modules/.package-lock.json" ]; then
+        step "installing tests/clients/ai_sdk (npm ci)"
+        (cd "$AI_SDK" && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+else
+    echo "npm is not installed: tests/test_ai_sdk.py will be skipped"
+fi
+
 step "container files (hadolint, yamllint; no Docker engine needed)"
 "$VENV/bin/hadolint" Dockerfile
 "$VENV/bin/yamllint" -d "{extends: default, rules: {line-length: {max: 120}, document-start: disable, truthy: disable}}" docker-compose.yml

@@ -20,6 +20,21 @@ answers:
   contains "parallel", a second call (to the second tool, or the first again;
   id ``call_peer_1``). When the last message is a tool result the answer is
   ``"peer saw tool result: " + <its content>``.
+* scripted tool calls: when ``tools`` are offered (and ``tool_choice`` is not
+  ``"none"``) and the last message is a user message with a line::
+
+      troupe-calls[MODE]: [{"name": "get_weather", "arguments": {"city": "Paris"}}, ...]
+
+  the answer is exactly those calls (ids ``call_peer_0``, ``call_peer_1``, ...
+  unless a call gives ``"id"``; ``"arguments"`` is an object, sent as its
+  JSON, or a string, sent as it is), with ``finish_reason: "tool_calls"``.
+  The JSON runs to the end of the line. Streamed, each call's arguments go
+  out in 4 fragments (``"fragments": N`` in a call changes that); its id,
+  type and name only with its first fragment. MODE ``interleave`` sends the
+  calls' fragments round-robin (call 0 fragment 1, call 1 fragment 1, call 0
+  fragment 2, ...), the way some real servers stream parallel calls;
+  ``sequential`` (the default, also with no ``[MODE]``) sends one call after
+  the other. A bad directive is a 400 (code ``bad_peer_directive``).
 
 Test control endpoints (no auth):
 
@@ -95,6 +110,7 @@ DEFAULT_SEED = 20240601
 KNOWN_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 MODEL_CREATED = 1721172741
 WORD_RE = re.compile(r"\S+\s*")
+CALLS_DIRECTIVE_RE = re.compile(r"troupe-calls(?:\[(\w*)\])?: ?([^\r\n]*)")
 
 
 # --------------------------------------------------------------------------
@@ -179,6 +195,62 @@ def split_fragments(s: str, parts: int) -> list[str]:
         out.append(s[pos : pos + step])
         pos += step
     return out
+
+
+def scripted_calls(text: str) -> dict | None:
+    """The plan of a ``troupe-calls[MODE]: JSON`` directive in ``text`` (the
+    last one wins), or None without one; BadRequest for a malformed one."""
+    found = list(CALLS_DIRECTIVE_RE.finditer(text))
+    if not found:
+        return None
+    mode, raw = found[-1].group(1) or "sequential", found[-1].group(2)
+
+    def bad(why: str) -> BadRequest:
+        return BadRequest(f"peer: bad troupe-calls directive: {why}", "messages", "bad_peer_directive")
+
+    if mode not in ("interleave", "sequential"):
+        raise bad(f"unknown mode {mode!r}")
+    try:
+        spec = json.loads(raw)
+    except ValueError as e:
+        raise bad(f"not JSON ({e})") from None
+    if not isinstance(spec, list) or not spec:
+        raise bad("expected a non-empty JSON array of calls")
+    calls = []
+    for i, c in enumerate(spec):
+        if not isinstance(c, dict) or not isinstance(c.get("name"), str) or not c["name"]:
+            raise bad(f"call {i} needs a name")
+        args = c.get("arguments", {})
+        args = args if isinstance(args, str) else json.dumps(args)
+        frags = c.get("fragments", 4)
+        if not isinstance(frags, int) or isinstance(frags, bool) or frags < 1:
+            raise bad(f"call {i}: fragments must be a positive integer")
+        calls.append(
+            {"id": str(c.get("id") or f"call_peer_{i}"), "name": c["name"], "arguments": args, "fragments": frags}
+        )
+    return {"tool_calls": calls, "interleave": mode == "interleave"}
+
+
+def interleaved_call_events(calls: list[dict]) -> list[tuple[dict, str | None]]:
+    """Stream deltas for ``calls`` with their argument fragments sent
+    round-robin: call 0's first fragment (with its id, type and name), call
+    1's first, ..., then call 0's second fragment, and so on."""
+    frags = [split_fragments(c["arguments"], c.get("fragments", 4)) if c["arguments"] else [""] for c in calls]
+    events: list[tuple[dict, str | None]] = []
+    for step in range(max(len(f) for f in frags)):
+        for idx, c in enumerate(calls):
+            if step >= len(frags[idx]):
+                continue
+            fn: dict[str, Any] = {"arguments": frags[idx][step]}
+            tc: dict[str, Any] = {"index": idx, "function": fn}
+            if step == 0:  # a call's first fragment names it
+                tc.update(id=c["id"], type="function")
+                fn["name"] = c["name"]
+            if not events:
+                events.append(({"role": "assistant", "content": None, "tool_calls": [tc], "refusal": None}, None))
+            else:
+                events.append(({"tool_calls": [tc]}, None))
+    return events
 
 
 class BadRequest(Exception):
@@ -470,6 +542,11 @@ class Peer:
             if m.get("role") == "user":
                 user_text = text_of(m.get("content"))
                 break
+        if last.get("role") == "user" and tools and tool_choice != "none":
+            scripted = scripted_calls(text_of(last.get("content")))
+            if scripted is not None:
+                scripted["limit"] = limit
+                return scripted
         wants_tool = (
             last.get("role") == "user"
             and tools
@@ -596,9 +673,9 @@ class Peer:
                 return web.Response(status=499)
         try:
             self.validate(body)
+            plan = self.plan(body)
         except BadRequest as e:
             return json_response(e.status, error_body(e.message, "invalid_request_error", e.param, e.code))
-        plan = self.plan(body)
         n = body.get("n") or 1
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             n = 1
@@ -662,7 +739,11 @@ class Peer:
         ctoks = 0
         for _ in range(n):
             events: list[tuple[dict, str | None]] = []
-            if "tool_calls" in plan:
+            if "tool_calls" in plan and plan.get("interleave"):
+                events.extend(interleaved_call_events(plan["tool_calls"]))
+                ctoks += sum(count_words(c["arguments"]) + 3 for c in plan["tool_calls"])
+                events.append(({}, "tool_calls"))
+            elif "tool_calls" in plan:
                 first = True
                 for idx, c in enumerate(plan["tool_calls"]):
                     head = {
@@ -676,7 +757,7 @@ class Peer:
                         first = False
                     else:
                         events.append(({"tool_calls": [head]}, None))
-                    for frag in split_fragments(c["arguments"], 4):
+                    for frag in split_fragments(c["arguments"], c.get("fragments", 4)):
                         events.append(({"tool_calls": [{"index": idx, "function": {"arguments": frag}}]}, None))
                     ctoks += count_words(c["arguments"]) + 3
                 events.append(({}, "tool_calls"))
