@@ -189,7 +189,13 @@ pub async fn serve(
     )
     .start();
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let state = web::Data::new(AppState::new(&cfg, router.clone(), tickets, shutdown_rx));
+    let state = web::Data::new(AppState::new(
+        &cfg,
+        router.clone(),
+        tickets,
+        shutdown_rx,
+        crate::upstream::registry::speaks,
+    ));
     // Starts every pool once the workers run, and later applies reloads.
     let (reloader, mut reloader_later) = Deferred::new(Reloader::new(
         config_path,

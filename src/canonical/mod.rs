@@ -13,5 +13,6 @@ pub use answer::{Answer, UsageTally};
 pub use conversation::Conversation;
 pub use event::{ChatEvent, ErrorKind, StopReason, UpstreamError, Usage};
 pub use request::{
-    ChatRequest, ContentPart, ImageSource, Message, Role, Sampling, Tool, ToolChoice,
+    ChatRequest, ContentPart, ImageSource, Message, Native, Role, Sampling, Speaks, Tool,
+    ToolChoice, Wire,
 };

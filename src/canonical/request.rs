@@ -37,6 +37,55 @@ pub struct ChatRequest {
     pub thinking_budget: Option<u32>,
     /// The prompt's token count once counted (see [`super::tokens`]).
     pub prompt_tokens: super::tokens::PromptTokens,
+    /// The request as the client sent it. An upstream of the same protocol
+    /// gets this body with only the model and the streaming fields
+    /// changed, so every field, modelled here or not, arrives unchanged
+    /// and in its exact form (`max_completion_tokens`, system blocks,
+    /// `cache_control` where it was).
+    pub native: Option<Native>,
+    /// The decoder accepted something the protocol's own servers refuse
+    /// (a `system` role inside Anthropic `messages`, a tool without a
+    /// schema) and repaired it: the body cannot go upstream as it came.
+    pub repaired: bool,
+}
+
+/// A chat protocol on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    OpenAiChat,
+    AnthropicMessages,
+}
+
+/// A client's request body as it came, and its top-level keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Native {
+    pub wire: Wire,
+    pub body: bytes::Bytes,
+    /// The body's top-level keys, for naming what another protocol's
+    /// upstream cannot take.
+    pub keys: Vec<Box<str>>,
+}
+
+/// What an upstream kind takes: a wire protocol's whole request, or text
+/// (with the few request fields it honours besides the conversation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaks {
+    Wire(Wire),
+    Text {
+        /// Top-level request keys, in either protocol's names.
+        honours: &'static [&'static str],
+    },
+}
+
+impl ChatRequest {
+    /// The client's body, if it is in `wire`: the one an upstream speaking
+    /// `wire` should get.
+    pub fn native_in(&self, wire: Wire) -> Option<&bytes::Bytes> {
+        self.native
+            .as_ref()
+            .filter(|n| n.wire == wire && !self.repaired)
+            .map(|n| &n.body)
+    }
 }
 
 impl ChatRequest {

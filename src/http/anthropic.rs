@@ -10,7 +10,7 @@ use serde_json::json;
 use super::error::{ApiError, Protocol};
 use super::trace::Trace;
 use super::{AppState, ModelEntry};
-use crate::canonical::tokens;
+use crate::canonical::{tokens, Wire};
 use crate::protocol::anthropic::wire::{ModelList, ModelOut};
 use crate::protocol::anthropic::{completion_body, decode_request, StreamEncoder};
 
@@ -37,7 +37,15 @@ async fn message(
     state: &AppState,
     trace: &mut Trace,
 ) -> Result<HttpResponse, ApiError> {
-    let chat = super::accept(req, payload, state, decode_request, trace).await?;
+    let chat = super::accept(
+        req,
+        payload,
+        state,
+        Wire::AnthropicMessages,
+        decode_request,
+        trace,
+    )
+    .await?;
     let id = super::trace::random_id("msg_");
     let stream_id = id.clone();
     super::respond(
@@ -76,7 +84,15 @@ async fn count(
     // Counting is not a chat request: it is not traced as one.
     let mut trace = Trace::start(req, "count_tokens");
     trace.disarm();
-    let chat = super::accept(req, payload, state, decode_request, &mut trace).await?;
+    let chat = super::accept(
+        req,
+        payload,
+        state,
+        Wire::AnthropicMessages,
+        decode_request,
+        &mut trace,
+    )
+    .await?;
     let input_tokens = match tokens::count_request(&chat).await {
         Ok(n) => n.max(1),
         Err(tokens::CountError::Busy) => {
@@ -192,7 +208,13 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         let (_, shutdown) = tokio::sync::watch::channel(false);
-        web::Data::new(AppState::new(&cfg, router, tickets, shutdown))
+        web::Data::new(AppState::new(
+            &cfg,
+            router,
+            tickets,
+            shutdown,
+            crate::upstream::registry::speaks,
+        ))
     }
 
     /// The app with every route, over a demo pool.

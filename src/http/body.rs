@@ -42,7 +42,7 @@ pub fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
 
 /// A `Content-Encoding` the gateway decodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Coding {
+pub(crate) enum Coding {
     Gzip,
     /// zlib-wrapped, as HTTP defines it; raw deflate is accepted too.
     Deflate,
@@ -83,7 +83,7 @@ fn codings(req: &HttpRequest) -> Result<Vec<Coding>, ApiError> {
 
 /// Decodes `raw` through one coding, reading at most `limit + 1` bytes of
 /// output, so a compression bomb costs at most the limit.
-fn decode(coding: Coding, raw: &[u8], limit: usize) -> Result<Vec<u8>, ApiError> {
+pub(crate) fn decode(coding: Coding, raw: &[u8], limit: usize) -> Result<Vec<u8>, ApiError> {
     use std::io::Read;
     let cap = limit as u64 + 1;
     let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(limit));

@@ -13,16 +13,17 @@ pub mod openai;
 pub mod sse;
 pub mod trace;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use arc_swap::ArcSwap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::actors::router::Router;
-use crate::canonical::{Answer, ChatRequest, Conversation};
+use crate::canonical::{Answer, ChatRequest, Conversation, Native, Speaks, Wire};
 
 /// A client names its conversation with this header (it wins over body
 /// fields such as `thread_id` or `user`).
@@ -49,10 +50,13 @@ pub struct Catalog {
     pub metrics_auth: Auth,
     pub models: Vec<ModelEntry>,
     model_names: HashSet<String>,
+    /// What each pool's upstream takes, by pool name.
+    speaks: HashMap<String, Speaks>,
 }
 
 impl Catalog {
-    pub fn new(cfg: &Config) -> Self {
+    /// `speaks` tells what a kind's upstream takes (the registry's).
+    pub fn new(cfg: &Config, speaks: fn(&str) -> Speaks) -> Self {
         let mut models: Vec<ModelEntry> = Vec::new();
         let mut pools: Vec<_> = cfg.pools.iter().collect();
         pools.sort_by_key(|p| p.priority);
@@ -72,6 +76,11 @@ impl Catalog {
             metrics_auth: Auth::new(cfg.server.metrics_key.iter().cloned().collect()),
             models,
             model_names,
+            speaks: cfg
+                .pools
+                .iter()
+                .map(|p| (p.name.clone(), speaks(&p.kind)))
+                .collect(),
         }
     }
 }
@@ -90,6 +99,7 @@ impl AppState {
         router: actix::Addr<Router>,
         tickets: Arc<crate::actors::tickets::Tickets>,
         shutdown: tokio::sync::watch::Receiver<bool>,
+        speaks: fn(&str) -> Speaks,
     ) -> Self {
         AppState {
             dispatcher: Dispatcher {
@@ -99,7 +109,7 @@ impl AppState {
                 retry_budget: cfg.supervisor.retry_budget,
                 shutdown,
             },
-            catalog: Arc::new(ArcSwap::from_pointee(Catalog::new(cfg))),
+            catalog: Arc::new(ArcSwap::from_pointee(Catalog::new(cfg, speaks))),
             started: unix_now(),
         }
     }
@@ -107,6 +117,14 @@ impl AppState {
     /// The current models and keys.
     pub fn catalog(&self) -> arc_swap::Guard<Arc<Catalog>> {
         self.catalog.load()
+    }
+
+    /// The fields of `chat` that `pool`'s upstream could not take, comma
+    /// separated; `None` when it took them all.
+    fn dropped(&self, chat: &ChatRequest, pool: &str) -> Option<String> {
+        let speaks = *self.catalog().speaks.get(pool)?;
+        let dropped = crate::protocol::dropped(chat, speaks);
+        (!dropped.is_empty()).then(|| dropped.join(","))
     }
 
     /// 404 for a model no pool serves, before any session is touched.
@@ -123,24 +141,35 @@ impl AppState {
 const DECODE_IN_PLACE: usize = 256 * 1024;
 
 /// The part of every chat route before dispatch: auth, the body limit,
-/// decoding in the route's protocol, and a 404 for a model nobody serves.
+/// decoding in the route's protocol (`wire`), and a 404 for a model nobody
+/// serves. The body itself is kept with the request, for an upstream of
+/// the same protocol.
 pub async fn accept(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
+    wire: Wire,
     decode: fn(&[u8]) -> Result<ChatRequest, crate::protocol::DecodeError>,
     trace: &mut Trace,
 ) -> Result<Arc<ChatRequest>, ApiError> {
     state.catalog().auth.check(req)?;
     body::require_json(req)?;
     let server = &state.dispatcher.server;
-    let body = body::read_body(req, payload, server.body_limit.0, server.body_timeout).await?;
+    let body = body::read_body(req, payload, server.body_limit.0, server.body_timeout)
+        .await?
+        .freeze();
+    let read = move |body: bytes::Bytes| {
+        let mut chat = decode(&body)?;
+        let keys = crate::protocol::top_level_keys(&body);
+        chat.native = Some(Native { wire, body, keys });
+        Ok::<_, crate::protocol::DecodeError>(chat)
+    };
     let mut chat = if body.len() <= DECODE_IN_PLACE {
-        decode(&body)?
+        read(body)?
     } else {
         // Megabytes of JSON take milliseconds to parse (much more in a
         // debug build): not on the worker that serves everyone else.
-        match tokio::task::spawn_blocking(move || decode(&body)).await {
+        match tokio::task::spawn_blocking(move || read(body)).await {
             Ok(decoded) => decoded?,
             Err(e) => {
                 let message = match e.try_into_panic() {
@@ -176,6 +205,7 @@ pub async fn respond<E: sse::EventEncoder>(
         let opened = d.open(&chat, trace).await?;
         let enc = encoder(&chat);
         trace.first_byte();
+        let dropped = state.dropped(&chat, &opened.lease.pool);
         let stream = sse::body(
             opened,
             enc,
@@ -184,13 +214,32 @@ pub async fn respond<E: sse::EventEncoder>(
             d.shutdown.clone(),
             trace.hand_off(),
         );
-        Ok(sse::response(stream))
+        let mut resp = sse::response(stream);
+        insert_dropped(&mut resp, dropped);
+        Ok(resp)
     } else {
         let answer = d.complete(&chat, trace).await?;
         trace.first_byte();
-        Ok(HttpResponse::Ok()
+        let dropped = trace
+            .pool
+            .as_ref()
+            .and_then(|pool| state.dropped(&chat, pool));
+        let mut resp = HttpResponse::Ok()
             .content_type("application/json")
-            .body(body(&answer, &chat)))
+            .body(body(&answer, &chat));
+        insert_dropped(&mut resp, dropped);
+        Ok(resp)
+    }
+}
+
+/// Names the request fields the upstream that answered could not take,
+/// so nothing is dropped silently.
+const DROPPED_HEADER: &str = "x-troupe-dropped";
+
+fn insert_dropped(resp: &mut HttpResponse, dropped: Option<String>) {
+    if let Some(v) = dropped.and_then(|d| HeaderValue::from_str(&d).ok()) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static(DROPPED_HEADER), v);
     }
 }
 

@@ -5,6 +5,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::error::{ApiError, Protocol};
 use super::trace::Trace;
 use super::AppState;
+use crate::canonical::Wire;
 use crate::protocol::openai::wire::{ModelList, ModelOut};
 use crate::protocol::openai::{completion_body, decode_request, StreamEncoder};
 
@@ -31,7 +32,7 @@ async fn chat(
     state: &AppState,
     trace: &mut Trace,
 ) -> Result<HttpResponse, ApiError> {
-    let chat = super::accept(req, payload, state, decode_request, trace).await?;
+    let chat = super::accept(req, payload, state, Wire::OpenAiChat, decode_request, trace).await?;
     let id = super::trace::random_id("chatcmpl-");
     let created = super::unix_now();
     let stream_id = id.clone();

@@ -4,6 +4,8 @@
 //! `client.rs` (what upstreams of that protocol get and stream back).
 //! `http/` routes and writes bytes; what they mean is decided here.
 
+use crate::canonical::{ChatRequest, Speaks, Wire};
+
 pub mod anthropic;
 mod encoder;
 pub mod openai;
@@ -138,4 +140,124 @@ pub fn check_ranges(
         }
         _ => Ok(()),
     }
+}
+
+/// The top-level keys of a JSON object body; values are skipped, not
+/// built. Empty for anything that is not an object.
+pub fn top_level_keys(body: &[u8]) -> Vec<Box<str>> {
+    use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = Vec<Box<str>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                map.next_value::<IgnoredAny>()?;
+                out.push(Box::from(key.as_ref()));
+            }
+            Ok(out)
+        }
+    }
+    serde_json::Deserializer::from_slice(body)
+        .deserialize_map(Keys)
+        .unwrap_or_default()
+}
+
+/// The request fields a client set that the upstream it was sent to could
+/// not take, named as the client wrote them (the `x-troupe-dropped`
+/// header). Nothing for an upstream of the client's own protocol, which
+/// gets the body as it came (unless the decoder had to repair it). An
+/// Anthropic client's `cache_control` marks are named when they could not
+/// travel.
+pub fn dropped(req: &ChatRequest, to: Speaks) -> Vec<&str> {
+    let Some(native) = &req.native else {
+        return Vec::new();
+    };
+    let (always, to_self, to_other): (&[&str], &[&str], &[&str]) = match native.wire {
+        Wire::OpenAiChat => (
+            openai::server::ALWAYS_TAKEN,
+            openai::server::TAKEN_BY_OPENAI,
+            openai::server::TAKEN_BY_ANTHROPIC,
+        ),
+        Wire::AnthropicMessages => (
+            anthropic::server::ALWAYS_TAKEN,
+            anthropic::server::TAKEN_BY_ANTHROPIC,
+            anthropic::server::TAKEN_BY_OPENAI,
+        ),
+    };
+    let also: &[&str] = match to {
+        Speaks::Wire(w) if w == native.wire && !req.repaired => return Vec::new(),
+        // A repaired body goes through the canonical request.
+        Speaks::Wire(w) if w == native.wire => to_self,
+        Speaks::Wire(_) => to_other,
+        Speaks::Text { honours } => honours,
+    };
+    let mut out: Vec<&str> = native
+        .keys
+        .iter()
+        .map(|k| &**k)
+        .filter(|k| !always.contains(k) && !also.contains(k))
+        .collect();
+    if native.wire == Wire::AnthropicMessages
+        && memchr::memmem::find(&native.body, b"\"cache_control\"").is_some()
+    {
+        out.push("cache_control");
+    }
+    out
+}
+
+/// A JSON object's members in their order, values kept as their text.
+pub(crate) type Members<'a> = Vec<(String, &'a serde_json::value::RawValue)>;
+
+/// Reads a JSON object body into its members without building the values.
+pub(crate) fn members(body: &[u8]) -> Result<Members<'_>, serde_json::Error> {
+    use serde::de::{Deserializer as _, MapAccess, Visitor};
+    struct Entries;
+    impl<'de> Visitor<'de> for Entries {
+        type Value = Members<'de>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(key) = map.next_key::<String>()? {
+                out.push((key, map.next_value()?));
+            }
+            Ok(out)
+        }
+    }
+    serde_json::Deserializer::from_slice(body).deserialize_map(Entries)
+}
+
+/// Sets member `key` to `value` (JSON text), in place or at the end.
+pub(crate) fn set_member<'a>(
+    members: &mut Members<'a>,
+    key: &str,
+    value: &'a serde_json::value::RawValue,
+) {
+    match members.iter_mut().find(|(k, _)| k == key) {
+        Some(m) => m.1 = value,
+        None => members.push((key.to_owned(), value)),
+    }
+}
+
+/// Writes members back as one JSON object.
+pub(crate) fn write_members(members: &Members<'_>) -> Vec<u8> {
+    let len = members.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum::<usize>();
+    let mut out = Vec::with_capacity(len + 2);
+    out.push(b'{');
+    for (i, (k, v)) in members.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // A string always serializes.
+        let _ = serde_json::to_writer(&mut out, k);
+        out.push(b':');
+        out.extend_from_slice(v.get().as_bytes());
+    }
+    out.push(b'}');
+    out
 }

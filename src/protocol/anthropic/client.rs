@@ -13,6 +13,39 @@ use crate::canonical::{
     UpstreamError, Usage,
 };
 
+/// The upstream body made from an Anthropic client's own: only `model`
+/// and `stream` change (the upstream call always streams), and
+/// `max_tokens` is added if missing, as [`encode_request`] does. Every
+/// other field (system blocks, `cache_control` where it was, fields this
+/// gateway does not know) travels as the client wrote it.
+pub fn encode_native(body: &[u8], upstream_model: &str) -> Result<Vec<u8>, serde_json::Error> {
+    use serde_json::value::to_raw_value;
+    let model = to_raw_value(upstream_model)?;
+    let yes = to_raw_value(&true)?;
+    let max_tokens = to_raw_value(&DEFAULT_MAX_TOKENS)?;
+    let mut members = crate::protocol::members(body)?;
+    // `null` is read as absent here; Anthropic refuses it.
+    members.retain(|(_, v)| v.get() != "null");
+    crate::protocol::set_member(&mut members, "model", &model);
+    crate::protocol::set_member(&mut members, "stream", &yes);
+    if !members.iter().any(|(k, _)| k == "max_tokens") {
+        members.push(("max_tokens".into(), &max_tokens));
+    }
+    Ok(crate::protocol::write_members(&members))
+}
+
+/// Whether the client's own body can go to an Anthropic upstream as it
+/// is: not when it hands back thinking without a signature (from another
+/// kind of upstream), which Anthropic refuses and [`encode_request`] drops.
+pub fn native_ok(req: &ChatRequest) -> bool {
+    !req.messages.iter().any(|m| {
+        m.content.iter().any(|p| {
+            matches!(p, ContentPart::Thinking { signature, .. }
+                if signature.as_deref().is_none_or(str::is_empty))
+        })
+    })
+}
+
 /// `max_tokens` sent when the client gave none: Anthropic requires one, and
 /// this is what its own SDK examples use.
 pub const DEFAULT_MAX_TOKENS: u32 = 4096;

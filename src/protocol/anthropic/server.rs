@@ -19,6 +19,38 @@ use crate::canonical::{
 };
 use crate::protocol::{parse_json, DecodeError, EventEncoder};
 
+/// Top-level fields every upstream takes, or the gateway itself honours
+/// (`metadata.user_id` keeps a conversation on its session).
+pub const ALWAYS_TAKEN: &[&str] = &[
+    "model",
+    "messages",
+    "system",
+    "stream",
+    "tools",
+    "tool_choice",
+    "metadata",
+];
+
+/// What an Anthropic upstream takes besides, through the canonical request.
+pub const TAKEN_BY_ANTHROPIC: &[&str] = &[
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop_sequences",
+    "thinking",
+];
+
+/// What an OpenAI upstream takes besides (`thinking` becomes a
+/// `reasoning_effort`; `stop_sequences` becomes `stop`).
+pub const TAKEN_BY_OPENAI: &[&str] = &[
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "stop_sequences",
+    "thinking",
+];
+
 /// Separates system prompt pieces (blocks, `system` messages) so each
 /// stays its own paragraph.
 const SYSTEM_SEPARATOR: &str = "\n\n";
@@ -44,8 +76,10 @@ fn from_wire(w: MessagesRequest) -> Result<ChatRequest, DecodeError> {
     };
     let mut messages = Vec::with_capacity(w.messages.len());
     let mut leading = true;
+    let mut repaired = false;
     for (i, m) in w.messages.into_iter().enumerate() {
         if m.role == InRole::System {
+            repaired = true;
             let text = system_message_text(m, i)?;
             if leading {
                 // Claude Code sends its system prompt this way: it belongs
@@ -85,12 +119,14 @@ fn from_wire(w: MessagesRequest) -> Result<ChatRequest, DecodeError> {
                     "tool name must not be empty",
                 ));
             }
+            let parameters = t.input_schema.unwrap_or_else(|| {
+                repaired = true;
+                serde_json::json!({"type": "object", "properties": {}})
+            });
             Ok(Tool {
                 name: t.name,
                 description: t.description,
-                parameters: t
-                    .input_schema
-                    .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}})),
+                parameters,
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -129,6 +165,8 @@ fn from_wire(w: MessagesRequest) -> Result<ChatRequest, DecodeError> {
         reasoning_effort: None,
         prompt_tokens: Default::default(),
         thinking_budget,
+        native: None,
+        repaired,
     })
 }
 

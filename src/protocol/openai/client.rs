@@ -69,6 +69,32 @@ enum OutContent<'a> {
     Parts(Vec<Value>),
 }
 
+/// The upstream body made from an OpenAI client's own: only `model`,
+/// `stream` and `stream_options.include_usage` change (the upstream call
+/// always streams, with usage), and `thread_id`, troupe's own, is left
+/// out. Every other field travels as the client wrote it.
+pub fn encode_native(body: &[u8], upstream_model: &str) -> Result<Vec<u8>, serde_json::Error> {
+    use serde_json::value::{to_raw_value, RawValue};
+    let model = to_raw_value(upstream_model)?;
+    let yes = to_raw_value(&true)?;
+    let mut members = crate::protocol::members(body)?;
+    let mut options: serde_json::Map<String, Value> = match members
+        .iter()
+        .find(|(k, _)| k == "stream_options")
+    {
+        Some((_, v)) => serde_json::from_str(v.get()).unwrap_or_default(),
+        None => serde_json::Map::new(),
+    };
+    options.insert("include_usage".into(), Value::Bool(true));
+    let options: Box<RawValue> = to_raw_value(&options)?;
+    // `null` is read as absent here; upstreams may refuse it.
+    members.retain(|(k, v)| k != "thread_id" && v.get() != "null");
+    crate::protocol::set_member(&mut members, "model", &model);
+    crate::protocol::set_member(&mut members, "stream", &yes);
+    crate::protocol::set_member(&mut members, "stream_options", &options);
+    Ok(crate::protocol::write_members(&members))
+}
+
 /// Builds the upstream body: always streamed, always asking for usage.
 pub fn encode_request<'a>(req: &'a ChatRequest, upstream_model: &'a str) -> UpstreamRequest<'a> {
     let mut messages = Vec::with_capacity(req.messages.len() + 1);
@@ -260,7 +286,7 @@ impl ChunkDecoder {
         self.push_chunk(chunk, out)
     }
 
-    pub(super) fn push_chunk(
+    pub(crate) fn push_chunk(
         &mut self,
         chunk: ChunkIn,
         out: &mut Vec<ChatEvent>,

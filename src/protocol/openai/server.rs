@@ -16,6 +16,47 @@ use crate::canonical::{
 };
 use crate::protocol::{parse_json, DecodeError};
 
+/// Top-level fields every upstream takes, or the gateway itself honours
+/// (`user` and `thread_id` keep a conversation on its session).
+pub const ALWAYS_TAKEN: &[&str] = &[
+    "model",
+    "messages",
+    "stream",
+    "stream_options",
+    "n",
+    "tools",
+    "tool_choice",
+    "user",
+    "thread_id",
+];
+
+/// What an OpenAI upstream takes besides, through the canonical request.
+pub const TAKEN_BY_OPENAI: &[&str] = &[
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "stop",
+    "seed",
+    "frequency_penalty",
+    "presence_penalty",
+    "parallel_tool_calls",
+    "response_format",
+    "reasoning_effort",
+];
+
+/// What an Anthropic upstream takes besides (`reasoning_effort` becomes a
+/// thinking budget; `stop` becomes `stop_sequences`).
+pub const TAKEN_BY_ANTHROPIC: &[&str] = &[
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "stop",
+    "parallel_tool_calls",
+    "reasoning_effort",
+];
+
 /// Decodes a Chat Completions request body.
 pub fn decode_request(body: &[u8]) -> Result<ChatRequest, DecodeError> {
     let wire: ChatCompletionRequest = parse_json(body)?;
@@ -147,6 +188,8 @@ fn from_wire(w: ChatCompletionRequest) -> Result<ChatRequest, DecodeError> {
         reasoning_effort: w.reasoning_effort,
         prompt_tokens: Default::default(),
         thinking_budget: None,
+        native: None,
+        repaired: false,
     })
 }
 

@@ -12,7 +12,8 @@ use super::http::client::ApiEndpoint;
 use super::http::extra_headers;
 use super::http::stream::{pump, StreamDecoder};
 use super::{ApiKey, EventSink, Upstream, UpstreamContext};
-use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, UpstreamError};
+use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, UpstreamError, Wire};
+use crate::protocol::anthropic::client::{encode_native, native_ok};
 use crate::protocol::anthropic::{encode_request, EventDecoder};
 use crate::protocol::sse::SseEvent;
 
@@ -72,7 +73,14 @@ impl Upstream for Anthropic {
         model: &str,
         sink: &EventSink,
     ) -> Result<(), UpstreamError> {
-        let body = serde_json::to_vec(&encode_request(req, model)).map_err(|e| {
+        // An Anthropic client's own body, with only the model and streaming
+        // changed, so nothing it sent is lost (prompt caching included);
+        // another protocol's through the canonical request.
+        let body = match req.native_in(Wire::AnthropicMessages) {
+            Some(native) if native_ok(req) => encode_native(native, model),
+            _ => serde_json::to_vec(&encode_request(req, model)),
+        }
+        .map_err(|e| {
             UpstreamError::new(
                 ErrorKind::InvalidRequest,
                 format!("cannot encode request: {e}"),

@@ -495,7 +495,7 @@ impl Upstream for Cli {
 
 /// Reads one stdout line (without its newline) into `buf`; `Ok(false)`
 /// at the end. A line longer than `cap` is an error, never a bigger buffer.
-async fn next_line<R: AsyncBufRead + Unpin>(
+pub(crate) async fn next_line<R: AsyncBufRead + Unpin>(
     r: &mut R,
     cap: usize,
     buf: &mut Vec<u8>,
@@ -621,7 +621,7 @@ pub struct Out {
 }
 
 impl Out {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Out {
             events: Vec::new(),
             session: None,

@@ -516,14 +516,14 @@ fn newest_turn(req: &ChatRequest) -> String {
 }
 
 /// The text delta a `chat/answer` carries.
-fn answer_text(params: &Value) -> Option<&str> {
+pub(crate) fn answer_text(params: &Value) -> Option<&str> {
     ["text", "content", "delta"]
         .iter()
         .find_map(|k| params.get(*k).and_then(Value::as_str))
 }
 
 /// A tool event's call id, name and arguments (compact JSON text).
-fn tool_event(params: &Value) -> Option<(Option<String>, String, String)> {
+pub(crate) fn tool_event(params: &Value) -> Option<(Option<String>, String, String)> {
     let inner = params
         .get("toolCall")
         .or_else(|| params.get("tool"))
@@ -559,7 +559,7 @@ fn tool_event(params: &Value) -> Option<(Option<String>, String, String)> {
 
 /// How a `chat/finish` ended the turn: `Err` with the agent's message when
 /// it reports a failure.
-fn finish_outcome(params: &Value) -> Result<StopReason, String> {
+pub(crate) fn finish_outcome(params: &Value) -> Result<StopReason, String> {
     let error = params
         .get("error")
         .filter(|e| !e.is_null())

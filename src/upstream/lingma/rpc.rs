@@ -203,7 +203,7 @@ impl Drop for Subscription {
 }
 
 /// The key a notification is routed by: its session id, else request id.
-fn route_keys(params: &Value) -> Vec<String> {
+pub(crate) fn route_keys(params: &Value) -> Vec<String> {
     let as_key = |v: &Value| match v {
         Value::String(s) if !s.is_empty() => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),

@@ -11,7 +11,8 @@ use super::http::client::ApiEndpoint;
 use super::http::extra_headers;
 use super::http::stream::{pump, StreamDecoder};
 use super::{ApiKey, EventSink, Upstream, UpstreamContext};
-use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, UpstreamError};
+use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, UpstreamError, Wire};
+use crate::protocol::openai::client::encode_native;
 use crate::protocol::openai::{encode_request, ChunkDecoder};
 use crate::protocol::sse::SseEvent;
 
@@ -53,7 +54,14 @@ impl Upstream for OpenAi {
         model: &str,
         sink: &EventSink,
     ) -> Result<(), UpstreamError> {
-        let body = serde_json::to_vec(&encode_request(req, model)).map_err(|e| {
+        // An OpenAI client's own body, with only the model and streaming
+        // changed, so nothing it sent is lost; another protocol's through
+        // the canonical request.
+        let body = match req.native_in(Wire::OpenAiChat) {
+            Some(native) => encode_native(native, model),
+            None => serde_json::to_vec(&encode_request(req, model)),
+        }
+        .map_err(|e| {
             UpstreamError::new(
                 ErrorKind::InvalidRequest,
                 format!("cannot encode request: {e}"),

@@ -115,7 +115,7 @@ pub struct EventNames {
 
 /// Routes of one connection: execution id → the run's latest state.
 #[derive(Default)]
-struct Routes {
+pub(crate) struct Routes {
     subscribers: HashMap<String, watch::Sender<RunState>>,
     orphans: HashMap<String, RunState>,
     /// Orphan ids, oldest first, to evict past [`MAX_ORPHANS`].
@@ -389,14 +389,14 @@ async fn handshake(url: &str, endpoint: &Endpoint) -> Result<(Ws, Duration), Ups
 
 /// What the connection task must do after one packet.
 #[derive(Debug, PartialEq)]
-enum Packet {
+pub(crate) enum Packet {
     Ping,
     Close(String),
     Other,
 }
 
 /// Reads one Engine.IO packet, routing socket.io events.
-fn handle_packet(text: &str, events: &EventNames, routes: &Mutex<Routes>) -> Packet {
+pub(crate) fn handle_packet(text: &str, events: &EventNames, routes: &Mutex<Routes>) -> Packet {
     if text == "2" {
         return Packet::Ping;
     }
