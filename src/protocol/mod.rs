@@ -246,7 +246,10 @@ pub(crate) fn set_member<'a>(
 
 /// Writes members back as one JSON object.
 pub(crate) fn write_members(members: &Members<'_>) -> Vec<u8> {
-    let len = members.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum::<usize>();
+    let len = members
+        .iter()
+        .map(|(k, v)| k.len() + v.get().len() + 4)
+        .sum::<usize>();
     let mut out = Vec::with_capacity(len + 2);
     out.push(b'{');
     for (i, (k, v)) in members.iter().enumerate() {
@@ -261,3 +264,6 @@ pub(crate) fn write_members(members: &Members<'_>) -> Vec<u8> {
     out.push(b'}');
     out
 }
+
+#[cfg(test)]
+mod proptests;
