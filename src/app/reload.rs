@@ -134,7 +134,10 @@ impl Reloader {
                 .flat_map(|p| p.models.iter().map(|m| Arc::from(m.public.as_str())))
                 .collect(),
         });
-        self.catalog.store(Arc::new(Catalog::new(&self.config, crate::upstream::registry::speaks)));
+        self.catalog.store(Arc::new(Catalog::new(
+            &self.config,
+            crate::upstream::registry::speaks,
+        )));
         let mut summary = if changes.is_empty() {
             "no pool changed".to_owned()
         } else {

@@ -30,7 +30,12 @@ pub(crate) struct KindSpec {
 const TEXT: Speaks = Speaks::Text { honours: &[] };
 /// The demo honours a length limit and stop sequences too.
 const DEMO: Speaks = Speaks::Text {
-    honours: &["max_tokens", "max_completion_tokens", "stop", "stop_sequences"],
+    honours: &[
+        "max_tokens",
+        "max_completion_tokens",
+        "stop",
+        "stop_sequences",
+    ],
 };
 const OPENAI: Speaks = Speaks::Wire(Wire::OpenAiChat);
 const ANTHROPIC: Speaks = Speaks::Wire(Wire::AnthropicMessages);

@@ -78,13 +78,11 @@ pub fn encode_native(body: &[u8], upstream_model: &str) -> Result<Vec<u8>, serde
     let model = to_raw_value(upstream_model)?;
     let yes = to_raw_value(&true)?;
     let mut members = crate::protocol::members(body)?;
-    let mut options: serde_json::Map<String, Value> = match members
-        .iter()
-        .find(|(k, _)| k == "stream_options")
-    {
-        Some((_, v)) => serde_json::from_str(v.get()).unwrap_or_default(),
-        None => serde_json::Map::new(),
-    };
+    let mut options: serde_json::Map<String, Value> =
+        match members.iter().find(|(k, _)| k == "stream_options") {
+            Some((_, v)) => serde_json::from_str(v.get()).unwrap_or_default(),
+            None => serde_json::Map::new(),
+        };
     options.insert("include_usage".into(), Value::Bool(true));
     let options: Box<RawValue> = to_raw_value(&options)?;
     // `null` is read as absent here; upstreams may refuse it.
