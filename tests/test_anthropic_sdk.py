@@ -461,6 +461,19 @@ def test_max_tokens_stop_reason(ac, peers, model):
     assert got["blocks"][0]["text"].strip() == want
 
 
+@pytest.mark.parametrize("model,seq", [("demo", "said:"), ("claude-peer", "to:")])
+def test_stop_sequence_names_the_sequence(ac, model, seq):
+    """`stop_reason: stop_sequence` comes with the sequence that matched,
+    whole and streamed."""
+    stops = ["NEVER-SEEN", seq]
+    r = ac.messages.create(model=model, max_tokens=100, stop_sequences=stops, messages=user("cut here"))
+    assert (r.stop_reason, r.stop_sequence) == ("stop_sequence", seq)
+    assert seq not in text_of(r.content)
+    with ac.messages.stream(model=model, max_tokens=100, stop_sequences=stops, messages=user("cut here")) as s:
+        final = s.get_final_message()
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", seq)
+
+
 def test_stop_sequence_stop_reason(ac, peers):
     r = ac.messages.create(model="claude-peer", max_tokens=100, stop_sequences=["to:"], messages=user("cut here"))
     assert r.stop_reason == "stop_sequence"

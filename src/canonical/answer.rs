@@ -24,6 +24,8 @@ pub struct Answer {
     pub redacted_thinking: Vec<String>,
     pub tool_calls: Vec<ToolCallAcc>,
     pub stop: Option<StopReason>,
+    /// The stop sequence that ended it, when the upstream said which.
+    pub stop_sequence: Option<String>,
     /// Usage as the upstream reported it, if it did.
     pub reported_usage: Option<Usage>,
     /// The final usage, once [`Answer::settle_usage`] ran.
@@ -54,6 +56,7 @@ impl Answer {
                 .reported_usage
                 .get_or_insert_with(Usage::default)
                 .merge(&u),
+            ChatEvent::StopSequence(s) => self.stop_sequence = Some(s),
             ChatEvent::Stop(r) => self.stop = Some(r),
             ChatEvent::Error(e) => return Err(*e),
         }

@@ -28,6 +28,9 @@ pub enum ChatEvent {
         json: String,
     },
     Usage(Usage),
+    /// The stop sequence that ended the answer, just before its
+    /// `Stop(StopSequence)`, from upstreams that say which.
+    StopSequence(String),
     Stop(StopReason),
     /// Boxed: errors are rare, and every mailbox slot is the size of the
     /// largest variant.

@@ -377,9 +377,14 @@ impl EventDecoder {
             },
             StreamEventIn::ContentBlockStop { .. } | StreamEventIn::Ping => {}
             StreamEventIn::MessageDelta { delta, usage } => {
-                if let Some(reason) = delta.and_then(|d| d.stop_reason) {
-                    self.stopped = true;
-                    out.push(ChatEvent::Stop(stop_reason(&reason)));
+                if let Some(d) = delta {
+                    if let Some(s) = d.stop_sequence {
+                        out.push(ChatEvent::StopSequence(s));
+                    }
+                    if let Some(reason) = d.stop_reason {
+                        self.stopped = true;
+                        out.push(ChatEvent::Stop(stop_reason(&reason)));
+                    }
                 }
                 if let Some(u) = usage {
                     let usage = usage_from_wire(&u);

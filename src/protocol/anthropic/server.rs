@@ -532,7 +532,7 @@ pub fn completion_body(answer: &Answer, req: &ChatRequest, id: &str) -> Vec<u8> 
         model: &req.model,
         content,
         stop_reason: Some(stop_reason(answer.stop.unwrap_or(StopReason::End))),
-        stop_sequence: None,
+        stop_sequence: answer.stop_sequence.as_deref(),
         usage: usage_out(&answer.usage(req)),
     };
     serde_json::to_vec(&body).unwrap_or_default()
@@ -594,6 +594,7 @@ pub struct StreamEncoder {
     /// Text and thinking that arrived while a tool block was open.
     held: Vec<ChatEvent>,
     stop: Option<StopReason>,
+    stop_sequence: Option<String>,
     failed: bool,
     tally: UsageTally,
 }
@@ -612,6 +613,7 @@ impl StreamEncoder {
             held_calls: Vec::new(),
             held: Vec::new(),
             stop: None,
+            stop_sequence: None,
             failed: false,
             tally: UsageTally::new(true),
         }
@@ -822,6 +824,7 @@ impl StreamEncoder {
             }
             ChatEvent::Start { .. }
             | ChatEvent::Usage(_)
+            | ChatEvent::StopSequence(_)
             | ChatEvent::Stop(_)
             | ChatEvent::Error(_) => {}
         }
@@ -912,6 +915,7 @@ impl EventEncoder for StreamEncoder {
                     self.stop = Some(*r);
                 }
             }
+            ChatEvent::StopSequence(s) => self.stop_sequence = Some(s.clone()),
             _ => self.content(ev, out),
         }
     }
@@ -935,7 +939,7 @@ impl EventEncoder for StreamEncoder {
             &StreamEventOut::MessageDelta {
                 delta: MessageDeltaOut {
                     stop_reason: Some(stop_reason(self.stop.unwrap_or(StopReason::End))),
-                    stop_sequence: None,
+                    stop_sequence: self.stop_sequence.take(),
                 },
                 usage: usage_out(&self.tally.finish(req)),
             },

@@ -260,8 +260,8 @@ pub enum DeltaOut<'a> {
 #[derive(Debug, Serialize)]
 pub struct MessageDeltaOut {
     pub stop_reason: Option<&'static str>,
-    /// Which stop sequence matched is not known across upstreams.
-    pub stop_sequence: Option<()>,
+    /// Which stop sequence matched, when the upstream said.
+    pub stop_sequence: Option<String>,
 }
 
 /// Anthropic usage: cached tokens apart from `input_tokens`.
@@ -391,6 +391,8 @@ pub struct DeltaIn {
 pub struct MessageDeltaIn {
     #[serde(default)]
     pub stop_reason: Option<String>,
+    #[serde(default)]
+    pub stop_sequence: Option<String>,
 }
 
 /// Usage as a server reports it; any field may be missing or `null`.

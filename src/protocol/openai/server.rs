@@ -540,6 +540,7 @@ impl StreamEncoder {
             ChatEvent::Error(e) => self.error(e, out),
             ChatEvent::Start { .. }
             | ChatEvent::Usage(_)
+            | ChatEvent::StopSequence(_)
             | ChatEvent::ThinkingSignature(_)
             | ChatEvent::RedactedThinking(_) => {}
         }

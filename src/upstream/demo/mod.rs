@@ -228,16 +228,18 @@ impl Upstream for Demo {
                 let limit = req.sampling.max_tokens.map_or(usize::MAX, |n| n as usize);
                 let mut stop = StopReason::End;
                 // Like a real model, stop before the earliest stop sequence.
-                if let Some(cut) = req
+                let matched = req
                     .sampling
                     .stop
                     .iter()
                     .filter(|s| !s.is_empty())
-                    .filter_map(|s| text.find(s.as_str()))
-                    .min()
-                {
+                    .filter_map(|s| text.find(s.as_str()).map(|at| (at, s)))
+                    .min_by_key(|(at, _)| *at);
+                let mut sequence = None;
+                if let Some((cut, s)) = matched {
                     text.truncate(cut);
                     stop = StopReason::StopSequence;
+                    sequence = Some(s.clone());
                 }
                 for (i, w) in words(&text).enumerate() {
                     if i >= limit {
@@ -248,6 +250,9 @@ impl Upstream for Demo {
                         tokio::time::sleep(self.delay).await;
                     }
                     sink.send(ChatEvent::TextDelta(w.to_owned())).await?;
+                }
+                if let (StopReason::StopSequence, Some(s)) = (stop, sequence) {
+                    sink.send(ChatEvent::StopSequence(s)).await?;
                 }
                 sink.send(ChatEvent::Stop(stop)).await?;
             }
