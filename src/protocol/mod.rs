@@ -142,8 +142,9 @@ pub fn check_ranges(
     }
 }
 
-/// The top-level keys of a JSON object body; values are skipped, not
-/// built. Empty for anything that is not an object.
+/// The top-level keys of a JSON object body whose values are not `null`
+/// (read as absent); values are skipped, not built. Empty for anything
+/// that is not an object.
 pub fn top_level_keys(body: &[u8]) -> Vec<Box<str>> {
     use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
     struct Keys;
@@ -155,8 +156,9 @@ pub fn top_level_keys(body: &[u8]) -> Vec<Box<str>> {
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut out = Vec::new();
             while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                map.next_value::<IgnoredAny>()?;
-                out.push(Box::from(key.as_ref()));
+                if map.next_value::<Option<IgnoredAny>>()?.is_some() {
+                    out.push(Box::from(key.as_ref()));
+                }
             }
             Ok(out)
         }
@@ -202,7 +204,8 @@ pub fn dropped(req: &ChatRequest, to: Speaks) -> Vec<&str> {
         .filter(|k| !always.contains(k) && !also.contains(k))
         .collect();
     if native.wire == Wire::AnthropicMessages
-        && memchr::memmem::find(&native.body, b"\"cache_control\"").is_some()
+        && !out.contains(&"cache_control")
+        && anthropic::server::has_cache_marks(&native.body)
     {
         out.push("cache_control");
     }

@@ -121,6 +121,7 @@ TOP_LEVEL_FIELDS = {
     "container",
     "mcp_servers",
     "context_management",
+    "cache_control",  # top-level automatic prompt caching (the SDK's ``cache_control`` parameter)
 }
 BLOCK_FIELDS = {
     "text": {"type", "text", "cache_control", "citations"},

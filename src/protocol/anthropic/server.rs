@@ -51,6 +51,35 @@ pub const TAKEN_BY_OPENAI: &[&str] = &[
     "thinking",
 ];
 
+/// Whether a Messages body marks anything for prompt caching: a
+/// `cache_control` at the top, on a system block, a tool, or a content
+/// block (tool results' inner blocks too), not a property of that name
+/// inside a tool's schema.
+pub fn has_cache_marks(body: &[u8]) -> bool {
+    // Most bodies never name it: no parse for those.
+    if memchr::memmem::find(body, b"cache_control").is_none() {
+        return false;
+    }
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return false;
+    };
+    let marked = |b: &Value| b.get("cache_control").is_some_and(|c| !c.is_null());
+    fn blocks(v: Option<&Value>) -> &[Value] {
+        v.and_then(Value::as_array).map_or(&[], Vec::as_slice)
+    }
+    if marked(&v)
+        || blocks(v.get("system")).iter().any(marked)
+        || blocks(v.get("tools")).iter().any(marked)
+    {
+        return true;
+    }
+    blocks(v.get("messages")).iter().any(|m| {
+        blocks(m.get("content"))
+            .iter()
+            .any(|b| marked(b) || blocks(b.get("content")).iter().any(marked))
+    })
+}
+
 /// Separates system prompt pieces (blocks, `system` messages) so each
 /// stays its own paragraph.
 const SYSTEM_SEPARATOR: &str = "\n\n";
