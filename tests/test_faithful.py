@@ -837,3 +837,40 @@ def test_repaired_anthropic_body_goes_canonical_and_names_what_did_not_arrive(an
         lost.add("cache_control")
     assert lost == {"future_x", "cache_control"}, f"the canonical route lost {sorted(lost)}"
     assert dropped_of(headers) == lost, f"{DROPPED}: {headers.get(DROPPED)!r}, expected {sorted(lost)}"
+
+
+# --------------------------------------------------------------------------
+# what the canonical model cannot carry at all: carried by the body, named
+# for any other upstream
+
+
+@STREAM
+def test_openai_audio_and_file_parts_reach_an_openai_pool_and_are_named_elsewhere(oc, peers, stream):
+    a_peer, o_peer = peers
+    audio = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
+    file = {"type": "file", "file": {"file_id": "file-abc123"}}
+    messages = [{"role": "user", "content": [{"type": "text", "text": "hear this"}, audio, file]}]
+    openai_sdk_call(oc, stream, model="gpt-4o-mini", messages=messages)
+    got = last_body(o_peer)
+    assert got["messages"][0]["content"][1:] == [audio, file]
+    headers, text = openai_sdk_call(oc, stream, model="claude-peer", messages=messages)
+    assert text == A_PREFIX + "hear this"
+    assert dropped_of(headers) == {"input_audio parts", "file parts"}
+    assert last_body(a_peer)["messages"][0]["content"] in (
+        "hear this",
+        [{"type": "text", "text": "hear this"}],
+    )
+
+
+@STREAM
+def test_anthropic_server_tool_reaches_an_anthropic_pool_and_is_named_elsewhere(ac, peers, stream):
+    a_peer, o_peer = peers
+    server_tool = {"type": "web_search_20250305", "name": "web_search", "max_uses": 2}
+    anthropic_sdk_call(ac, stream, model="claude-peer", max_tokens=100, messages=user("search"), tools=[server_tool])
+    assert last_body(a_peer)["tools"] == [server_tool]
+    headers, text = anthropic_sdk_call(
+        ac, stream, model="gpt-4o-mini", max_tokens=100, messages=user("search"), tools=[server_tool]
+    )
+    assert text == PEER_PREFIX + "search"
+    assert dropped_of(headers) == {"web_search_20250305 tool"}
+    assert "tools" not in last_body(o_peer)

@@ -47,6 +47,11 @@ pub struct ChatRequest {
     /// (a `system` role inside Anthropic `messages`, a tool without a
     /// schema) and repaired it: the body cannot go upstream as it came.
     pub repaired: bool,
+    /// What the client sent that the canonical model cannot carry (an
+    /// OpenAI `file` part, an Anthropic server tool), by name: an upstream
+    /// of the client's protocol gets it with the body; for any other it is
+    /// named as dropped.
+    pub untranslated: Vec<String>,
 }
 
 /// A chat protocol on the wire.

@@ -202,6 +202,7 @@ pub fn dropped(req: &ChatRequest, to: Speaks) -> Vec<&str> {
         .iter()
         .map(|k| &**k)
         .filter(|k| !always.contains(k) && !also.contains(k))
+        .chain(req.untranslated.iter().map(String::as_str))
         .collect();
     if native.wire == Wire::AnthropicMessages
         && !out.contains(&"cache_control")

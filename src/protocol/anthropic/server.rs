@@ -130,18 +130,23 @@ fn from_wire(w: MessagesRequest) -> Result<ChatRequest, DecodeError> {
             "`messages` needs at least one user or assistant message",
         ));
     }
+    let mut untranslated = Vec::new();
     let tools = w
         .tools
         .unwrap_or_default()
         .into_iter()
         .enumerate()
-        .map(|(i, t)| {
-            if let Some(kind) = t.kind.as_deref().filter(|k| *k != "custom") {
-                return Err(DecodeError::new(
-                    format!("tools[{i}].type"),
-                    format!("server tool type `{kind}` is not supported; only client tools with `input_schema` are"),
-                ));
+        .filter(|(_, t)| match t.kind.as_deref() {
+            // A server tool (web search, code execution...) runs at
+            // Anthropic: an Anthropic upstream gets it with the client's
+            // body; another cannot run it, and is told so.
+            Some(kind) if kind != "custom" => {
+                untranslated.push(format!("{kind} tool"));
+                false
             }
+            _ => true,
+        })
+        .map(|(i, t)| {
             if t.name.is_empty() {
                 return Err(DecodeError::new(
                     format!("tools[{i}].name"),
@@ -196,6 +201,7 @@ fn from_wire(w: MessagesRequest) -> Result<ChatRequest, DecodeError> {
         thinking_budget,
         native: None,
         repaired,
+        untranslated,
     })
 }
 
@@ -1225,10 +1231,6 @@ mod tests {
                 "tool_choice.name",
             ),
             (
-                json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "web_search_20250305", "name": "web_search"}]}),
-                "tools[0].type",
-            ),
-            (
                 json!({"model": "m", "system": [{"type": "image"}], "messages": [{"role": "user", "content": "x"}]}),
                 "system[0].type",
             ),
@@ -1241,6 +1243,15 @@ mod tests {
             let e = decode(body.clone()).unwrap_err();
             assert_eq!(e.param, param, "{body} -> {e:?}");
         }
+        // A server tool is Anthropic's to run: carried by the body, named
+        // for any other upstream.
+        let req = decode(
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+            "tools": [{"type": "web_search_20250305", "name": "web_search"}]}),
+        )
+        .unwrap();
+        assert!(req.tools.is_empty());
+        assert_eq!(req.untranslated, ["web_search_20250305 tool"]);
         let e = decode(json!({"messages": []})).unwrap_err();
         assert!(e.message.contains("model"), "{e:?}");
         let e = decode_request(b"{not json").unwrap_err();

@@ -81,12 +81,13 @@ fn from_wire(w: ChatCompletionRequest) -> Result<ChatRequest, DecodeError> {
         return Err(DecodeError::new("messages", "`messages` must not be empty"));
     }
     let mut system: Option<String> = None;
+    let mut untranslated = Vec::new();
     let mut messages = Vec::with_capacity(w.messages.len());
     let mut leading = true;
     for (i, m) in w.messages.into_iter().enumerate() {
         let is_system = matches!(m.role, WireRole::System | WireRole::Developer);
         if leading && is_system {
-            let text = text_of(m, i)?;
+            let text = text_of(m, i, &mut untranslated)?;
             match &mut system {
                 Some(s) => {
                     s.push_str("\n\n");
@@ -97,7 +98,7 @@ fn from_wire(w: ChatCompletionRequest) -> Result<ChatRequest, DecodeError> {
             continue;
         }
         leading = false;
-        messages.push(message_from_wire(m, i)?);
+        messages.push(message_from_wire(m, i, &mut untranslated)?);
     }
     if messages.is_empty() {
         return Err(DecodeError::new(
@@ -190,18 +191,20 @@ fn from_wire(w: ChatCompletionRequest) -> Result<ChatRequest, DecodeError> {
         thinking_budget: None,
         native: None,
         repaired: false,
+        untranslated,
     })
 }
 
-fn text_of(m: RequestMessage, i: usize) -> Result<String, DecodeError> {
+fn text_of(m: RequestMessage, i: usize, skipped: &mut Vec<String>) -> Result<String, DecodeError> {
     match m.content {
         None => Ok(String::new()),
         Some(MessageContent::Text(t)) => Ok(t),
         Some(MessageContent::Parts(parts)) => {
             let mut out = String::new();
             for (j, p) in parts.into_iter().enumerate() {
-                match part_from_wire(p, i, j)? {
-                    ContentPart::Text(t) => {
+                match part_from_wire(p, i, j, skipped)? {
+                    None => {}
+                    Some(ContentPart::Text(t)) => {
                         if !out.is_empty() {
                             out.push('\n');
                         }
@@ -220,33 +223,54 @@ fn text_of(m: RequestMessage, i: usize) -> Result<String, DecodeError> {
     }
 }
 
-fn parts_of(content: Option<MessageContent>, i: usize) -> Result<Vec<ContentPart>, DecodeError> {
+fn parts_of(
+    content: Option<MessageContent>,
+    i: usize,
+    skipped: &mut Vec<String>,
+) -> Result<Vec<ContentPart>, DecodeError> {
     match content {
         None => Ok(Vec::new()),
         Some(MessageContent::Text(t)) => Ok(vec![ContentPart::Text(t)]),
-        Some(MessageContent::Parts(parts)) => parts
-            .into_iter()
-            .enumerate()
-            .map(|(j, p)| part_from_wire(p, i, j))
-            .collect(),
+        Some(MessageContent::Parts(parts)) => {
+            let mut out = Vec::with_capacity(parts.len());
+            for (j, p) in parts.into_iter().enumerate() {
+                out.extend(part_from_wire(p, i, j, skipped)?);
+            }
+            Ok(out)
+        }
     }
 }
 
-fn part_from_wire(p: ContentPartWire, i: usize, j: usize) -> Result<ContentPart, DecodeError> {
+/// One content part; `None` for a part of OpenAI's that the canonical
+/// model does not carry (a `file`, `input_audio`), named in `skipped`: an
+/// OpenAI upstream gets it with the client's body, another is told.
+fn part_from_wire(
+    p: ContentPartWire,
+    i: usize,
+    j: usize,
+    skipped: &mut Vec<String>,
+) -> Result<Option<ContentPart>, DecodeError> {
     let at = |field: &str| format!("messages[{i}].content[{j}].{field}");
     match p.kind.as_str() {
         "text" | "input_text" => match p.text {
-            Some(t) => Ok(ContentPart::Text(t)),
+            Some(t) => Ok(Some(ContentPart::Text(t))),
             None => Err(DecodeError::new(at("text"), "a text part needs `text`")),
         },
         "image_url" => match p.image_url {
-            Some(img) => Ok(ContentPart::Image(ImageSource::from_url(&img.url))),
+            Some(img) => Ok(Some(ContentPart::Image(ImageSource::from_url(&img.url)))),
             None => Err(DecodeError::new(
                 at("image_url"),
                 "an image_url part needs `image_url.url`",
             )),
         },
-        "refusal" => Ok(ContentPart::Text(p.refusal.unwrap_or_default())),
+        "refusal" => Ok(Some(ContentPart::Text(p.refusal.unwrap_or_default()))),
+        kind @ ("file" | "input_audio") => {
+            let name = format!("{kind} parts");
+            if !skipped.contains(&name) {
+                skipped.push(name);
+            }
+            Ok(None)
+        }
         other => Err(DecodeError::new(
             at("type"),
             format!("content part type `{other}` is not supported"),
@@ -254,12 +278,16 @@ fn part_from_wire(p: ContentPartWire, i: usize, j: usize) -> Result<ContentPart,
     }
 }
 
-fn message_from_wire(m: RequestMessage, i: usize) -> Result<Message, DecodeError> {
+fn message_from_wire(
+    m: RequestMessage,
+    i: usize,
+    skipped: &mut Vec<String>,
+) -> Result<Message, DecodeError> {
     let name = m.name.clone();
     match m.role {
         WireRole::System | WireRole::Developer => Ok(Message {
             role: Role::System,
-            content: vec![ContentPart::Text(text_of(m, i)?)],
+            content: vec![ContentPart::Text(text_of(m, i, skipped)?)],
             name,
         }),
         WireRole::User => {
@@ -271,12 +299,12 @@ fn message_from_wire(m: RequestMessage, i: usize) -> Result<Message, DecodeError
             }
             Ok(Message {
                 role: Role::User,
-                content: parts_of(m.content, i)?,
+                content: parts_of(m.content, i, skipped)?,
                 name,
             })
         }
         WireRole::Assistant => {
-            let mut content = parts_of(m.content, i)?;
+            let mut content = parts_of(m.content, i, skipped)?;
             if let Some(r) = m.reasoning_content.filter(|r| !r.is_empty()) {
                 content.insert(
                     0,
@@ -306,7 +334,7 @@ fn message_from_wire(m: RequestMessage, i: usize) -> Result<Message, DecodeError
                     "a tool message needs `tool_call_id`",
                 ));
             };
-            let content = parts_of(m.content, i)?;
+            let content = parts_of(m.content, i, skipped)?;
             Ok(Message {
                 role: Role::Tool,
                 content: vec![ContentPart::ToolResult {
@@ -750,8 +778,20 @@ mod tests {
         }
         let e = decode_request(b"[1, 2]").unwrap_err();
         assert_eq!(e.message, "the request body must be a JSON object");
-        let e = decode(json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]})).unwrap_err();
+        let e = decode(json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "hologram"}]}]})).unwrap_err();
         assert_eq!(e.param, "messages[0].content[0].type");
+        // Parts OpenAI has and the canonical model does not are carried by
+        // the body and named for other upstreams.
+        let req = decode(
+            json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "hear this"}, {"type": "input_audio"}, {"type": "file"}]}]}),
+        )
+        .unwrap();
+        assert_eq!(
+            req.messages[0].content,
+            [ContentPart::Text("hear this".into())]
+        );
+        assert_eq!(req.untranslated, ["input_audio parts", "file parts"]);
     }
 
     #[test]
