@@ -61,14 +61,11 @@ pub enum Wire {
     AnthropicMessages,
 }
 
-/// A client's request body as it came, and its top-level keys.
+/// A client's request body as it came.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Native {
     pub wire: Wire,
     pub body: bytes::Bytes,
-    /// The body's top-level keys, for naming what another protocol's
-    /// upstream cannot take.
-    pub keys: Vec<Box<str>>,
 }
 
 /// What an upstream kind takes: a wire protocol's whole request, or text

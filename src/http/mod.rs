@@ -160,8 +160,7 @@ pub async fn accept(
         .freeze();
     let read = move |body: bytes::Bytes| {
         let mut chat = decode(&body)?;
-        let keys = crate::protocol::top_level_keys(&body);
-        chat.native = Some(Native { wire, body, keys });
+        chat.native = Some(Native { wire, body });
         Ok::<_, crate::protocol::DecodeError>(chat)
     };
     let mut chat = if body.len() <= DECODE_IN_PLACE {

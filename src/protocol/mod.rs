@@ -174,7 +174,7 @@ pub fn top_level_keys(body: &[u8]) -> Vec<Box<str>> {
 /// gets the body as it came (unless the decoder had to repair it). An
 /// Anthropic client's `cache_control` marks are named when they could not
 /// travel.
-pub fn dropped(req: &ChatRequest, to: Speaks) -> Vec<&str> {
+pub fn dropped(req: &ChatRequest, to: Speaks) -> Vec<String> {
     let Some(native) = &req.native else {
         return Vec::new();
     };
@@ -197,18 +197,21 @@ pub fn dropped(req: &ChatRequest, to: Speaks) -> Vec<&str> {
         Speaks::Wire(_) => to_other,
         Speaks::Text { honours } => honours,
     };
-    let mut out: Vec<&str> = native
-        .keys
+    // Read here, not with the request: only a request that crosses
+    // protocols needs them.
+    let keys = top_level_keys(&native.body);
+    let mut out: Vec<String> = keys
         .iter()
         .map(|k| &**k)
         .filter(|k| !always.contains(k) && !also.contains(k))
         .chain(req.untranslated.iter().map(String::as_str))
+        .map(str::to_owned)
         .collect();
     if native.wire == Wire::AnthropicMessages
-        && !out.contains(&"cache_control")
+        && !out.iter().any(|k| k == "cache_control")
         && anthropic::server::has_cache_marks(&native.body)
     {
-        out.push("cache_control");
+        out.push("cache_control".to_owned());
     }
     out
 }
