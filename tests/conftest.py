@@ -18,26 +18,15 @@ from support import Gateway, PeerProc
 
 @pytest.fixture(scope="session")
 def peer() -> Iterator[PeerProc]:
-    try:
-        proc = support.start_peer()
-    except support.StartError as e:
-        pytest.fail(str(e), pytrace=False)
-    yield proc
-    proc.cleanup()
+    with support.running(support.start_peer) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="session")
 def gateway(peer: PeerProc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("gateway")
-    try:
-        gw = support.start_gateway(tmp, support.gateway_config(tmp, peer.url))
-    except support.StartError as e:
-        pytest.fail(str(e), pytrace=False)
-    # Sessions may need a moment after the listener is up; bounded wait, and
-    # /readyz itself is asserted in its own test.
-    gw.wait_ready(timeout=10)
-    yield gw
-    gw.cleanup()
+    with support.running_gateway(tmp, support.gateway_config(tmp, peer.url)) as gw:
+        yield gw
 
 
 @pytest.fixture
@@ -58,10 +47,7 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
         counter[0] += 1
         d = tmp_path / f"gw{counter[0]}"
         text = config_text if config_text is not None else support.gateway_config(d, peer_url, **kw)
-        try:
-            gw = support.start_gateway(d, text, env=env)
-        except support.StartError as e:
-            pytest.fail(str(e), pytrace=False)
+        gw = support.started(lambda: support.start_gateway(d, text, env=env))
         started.append(gw)
         return gw
 

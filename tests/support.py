@@ -17,16 +17,20 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
+import anthropic
 import httpx
 import openai
+import pytest
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
 PEER_SCRIPT = TESTS_DIR / "peers" / "openai_peer.py"
+ANTHROPIC_PEER_SCRIPT = TESTS_DIR / "peers" / "anthropic_peer.py"
 LISTENING_RE = re.compile(r"listening on http://(\S+)")
 
 GATEWAY_KEY = "sk-test"
@@ -172,12 +176,44 @@ class Proc:
         self.cleanup()
 
 
+P = TypeVar("P", bound=Proc)
+
+
+def started(start: Callable[[], P]) -> P:
+    """``start()``, with a failed start failing the test (no traceback)."""
+    try:
+        return start()
+    except StartError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+@contextmanager
+def running(start: Callable[[], P]) -> Iterator[P]:
+    """For fixtures: a process from ``start()`` (see :func:`started`),
+    stopped on the way out."""
+    proc = started(start)
+    try:
+        yield proc
+    finally:
+        proc.cleanup()
+
+
 def start_peer(timeout: float = START_TIMEOUT) -> "PeerProc":
     return PeerProc(
         "openai-peer",
         [sys.executable, str(PEER_SCRIPT), "--port", "0", "--keys", ",".join(PEER_KEYS)],
         timeout=timeout,
     )
+
+
+def start_anthropic_peer(keys: tuple[str, ...] | list[str]) -> "PeerProc":
+    """The fake Anthropic upstream accepting exactly ``keys``."""
+    return PeerProc("anthropic-peer", [sys.executable, str(ANTHROPIC_PEER_SCRIPT), "--port", "0", "--keys", ",".join(keys)])
+
+
+def script_peer(cls: type[P], name: str, script: Path, *args: str, timeout: float = START_TIMEOUT) -> P:
+    """A peer of class ``cls`` started from ``script --port 0 ARGS...``."""
+    return cls(name, [sys.executable, str(script), "--port", "0", *args], timeout=timeout)
 
 
 class PeerProc(Proc):
@@ -214,6 +250,27 @@ def toml_str(s: str) -> str:
     return json.dumps(s)
 
 
+def server_toml(tmpdir: Path, admin_key: str | None, *, api_keys: tuple[str, ...] = (GATEWAY_KEY,), first_token_timeout: str = "5s", **extra: str) -> str:
+    """A ``[server]`` table on a free loopback port, with ``data_dir`` under
+    ``tmpdir`` and the ``extra`` keys (string values)."""
+    lines = [
+        "",
+        "[server]",
+        'listen = "127.0.0.1:0"',
+        f"api_keys = [{', '.join(toml_str(k) for k in api_keys)}]",
+        *([f"admin_key = {toml_str(admin_key)}"] if admin_key is not None else []),
+        f"data_dir = {toml_str(str(Path(tmpdir) / 'data'))}",
+        f"first_token_timeout = {toml_str(first_token_timeout)}",
+    ]
+    lines += [f"{k} = {toml_str(v)}" for k, v in extra.items()]
+    return "\n".join(lines) + "\n"
+
+
+def accounts_toml(accounts: list[tuple[str, str]]) -> str:
+    """``[[pools.accounts]]`` tables, one per (name, api_key)."""
+    return "".join(f"  [[pools.accounts]]\n  name = {toml_str(n)}\n  api_key = {toml_str(k)}\n" for n, k in accounts)
+
+
 def gateway_config(
     tmpdir: Path,
     peer_url: str | None,
@@ -223,15 +280,8 @@ def gateway_config(
     first_token_timeout: str = "5s",
     demo: bool = True,
 ) -> str:
-    keys = [GATEWAY_KEY] if api_keys is None else api_keys
-    data_dir = Path(tmpdir) / "data"
-    out = [
-        "[server]",
-        'listen = "127.0.0.1:0"',
-        f"api_keys = [{', '.join(toml_str(k) for k in keys)}]",
-        f"data_dir = {toml_str(str(data_dir))}",
-        f"first_token_timeout = {toml_str(first_token_timeout)}",
-    ]
+    keys = (GATEWAY_KEY,) if api_keys is None else tuple(api_keys)
+    out = server_toml(tmpdir, None, api_keys=keys, first_token_timeout=first_token_timeout).strip("\n").split("\n")
     if server_extra:
         out.append(server_extra.strip())
     if demo:
@@ -254,12 +304,7 @@ def gateway_config(
             f"base_url = {toml_str(peer_url.rstrip('/') + '/v1')}",
             'models = ["gpt-4o-mini", "peer-alias=gpt-4o-mini"]',
             "max_concurrency = 4",
-            "  [[pools.accounts]]",
-            '  name = "k1"',
-            f"  api_key = {toml_str(PEER_KEYS[0])}",
-            "  [[pools.accounts]]",
-            '  name = "k2"',
-            f"  api_key = {toml_str(PEER_KEYS[1])}",
+            *accounts_toml([("k1", PEER_KEYS[0]), ("k2", PEER_KEYS[1])]).rstrip("\n").split("\n"),
         ]
     return "\n".join(out) + "\n"
 
@@ -310,6 +355,64 @@ def start_gateway(
     gw = Gateway("troupe", [str(binary), "serve", "--config", str(path)], env=env, timeout=timeout)
     gw.config_path = path
     return gw
+
+
+@contextmanager
+def running_gateway(tmpdir: Path, config_text: str, env: dict | None = None, ready: float = 10) -> Iterator[Gateway]:
+    """For fixtures: a gateway from ``config_text`` (see :func:`running`),
+    given a bounded wait for /readyz (which is asserted in its own test)."""
+    with running(lambda: start_gateway(tmpdir, config_text, env=env)) as gw:
+        gw.wait_ready(timeout=ready)
+        yield gw
+
+
+def admin_sessions(gw: Gateway, admin_key: str) -> list[dict] | None:
+    """The gateway's /admin/sessions list, or None when it cannot be had."""
+    with httpx.Client(base_url=gw.url, timeout=2, trust_env=False) as c:
+        try:
+            r = c.get("/admin/sessions", headers={"Authorization": f"Bearer {admin_key}"})
+            return r.json()["sessions"] if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, KeyError):
+            return None
+
+
+def wait_sessions_usable(gw: Gateway, admin_key: str, timeout: float = 5.0) -> None:
+    """Bounded wait until no session of the gateway is cooling down, so a
+    fault left by one test does not change which session serves the next."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sessions = admin_sessions(gw, admin_key)
+        if sessions is not None and all(
+            s.get("state") in ("ready", "trial") and not s.get("model_cooldowns") for s in sessions
+        ):
+            return
+        time.sleep(0.1)
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 15.0) -> Any:
+    """Polls ``check`` until it returns something truthy, and returns that;
+    fails naming ``what`` (and the last value) when ``timeout`` passes first."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+def session_list(gw: Gateway, admin_key: str) -> list[dict]:
+    """/admin/sessions (raises on any failure)."""
+    with gw.http(headers={"Authorization": f"Bearer {admin_key}"}) as c:
+        return c.get("/admin/sessions").raise_for_status().json()["sessions"]
+
+
+def restarts(gw: Gateway) -> list[dict]:
+    """The gateway's restart log, read with ``troupe restarts --json``."""
+    r = run_troupe(["restarts", "--data-dir", str(gw.config_path.parent / "data"), "--json"])
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
 
 
 def run_troupe(args: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
@@ -448,6 +551,28 @@ def collect_sdk_stream(stream: Any) -> dict:
 def make_client(base_url: str, api_key: str = GATEWAY_KEY, timeout: float = 30) -> openai.OpenAI:
     """The official SDK pointed at ``base_url`` (no SDK-side retries)."""
     return openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
+
+
+def make_anthropic_client(base_url: str, api_key: str = GATEWAY_KEY, timeout: float = 30) -> anthropic.Anthropic:
+    """The official Anthropic SDK pointed at ``base_url`` (no SDK-side retries)."""
+    return anthropic.Anthropic(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
+
+
+def user(text: str) -> list[dict]:
+    """A conversation of one user message."""
+    return [{"role": "user", "content": text}]
+
+
+@pytest.fixture(scope="module")
+def oc(gw: Gateway) -> openai.OpenAI:
+    """Fixture: the OpenAI SDK on the module's gateway ``gw``."""
+    return make_client(gw.v1)
+
+
+@pytest.fixture(scope="module")
+def ac(gw: Gateway) -> anthropic.Anthropic:
+    """Fixture: the Anthropic SDK on the module's gateway ``gw``."""
+    return make_anthropic_client(gw.url)
 
 
 def read_named_events(resp: Any) -> tuple[list[tuple[str | None, Any]], str | None]:

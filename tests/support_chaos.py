@@ -48,13 +48,7 @@ def start_peer_with(
 
 def start_gateway_env(tmpdir: Path, config_text: str, env: dict | None = None) -> Gateway:
     """Like ``support.start_gateway``, with extra environment (e.g. RUST_LOG)."""
-    binary = support.troupe_bin()
-    if not binary.exists():
-        raise support.StartError(f"gateway binary {binary} not found: run `cargo build` or set TROUPE_BIN")
-    path = support.write_config(tmpdir, config_text)
-    gw = Gateway("troupe", [str(binary), "serve", "--config", str(path)], env=env)
-    gw.config_path = path
-    return gw
+    return support.start_gateway(tmpdir, config_text, env=env)
 
 
 def full_stderr(proc: support.Proc) -> str:

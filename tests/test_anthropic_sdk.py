@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -23,9 +21,8 @@ import pytest
 
 import support
 from peers import anthropic_peer
-from support import DEMO_PREFIX, GATEWAY_KEY, PEER_PREFIX, Gateway, PeerProc, collect_sdk_stream, words
+from support import DEMO_PREFIX, GATEWAY_KEY, PEER_PREFIX, Gateway, PeerProc, ac, collect_sdk_stream, oc, user, words  # noqa: F401  (fixtures)
 
-ANTHROPIC_PEER_SCRIPT = support.TESTS_DIR / "peers" / "anthropic_peer.py"
 A_KEYS = ("ak-peer-1", "ak-peer-2")
 A_PREFIX = "anthropic peer reply to: "
 ADMIN_KEY = "admin-test-key"
@@ -68,14 +65,7 @@ PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEh
 
 def config_text(tmp: Path, openai_url: str, anthropic_url: str) -> str:
     q = support.toml_str
-    return f"""
-[server]
-listen = "127.0.0.1:0"
-api_keys = [{q(GATEWAY_KEY)}]
-admin_key = {q(ADMIN_KEY)}
-data_dir = {q(str(tmp / "data"))}
-first_token_timeout = "5s"
-
+    return support.server_toml(tmp, ADMIN_KEY) + f"""
 [[pools]]
 name = "demo"
 kind = "demo"
@@ -90,13 +80,7 @@ kind = "openai"
 base_url = {q(openai_url.rstrip("/") + "/v1")}
 models = ["gpt-4o-mini"]
 max_concurrency = 4
-  [[pools.accounts]]
-  name = "k1"
-  api_key = {q(support.PEER_KEYS[0])}
-  [[pools.accounts]]
-  name = "k2"
-  api_key = {q(support.PEER_KEYS[1])}
-
+{support.accounts_toml([("k1", support.PEER_KEYS[0]), ("k2", support.PEER_KEYS[1])])}
 [[pools]]
 name = "anthropic-peer"
 kind = "anthropic"
@@ -106,85 +90,35 @@ max_concurrency = 4
   [pools.supervisor]
   cooldown_initial = "200ms"
   cooldown_max = "500ms"
-  [[pools.accounts]]
-  name = "a1"
-  api_key = {q(A_KEYS[0])}
-  [[pools.accounts]]
-  name = "a2"
-  api_key = {q(A_KEYS[1])}
-"""
+{support.accounts_toml([("a1", A_KEYS[0]), ("a2", A_KEYS[1])])}"""
 
 
 @pytest.fixture(scope="module")
 def a_peer() -> Iterator[PeerProc]:
-    try:
-        proc = PeerProc(
-            "anthropic-peer",
-            [sys.executable, str(ANTHROPIC_PEER_SCRIPT), "--port", "0", "--keys", ",".join(A_KEYS)],
-        )
-    except support.StartError as e:
-        pytest.fail(str(e), pytrace=False)
-    yield proc
-    proc.cleanup()
+    with support.running(lambda: support.start_anthropic_peer(A_KEYS)) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")
 def o_peer() -> Iterator[PeerProc]:
-    try:
-        proc = support.start_peer()
-    except support.StartError as e:
-        pytest.fail(str(e), pytrace=False)
-    yield proc
-    proc.cleanup()
+    with support.running(support.start_peer) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")
 def gw(a_peer: PeerProc, o_peer: PeerProc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("anthropic-gw")
-    try:
-        gateway = support.start_gateway(tmp, config_text(tmp, o_peer.url, a_peer.url))
-    except support.StartError as e:
-        pytest.fail(str(e), pytrace=False)
-    gateway.wait_ready(timeout=10)
-    yield gateway
-    gateway.cleanup()
-
-
-def wait_sessions_usable(gw: Gateway, timeout: float = 5.0) -> None:
-    """Bounded wait until no session of the gateway is cooling down, so a
-    fault left by one test does not change which session serves the next."""
-    deadline = time.monotonic() + timeout
-    with httpx.Client(base_url=gw.url, timeout=2, trust_env=False) as c:
-        while time.monotonic() < deadline:
-            try:
-                r = c.get("/admin/sessions", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
-                sessions = r.json()["sessions"] if r.status_code == 200 else None
-            except (httpx.HTTPError, ValueError, KeyError):
-                sessions = None
-            if sessions is not None and all(
-                s.get("state") in ("ready", "trial") and not s.get("model_cooldowns") for s in sessions
-            ):
-                return
-            time.sleep(0.1)
+    with support.running_gateway(tmp, config_text(tmp, o_peer.url, a_peer.url)) as gateway:
+        yield gateway
 
 
 @pytest.fixture
 def peers(a_peer: PeerProc, o_peer: PeerProc, gw: Gateway) -> tuple[PeerProc, PeerProc]:
     """Both peers without faults and with empty request logs."""
-    wait_sessions_usable(gw)
+    support.wait_sessions_usable(gw, ADMIN_KEY)
     a_peer.reset()
     o_peer.reset()
     return a_peer, o_peer
-
-
-@pytest.fixture(scope="module")
-def ac(gw: Gateway) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=gw.url, api_key=GATEWAY_KEY, max_retries=0, timeout=30)
-
-
-@pytest.fixture(scope="module")
-def oc(gw: Gateway) -> openai.OpenAI:
-    return support.make_client(gw.v1)
 
 
 @pytest.fixture
@@ -196,10 +130,6 @@ def raw(gw: Gateway) -> Iterator[httpx.Client]:
 
 # --------------------------------------------------------------------------
 # helpers
-
-
-def user(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
 
 
 def expected(model: str, text: str) -> str:
@@ -381,7 +311,7 @@ def test_raw_sse_framing(raw, peers, model):
 
 def test_anthropic_prefix_route_and_alias(gw, peers):
     a_peer, _ = peers
-    client = anthropic.Anthropic(base_url=gw.url + "/anthropic", api_key=GATEWAY_KEY, max_retries=0, timeout=30)
+    client = support.make_anthropic_client(gw.url + "/anthropic")
     r = client.messages.create(model="demo", max_tokens=100, messages=user("prefixed"))
     assert text_of(r.content) == DEMO_PREFIX + "prefixed"
     r = client.messages.create(model="claude-alias", max_tokens=100, messages=user("aliased"))
@@ -889,7 +819,7 @@ def test_malformed_json_is_400(raw):
 
 
 def test_bad_key_is_401(gw, raw):
-    bad = anthropic.Anthropic(base_url=gw.url, api_key="sk-wrong", max_retries=0, timeout=30)
+    bad = support.make_anthropic_client(gw.url, api_key="sk-wrong")
     with pytest.raises(anthropic.AuthenticationError) as e:
         bad.messages.create(model="demo", max_tokens=10, messages=user("hi"))
     assert e.value.body["type"] == "error" and e.value.body["error"]["type"] == "authentication_error"
@@ -1244,7 +1174,7 @@ def test_upstream_request_headers(ac, peers):
 
 @pytest.fixture(scope="module")
 def direct(a_peer: PeerProc) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=a_peer.url, api_key=A_KEYS[0], max_retries=0, timeout=30)
+    return support.make_anthropic_client(a_peer.url, api_key=A_KEYS[0])
 
 
 def test_peer_answers_the_sdk(direct, a_peer):

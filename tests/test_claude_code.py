@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -185,23 +184,14 @@ def proxy(cc_gateway: Gateway) -> Iterator[tuple[str, Recorder]]:
 
 @pytest.fixture(scope="module")
 def cc_openai_peer() -> Iterator[PeerProc]:
-    try:
-        proc = support.start_peer()
-    except support.StartError as e:
-        pytest.fail(str(e), pytrace=False)
-    yield proc
-    proc.cleanup()
+    with support.running(support.start_peer) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")
 def cc_anthropic_peer() -> Iterator[PeerProc]:
-    script = support.TESTS_DIR / "peers" / "anthropic_peer.py"
-    try:
-        proc = PeerProc("anthropic-peer", [sys.executable, str(script), "--port", "0", "--keys", ",".join(A_KEYS)])
-    except support.StartError as e:
-        pytest.fail(str(e), pytrace=False)
-    yield proc
-    proc.cleanup()
+    with support.running(lambda: support.start_anthropic_peer(A_KEYS)) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")
@@ -220,13 +210,8 @@ models = ["claude-peer"]
   name = "a1"
   api_key = {q(A_KEYS[0])}
 """
-    try:
-        gw = support.start_gateway(tmp, text)
-    except support.StartError as e:
-        pytest.fail(str(e), pytrace=False)
-    gw.wait_ready(timeout=10)
-    yield gw
-    gw.cleanup()
+    with support.running_gateway(tmp, text) as gw:
+        yield gw
 
 
 # --------------------------------------------------------------------------
@@ -274,6 +259,17 @@ def describe(r: subprocess.CompletedProcess, rec: Recorder, gw: Gateway) -> str:
         )
     lines += ["gateway stderr:", gw.stderr_text(3000)]
     return "\n".join(lines)
+
+
+def assistant_blocks(lines: list[dict], kind: str) -> list[dict]:
+    """The content blocks of type ``kind`` in stream-json assistant lines."""
+    return [
+        b
+        for x in lines
+        if x.get("type") == "assistant"
+        for b in (x.get("message") or {}).get("content", [])
+        if b.get("type") == kind
+    ]
 
 
 def message_requests(rec: Recorder) -> list[dict]:
@@ -345,13 +341,7 @@ def test_print_stream_json_against_demo(claude_bin, proxy, cc_gateway, home):
     result = lines[-1]
     assert result["is_error"] is False, describe(r, rec, cc_gateway)
     assert result["result"].startswith(DEMO_PREFIX), result["result"][:500]
-    texts = [
-        b.get("text", "")
-        for x in lines
-        if x.get("type") == "assistant"
-        for b in (x.get("message") or {}).get("content", [])
-        if b.get("type") == "text"
-    ]
+    texts = [b.get("text", "") for b in assistant_blocks(lines, "text")]
     assert any(t.startswith(DEMO_PREFIX) for t in texts), texts
     assert_no_client_errors(rec, r, cc_gateway, "demo")
 
@@ -410,13 +400,7 @@ def test_tool_loop_against_demo(claude_bin, proxy, cc_gateway, home):
     result = lines[-1]
     assert result["type"] == "result" and result["is_error"] is False, describe(r, rec, cc_gateway)
     assert result["result"].startswith("The tool returned: "), result["result"][:500]
-    uses = [
-        b
-        for x in lines
-        if x.get("type") == "assistant"
-        for b in (x.get("message") or {}).get("content", [])
-        if b.get("type") == "tool_use"
-    ]
+    uses = assistant_blocks(lines, "tool_use")
     assert [u["name"] for u in uses] == ["Read"], uses
     sent = message_requests(rec)
     assert len(sent) >= 2, describe(r, rec, cc_gateway)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -23,7 +22,7 @@ import openai
 import pytest
 
 import support
-from support import DEMO_PREFIX, GATEWAY_KEY, Gateway
+from support import DEMO_PREFIX, Gateway, restarts
 
 PEERS = support.TESTS_DIR / "peers" / "cli"
 ADMIN_KEY = "adm-cli-test-key"
@@ -47,15 +46,7 @@ def env_table(env: dict[str, str]) -> str:
 
 
 def server_section(tmp: Path, request_timeout: str = "60s") -> str:
-    return f"""
-[server]
-listen = "127.0.0.1:0"
-api_keys = [{toml(GATEWAY_KEY)}]
-admin_key = {toml(ADMIN_KEY)}
-data_dir = {toml(str(tmp / "data"))}
-first_token_timeout = "20s"
-request_timeout = {toml(request_timeout)}
-"""
+    return support.server_toml(tmp, ADMIN_KEY, first_token_timeout="20s", request_timeout=request_timeout)
 
 
 def cli_pool(name: str, preset: str, models: list[str], state: Path, extra: str = "", binary: str | None = None) -> str:
@@ -76,33 +67,15 @@ def cli_pool(name: str, preset: str, models: list[str], state: Path, extra: str 
 
 
 def start(tmp: Path, text: str) -> Gateway:
-    try:
-        return support.start_gateway(tmp, text)
-    except support.StartError as e:
-        pytest.fail(str(e), pytrace=False)
+    return support.started(lambda: support.start_gateway(tmp, text))
 
 
 def wait_until(check: Callable[[], object], what: str, timeout: float = 15.0) -> object:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+    return support.wait_for(what, check, timeout)
 
 
 def sessions(gw: Gateway) -> dict[str, dict]:
-    with gw.http(headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as c:
-        got = c.get("/admin/sessions").raise_for_status().json()["sessions"]
-    return {s["pool"]: s for s in got}
-
-
-def restarts(gw: Gateway) -> list[dict]:
-    r = support.run_troupe(["restarts", "--data-dir", str(gw.config_path.parent / "data"), "--json"])
-    assert r.returncode == 0, r.stderr
-    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+    return {s["pool"]: s for s in support.session_list(gw, ADMIN_KEY)}
 
 
 def calls(state: Path) -> list[list[str]]:
@@ -151,7 +124,7 @@ def oai(gw: Gateway) -> openai.OpenAI:
 
 @pytest.fixture(scope="module")
 def ant(gw: Gateway) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=gw.url, api_key=GATEWAY_KEY, timeout=60, max_retries=0)
+    return support.make_anthropic_client(gw.url, timeout=60)
 
 
 def ask_openai(client: openai.OpenAI, model: str, messages: list[dict], stream: bool) -> str:

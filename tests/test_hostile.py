@@ -103,26 +103,18 @@ def names(err: dict, field_name: str) -> bool:
 def gw(tmp_path_factory) -> Iterator[Gateway]:
     """A keyed, demo-only gateway with the default limits."""
     tmp = tmp_path_factory.mktemp("hostile")
-    try:
-        g = support.start_gateway(tmp, gateway_config(tmp, None))
-    except support.StartError as e:
-        pytest.fail(str(e), pytrace=False)
-    assert g.wait_ready(10), "the demo gateway never became ready"
-    yield g
-    g.cleanup()
+    with support.running(lambda: support.start_gateway(tmp, gateway_config(tmp, None))) as g:
+        assert g.wait_ready(10), "the demo gateway never became ready"
+        yield g
 
 
 @pytest.fixture(scope="module")
 def open_gw(tmp_path_factory) -> Iterator[Gateway]:
     """A keyless (`api_keys = []`), demo-only gateway with the defaults."""
     tmp = tmp_path_factory.mktemp("hostile-open")
-    try:
-        g = support.start_gateway(tmp, gateway_config(tmp, None, api_keys=[]))
-    except support.StartError as e:
-        pytest.fail(str(e), pytrace=False)
-    assert g.wait_ready(10), "the keyless gateway never became ready"
-    yield g
-    g.cleanup()
+    with support.running(lambda: support.start_gateway(tmp, gateway_config(tmp, None, api_keys=[]))) as g:
+        assert g.wait_ready(10), "the keyless gateway never became ready"
+        yield g
 
 
 def anthropic_client(g: Gateway, key: str | None = GATEWAY_KEY, **kw: Any) -> httpx.Client:

@@ -12,17 +12,16 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import anthropic
 import httpx
 import pytest
 
 import support
-from support import GATEWAY_KEY, Gateway, Proc
+from support import GATEWAY_KEY, Gateway, Proc, restarts, wait_for
 
 PEER_SCRIPT = support.TESTS_DIR / "peers" / "langfast_peer.py"
 ANON_KEY = "anon-test-key"
@@ -53,33 +52,13 @@ class LangfastPeer(Proc):
             return c.post("/_peer/disconnect_all").raise_for_status().json()["disconnected"]
 
 
-def start_peer(expires_in: int = 3600) -> LangfastPeer:
-    return LangfastPeer(
-        "langfast-peer",
-        [
-            sys.executable,
-            str(PEER_SCRIPT),
-            "--port",
-            "0",
-            "--anon-key",
-            ANON_KEY,
-            "--chunk-delay",
-            "0.01",
-            "--expires-in",
-            str(expires_in),
-        ],
-    )
+def start_peer(expires_in: int = 3600, chunk_delay: float = 0.01) -> LangfastPeer:
+    args = ("--anon-key", ANON_KEY, "--chunk-delay", str(chunk_delay), "--expires-in", str(expires_in))
+    return support.script_peer(LangfastPeer, "langfast-peer", PEER_SCRIPT, *args)
 
 
 def config(tmp: Path, peer_url: str, accounts: int = 2, concurrency: int = 4) -> str:
-    return f"""
-[server]
-listen = "127.0.0.1:0"
-api_keys = [{json.dumps(GATEWAY_KEY)}]
-admin_key = {json.dumps(ADMIN_KEY)}
-data_dir = {json.dumps(str(tmp / "data"))}
-first_token_timeout = "5s"
-
+    return support.server_toml(tmp, ADMIN_KEY) + f"""
 [[pools]]
 name = "langfast"
 kind = "socketio"
@@ -99,26 +78,8 @@ max_concurrency = {concurrency}
 """
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
-
-
 def sessions(gw: Gateway) -> list[dict]:
-    with gw.http(headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as c:
-        return c.get("/admin/sessions").raise_for_status().json()["sessions"]
-
-
-def restarts(gw: Gateway) -> list[dict]:
-    r = support.run_troupe(["restarts", "--data-dir", str(gw.config_path.parent / "data"), "--json"])
-    assert r.returncode == 0, r.stderr
-    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+    return support.session_list(gw, ADMIN_KEY)
 
 
 def all_ready(gw: Gateway, n: int) -> bool:
@@ -129,18 +90,12 @@ def all_ready(gw: Gateway, n: int) -> bool:
 @pytest.fixture
 def lf(tmp_path: Path) -> Iterator[tuple[LangfastPeer, Callable[..., Gateway]]]:
     """A fresh peer, and a factory of gateways in front of it."""
-    try:
-        peer = start_peer()
-    except support.StartError as e:
-        pytest.fail(str(e), pytrace=False)
+    peer = support.started(start_peer)
     started: list[Gateway] = []
 
     def make(accounts: int = 2, concurrency: int = 4, wait: bool = True) -> Gateway:
         d = tmp_path / f"gw{len(started)}"
-        try:
-            gw = support.start_gateway(d, config(d, peer.url, accounts, concurrency))
-        except support.StartError as e:
-            pytest.fail(str(e), pytrace=False)
+        gw = support.started(lambda: support.start_gateway(d, config(d, peer.url, accounts, concurrency)))
         started.append(gw)
         if wait:
             wait_for("sessions ready", lambda: all_ready(gw, accounts))

@@ -11,8 +11,6 @@ conversation continued its own thread and never someone else's.
 from __future__ import annotations
 
 import json
-import sys
-import time
 from typing import Any, Iterator
 
 import anthropic
@@ -21,7 +19,7 @@ import openai
 import pytest
 
 import support
-from support import GATEWAY_KEY, Gateway, PeerProc, collect_sdk_stream
+from support import GATEWAY_KEY, Gateway, PeerProc, ac, collect_sdk_stream, oc, user  # noqa: F401  (fixtures)
 
 PEER_SCRIPT = support.TESTS_DIR / "peers" / "langgraph_peer.py"
 LG_KEYS = ("lg-key-1", "lg-key-2")
@@ -36,14 +34,7 @@ class LangGraphPeer(PeerProc):
 
 def config_text(tmp, peer_url: str) -> str:
     q = support.toml_str
-    return f"""
-[server]
-listen = "127.0.0.1:0"
-api_keys = [{q(GATEWAY_KEY)}, {q(OTHER_KEY)}]
-admin_key = {q(ADMIN_KEY)}
-data_dir = {q(str(tmp / "data"))}
-first_token_timeout = "10s"
-
+    return support.server_toml(tmp, ADMIN_KEY, api_keys=(GATEWAY_KEY, OTHER_KEY), first_token_timeout="10s") + f"""
 [[pools]]
 name = "langgraph"
 kind = "langgraph"
@@ -55,13 +46,7 @@ max_concurrency = 4
   [pools.supervisor]
   cooldown_initial = "200ms"
   cooldown_max = "500ms"
-  [[pools.accounts]]
-  name = "lg1"
-  api_key = {q(LG_KEYS[0])}
-  [[pools.accounts]]
-  name = "lg2"
-  api_key = {q(LG_KEYS[1])}
-
+{support.accounts_toml([("lg1", LG_KEYS[0]), ("lg2", LG_KEYS[1])])}
 [[pools]]
 name = "langgraph-local"
 kind = "langgraph"
@@ -70,68 +55,32 @@ models = ["local-agent"]
 """
 
 
+def start_peer() -> LangGraphPeer:
+    return support.script_peer(LangGraphPeer, "langgraph-peer", PEER_SCRIPT, timeout=90)
+
+
 @pytest.fixture(scope="module")
 def peer() -> Iterator[LangGraphPeer]:
-    try:
-        proc = LangGraphPeer("langgraph-peer", [sys.executable, str(PEER_SCRIPT), "--port", "0"], timeout=90)
-    except support.StartError as e:
-        pytest.fail(str(e), pytrace=False)
-    yield proc
-    proc.cleanup()
+    with support.running(start_peer) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")
 def gw(peer: LangGraphPeer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("langgraph-gw")
-    try:
-        gateway = support.start_gateway(tmp, config_text(tmp, peer.url))
-    except support.StartError as e:
-        pytest.fail(str(e), pytrace=False)
-    gateway.wait_ready(timeout=10)
-    yield gateway
-    gateway.cleanup()
+    with support.running_gateway(tmp, config_text(tmp, peer.url)) as gateway:
+        yield gateway
 
 
 def admin_sessions(gw: Gateway) -> list[dict] | None:
-    with httpx.Client(base_url=gw.url, timeout=2, trust_env=False) as c:
-        try:
-            r = c.get("/admin/sessions", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
-            return r.json()["sessions"] if r.status_code == 200 else None
-        except (httpx.HTTPError, ValueError, KeyError):
-            return None
-
-
-def wait_sessions_usable(gw: Gateway, timeout: float = 5.0) -> None:
-    """Bounded wait until no session is cooling down after an earlier fault."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        sessions = admin_sessions(gw)
-        if sessions is not None and all(
-            s.get("state") in ("ready", "trial") and not s.get("model_cooldowns") for s in sessions
-        ):
-            return
-        time.sleep(0.1)
+    return support.admin_sessions(gw, ADMIN_KEY)
 
 
 @pytest.fixture
 def lg(peer: LangGraphPeer, gw: Gateway) -> LangGraphPeer:
-    wait_sessions_usable(gw)
+    support.wait_sessions_usable(gw, ADMIN_KEY)
     peer.reset()
     return peer
-
-
-@pytest.fixture(scope="module")
-def oc(gw: Gateway) -> openai.OpenAI:
-    return support.make_client(gw.v1)
-
-
-@pytest.fixture(scope="module")
-def ac(gw: Gateway) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=gw.url, api_key=GATEWAY_KEY, max_retries=0, timeout=30)
-
-
-def user(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
 
 
 def ask(oc: openai.OpenAI, messages: list[dict], model: str = "agent-model", **kw: Any) -> str:

@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 import support
-from support import GATEWAY_KEY, Gateway, collect_sdk_stream
+from support import Gateway, collect_sdk_stream, restarts
 
 AGENT = support.TESTS_DIR / "peers" / "lingma_agent.py"
 ADMIN_KEY = "admin-lingma"
@@ -93,16 +93,7 @@ def pool_text(name: str, models: list[str], *, sessions: int = 1, bundle_b64: st
 
 
 def server_text(tmp: Path) -> str:
-    q = support.toml_str
-    return f"""
-[server]
-listen = "127.0.0.1:0"
-api_keys = [{q(GATEWAY_KEY)}]
-admin_key = {q(ADMIN_KEY)}
-data_dir = {q(str(tmp / "data"))}
-first_token_timeout = "10s"
-request_timeout = "20s"
-
+    return support.server_toml(tmp, ADMIN_KEY, first_token_timeout="10s", request_timeout="20s") + """
 [supervisor]
 backoff_initial = "100ms"
 backoff_max = "300ms"
@@ -111,25 +102,11 @@ max_restarts = 20
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+    return support.wait_for(what, check, timeout)
 
 
 def sessions(gw: Gateway) -> list[dict]:
-    with gw.http(headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as c:
-        return c.get("/admin/sessions").raise_for_status().json()["sessions"]
-
-
-def restarts(gw: Gateway) -> list[dict]:
-    r = support.run_troupe(["restarts", "--data-dir", str(gw.config_path.parent / "data"), "--json"])
-    assert r.returncode == 0, r.stderr
-    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+    return support.session_list(gw, ADMIN_KEY)
 
 
 def ready(gw: Gateway, pool: str, n: int) -> bool:
@@ -169,10 +146,7 @@ def pid_alive(pid: int) -> bool:
 
 
 def start(tmp: Path, pools: str) -> Gateway:
-    try:
-        return support.start_gateway(tmp, server_text(tmp) + pools)
-    except support.StartError as e:
-        pytest.fail(str(e), pytrace=False)
+    return support.started(lambda: support.start_gateway(tmp, server_text(tmp) + pools))
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +165,7 @@ def oai(gw: Gateway):
 
 
 def ant(gw: Gateway) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=gw.url, api_key=GATEWAY_KEY, max_retries=0, timeout=30)
+    return support.make_anthropic_client(gw.url)
 
 
 def ask_of(gw: Gateway, needle: str) -> list[dict]:

@@ -9,8 +9,6 @@ conversation continued its own upstream session and never someone else's.
 from __future__ import annotations
 
 import json
-import sys
-import time
 from typing import Any, Iterator
 
 import anthropic
@@ -19,7 +17,7 @@ import openai
 import pytest
 
 import support
-from support import GATEWAY_KEY, Gateway, PeerProc, collect_sdk_stream
+from support import GATEWAY_KEY, Gateway, PeerProc, ac, collect_sdk_stream, oc, user  # noqa: F401  (fixtures)
 
 PEER_SCRIPT = support.TESTS_DIR / "peers" / "ondemand_peer.py"
 OD_KEYS = ("od-key-1", "od-key-2")
@@ -51,21 +49,8 @@ class OnDemandPeer(PeerProc):
 def config_text(tmp, peer_url: str) -> str:
     q = support.toml_str
     base = q(peer_url.rstrip("/") + "/chat/v1")
-    accounts = "".join(
-        f"""
-  [[pools.accounts]]
-  name = "od{i + 1}"
-  api_key = {q(k)}"""
-        for i, k in enumerate(OD_KEYS)
-    )
-    return f"""
-[server]
-listen = "127.0.0.1:0"
-api_keys = [{q(GATEWAY_KEY)}, {q(OTHER_KEY)}]
-admin_key = {q(ADMIN_KEY)}
-data_dir = {q(str(tmp / "data"))}
-first_token_timeout = "5s"
-
+    accounts = support.accounts_toml([(f"od{i + 1}", k) for i, k in enumerate(OD_KEYS)])
+    return support.server_toml(tmp, ADMIN_KEY, api_keys=(GATEWAY_KEY, OTHER_KEY)) + f"""
 [[pools]]
 name = "ondemand"
 kind = "ondemand"
@@ -88,64 +73,28 @@ models = ["od-sync=predefined-openai-gpt4o"]
 """
 
 
+def start_peer() -> OnDemandPeer:
+    return support.script_peer(OnDemandPeer, "ondemand-peer", PEER_SCRIPT, "--keys", ",".join(OD_KEYS))
+
+
 @pytest.fixture(scope="module")
 def peer() -> Iterator[OnDemandPeer]:
-    try:
-        proc = OnDemandPeer("ondemand-peer", [sys.executable, str(PEER_SCRIPT), "--port", "0", "--keys", ",".join(OD_KEYS)])
-    except support.StartError as e:
-        pytest.fail(str(e), pytrace=False)
-    yield proc
-    proc.cleanup()
+    with support.running(start_peer) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")
 def gw(peer: OnDemandPeer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("ondemand-gw")
-    try:
-        gateway = support.start_gateway(tmp, config_text(tmp, peer.url))
-    except support.StartError as e:
-        pytest.fail(str(e), pytrace=False)
-    gateway.wait_ready(timeout=10)
-    yield gateway
-    gateway.cleanup()
-
-
-def wait_sessions_usable(gw: Gateway, timeout: float = 5.0) -> None:
-    """Bounded wait until no session is cooling down after an earlier fault."""
-    deadline = time.monotonic() + timeout
-    with httpx.Client(base_url=gw.url, timeout=2, trust_env=False) as c:
-        while time.monotonic() < deadline:
-            try:
-                r = c.get("/admin/sessions", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
-                sessions = r.json()["sessions"] if r.status_code == 200 else None
-            except (httpx.HTTPError, ValueError, KeyError):
-                sessions = None
-            if sessions is not None and all(
-                s.get("state") in ("ready", "trial") and not s.get("model_cooldowns") for s in sessions
-            ):
-                return
-            time.sleep(0.1)
+    with support.running_gateway(tmp, config_text(tmp, peer.url)) as gateway:
+        yield gateway
 
 
 @pytest.fixture
 def od(peer: OnDemandPeer, gw: Gateway) -> OnDemandPeer:
-    wait_sessions_usable(gw)
+    support.wait_sessions_usable(gw, ADMIN_KEY)
     peer.reset()
     return peer
-
-
-@pytest.fixture(scope="module")
-def oc(gw: Gateway) -> openai.OpenAI:
-    return support.make_client(gw.v1)
-
-
-@pytest.fixture(scope="module")
-def ac(gw: Gateway) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=gw.url, api_key=GATEWAY_KEY, max_retries=0, timeout=30)
-
-
-def user(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
 
 
 def ask(oc: openai.OpenAI, messages: list[dict], model: str = "gpt-4o", **kw: Any) -> str:

@@ -25,7 +25,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -41,7 +40,7 @@ import test_langfast as langfast
 import test_langgraph as langgraph
 import test_lingma as lingma
 import test_ondemand as ondemand
-from support import DEMO_PREFIX, GATEWAY_KEY, PEER_PREFIX, Gateway, PeerProc, Proc
+from support import DEMO_PREFIX, GATEWAY_KEY, PEER_PREFIX, Gateway, Proc
 
 STOP_TIMEOUT = 30.0
 CUSTOM_MODEL = "custom-echo"  # "echo" is an ondemand model here
@@ -71,16 +70,10 @@ def start_peers() -> dict[str, Proc]:
     ``listening on`` line)."""
     starters: dict[str, Callable[[], Proc]] = {
         "openai": support.start_peer,
-        "anthropic": lambda: PeerProc(
-            "anthropic-peer", [sys.executable, str(anth.ANTHROPIC_PEER_SCRIPT), "--port", "0", "--keys", ",".join(anth.A_KEYS)]
-        ),
+        "anthropic": lambda: support.start_anthropic_peer(anth.A_KEYS),
         "langfast": langfast.start_peer,
-        "langgraph": lambda: langgraph.LangGraphPeer(
-            "langgraph-peer", [sys.executable, str(langgraph.PEER_SCRIPT), "--port", "0"], timeout=90
-        ),
-        "ondemand": lambda: ondemand.OnDemandPeer(
-            "ondemand-peer", [sys.executable, str(ondemand.PEER_SCRIPT), "--port", "0", "--keys", ",".join(ondemand.OD_KEYS)]
-        ),
+        "langgraph": langgraph.start_peer,
+        "ondemand": ondemand.start_peer,
     }
     peers: dict[str, Proc] = {}
     errors: list[str] = []
@@ -269,10 +262,7 @@ def test_sigterm_stops_every_kind_of_pool_cleanly(tmp_path):
     gw: Gateway | None = None
     idle: httpx.Client | None = None
     try:
-        try:
-            gw = support.start_gateway(gw_dir, config(gw_dir, peers, cli_state))
-        except support.StartError as e:
-            pytest.fail(str(e), pytrace=False)
+        gw = support.started(lambda: support.start_gateway(gw_dir, config(gw_dir, peers, cli_state)))
         expected_pools = {
             "demo", "openai-peer", "anthropic-peer", "langfast", "langgraph", "langgraph-local",
             "ondemand", "ondemand-sync", "cli-claude", "cli-codex", "cli-gemini", "cli-custom", LINGMA_POOL,

@@ -35,7 +35,6 @@ from support_chaos import (
     peer_pool_config,
     read_restart_log,
     secret,
-    start_gateway_env,
     start_peer_with,
     wait_until,
 )
@@ -61,12 +60,8 @@ FAST_SUPERVISOR = {
 
 @pytest.fixture(scope="module")
 def sup_peer() -> Iterator[PeerProc]:
-    try:
-        proc = start_peer_with([KEY_A, KEY_B])
-    except support.StartError as e:
-        pytest.fail(str(e), pytrace=False)
-    yield proc
-    proc.cleanup()
+    with support.running(lambda: start_peer_with([KEY_A, KEY_B])) as proc:
+        yield proc
 
 
 @pytest.fixture
@@ -77,22 +72,9 @@ def peer(sup_peer: PeerProc) -> Iterator[PeerProc]:
 
 
 @pytest.fixture
-def start_gw(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
+def start_gw(gateway_factory: Callable[..., Gateway]) -> Callable[..., Gateway]:
     """Starts gateways from config text; all are stopped after the test."""
-    started: list[Gateway] = []
-
-    def make(config_text: str, env: dict | None = None) -> Gateway:
-        d = tmp_path / f"gw{len(started) + 1}"
-        try:
-            gw = start_gateway_env(d, config_text, env)
-        except support.StartError as e:
-            pytest.fail(str(e), pytrace=False)
-        started.append(gw)
-        return gw
-
-    yield make
-    for gw in started:
-        gw.cleanup()
+    return lambda config_text, env=None: gateway_factory(config_text, env=env)
 
 
 def two_accounts(**over: Any) -> list[dict]:
@@ -776,30 +758,40 @@ def stream_text(res: SSEResult) -> str:
     return "".join(ch["delta"].get("content") or "" for c in res.chunks() if "choices" in c for ch in c["choices"])
 
 
-def test_sigterm_lets_in_flight_answers_finish_within_the_drain_timeout(start_gw, peer, tmp_path):
-    gw = start_gw(
-        peer_pool_config(tmp_path / "drain-long", peer.url, two_accounts(), admin_key=secret("adm"), server={"drain_timeout": "15s"})
-    )
+def sigterm_with_two_in_flight(
+    start_gw: Callable[..., Gateway], peer: PeerProc, tmp: Path, drain_timeout: str, slow: float, stem: str, n: int
+) -> tuple[Gateway, str, SSEResult, dict, int, float]:
+    """A gateway with ``drain_timeout``, and on a slow peer a stream (of
+    ``stem`` and ``n`` words) and a plain request in flight, then SIGTERM:
+    (gateway, the stream's prompt, the stream, the plain request, the exit
+    code, the seconds from SIGTERM to the exit)."""
+    gw = start_gw(peer_pool_config(tmp, peer.url, two_accounts(), admin_key=secret("adm"), server={"drain_timeout": drain_timeout}))
     assert gw.wait_ready(10)
-    peer.fault("slow", count=2, seconds=0.25)
-    prompt = "drain me " + " ".join(f"w{i}" for i in range(8))
+    peer.fault("slow", count=2, seconds=slow)
+    prompt = stem + " " + " ".join(f"w{i}" for i in range(n))
     stream = StreamInThread(gw, prompt)
     assert stream.content.wait(10), "the stream never started"
-    t_post, posted = post_in_thread(gw, "drain me too " + " ".join(f"v{i}" for i in range(8)))
+    t_post, posted = post_in_thread(gw, stem + " too " + " ".join(f"v{i}" for i in range(n)))
     assert wait_until(lambda: len(peer.requests()) >= 2, 5), "the second request never reached the peer"
     t_term = time.monotonic()
     gw.popen.send_signal(signal.SIGTERM)
     assert refused_soon(gw), "new connections are still accepted after SIGTERM"
     res = stream.join(20)
     t_post.join(20)
+    code = gw.popen.wait(timeout=20)
+    return gw, prompt, res, posted, code, time.monotonic() - t_term
+
+
+def test_sigterm_lets_in_flight_answers_finish_within_the_drain_timeout(start_gw, peer, tmp_path):
+    gw, prompt, res, posted, code, elapsed = sigterm_with_two_in_flight(
+        start_gw, peer, tmp_path / "drain-long", "15s", 0.25, "drain me", 8
+    )
     assert res.status == 200 and res.transport_error is None, (res.status, res.transport_error)
     assert res.done and not res.after_done and res.data[-1] == "[DONE]", res.lines[-6:]
     assert not [c for c in res.chunks() if "error" in c], res.lines
     assert stream_text(res) == PEER_PREFIX + prompt
     assert posted.get("status") == 200, posted
     assert json.loads(posted["body"])["choices"][0]["message"]["content"].startswith(PEER_PREFIX + "drain me too")
-    code = gw.popen.wait(timeout=20)
-    elapsed = time.monotonic() - t_term
     assert code == 0, f"exit code {code}"
     assert elapsed < 15, f"the gateway took {elapsed:.1f}s to stop with nothing left to drain"
     # A clean stop logs no error (the listener closing under the accept
@@ -811,23 +803,9 @@ def test_sigterm_lets_in_flight_answers_finish_within_the_drain_timeout(start_gw
 
 
 def test_sigterm_ends_streams_still_open_at_the_drain_deadline_with_an_error(start_gw, peer, tmp_path):
-    gw = start_gw(
-        peer_pool_config(tmp_path / "drain-short", peer.url, two_accounts(), admin_key=secret("adm"), server={"drain_timeout": "1s"})
+    _, prompt, res, posted, code, elapsed = sigterm_with_two_in_flight(
+        start_gw, peer, tmp_path / "drain-short", "1s", 0.5, "cut me off", 12
     )
-    assert gw.wait_ready(10)
-    peer.fault("slow", count=2, seconds=0.5)
-    prompt = "cut me off " + " ".join(f"w{i}" for i in range(12))
-    stream = StreamInThread(gw, prompt)
-    assert stream.content.wait(10), "the stream never started"
-    t_post, posted = post_in_thread(gw, "cut me off too " + " ".join(f"v{i}" for i in range(12)))
-    assert wait_until(lambda: len(peer.requests()) >= 2, 5), "the second request never reached the peer"
-    t_term = time.monotonic()
-    gw.popen.send_signal(signal.SIGTERM)
-    assert refused_soon(gw), "new connections are still accepted after SIGTERM"
-    res = stream.join(20)
-    t_post.join(20)
-    code = gw.popen.wait(timeout=20)
-    elapsed = time.monotonic() - t_term
     assert code == 0, f"exit code {code}"
     assert elapsed < 1 + 2 + 3, f"stopping took {elapsed:.1f}s with drain_timeout 1s"
 

@@ -41,13 +41,9 @@ chunk_delay = "5ms"
 def gw(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("panics")
     text = CONFIG.format(key=json.dumps(GATEWAY_KEY), data=json.dumps(str(tmp / "data")))
-    try:
-        g = start_gateway_env(tmp, text, {"TROUPE_TEST_FAULTS": "1"})
-    except support.StartError as e:
-        pytest.fail(str(e), pytrace=False)
-    assert g.wait_ready(10)
-    yield g
-    g.cleanup()
+    with support.running(lambda: start_gateway_env(tmp, text, {"TROUPE_TEST_FAULTS": "1"})) as g:
+        assert g.wait_ready(10)
+        yield g
 
 
 def client(gw) -> httpx.Client:

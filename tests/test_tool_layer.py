@@ -206,10 +206,7 @@ def message_text(content: Any) -> str:
 def start_pair(tmp: Path, make_peer: Callable[[], Any], config: Callable[[Any], str]) -> tuple[Any, Gateway]:
     """Starts a peer, then a gateway whose config `config(peer)` gives; a
     failed start fails the test and stops what started."""
-    try:
-        peer = make_peer()
-    except support.StartError as e:
-        pytest.fail(str(e), pytrace=False)
+    peer = support.started(make_peer)
     try:
         return peer, support.start_gateway(tmp, config(peer))
     except support.StartError as e:
@@ -220,12 +217,9 @@ def start_pair(tmp: Path, make_peer: Callable[[], Any], config: Callable[[Any], 
 @pytest.fixture(scope="module")
 def ondemand_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     tmp = tmp_path_factory.mktemp("tools-ondemand")
-    keys = ",".join(test_ondemand.OD_KEYS)
     peer, gw = start_pair(
         tmp,
-        lambda: test_ondemand.OnDemandPeer(
-            "ondemand-peer", [sys.executable, str(test_ondemand.PEER_SCRIPT), "--port", "0", "--keys", keys]
-        ),
+        test_ondemand.start_peer,
         lambda peer: test_ondemand.config_text(tmp, peer.url),
     )
     gw.wait_ready(timeout=10)
@@ -239,13 +233,9 @@ def ondemand_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target
 @pytest.fixture(scope="module")
 def langfast_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     tmp = tmp_path_factory.mktemp("tools-langfast")
-    argv = [
-        sys.executable, str(test_langfast.PEER_SCRIPT), "--port", "0",
-        "--anon-key", test_langfast.ANON_KEY, "--chunk-delay", "0.002",
-    ]
     peer, gw = start_pair(
         tmp,
-        lambda: test_langfast.LangfastPeer("langfast-peer", argv),
+        lambda: test_langfast.start_peer(chunk_delay=0.002),
         lambda peer: test_langfast.config(tmp, peer.url, accounts=1),
     )
     try:
@@ -270,9 +260,7 @@ def langgraph_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Targe
     tmp = tmp_path_factory.mktemp("tools-langgraph")
     peer, gw = start_pair(
         tmp,
-        lambda: test_langgraph.LangGraphPeer(
-            "langgraph-peer", [sys.executable, str(test_langgraph.PEER_SCRIPT), "--port", "0"], timeout=90
-        ),
+        test_langgraph.start_peer,
         lambda peer: test_langgraph.config_text(tmp, peer.url),
     )
     gw.wait_ready(timeout=10)

@@ -48,10 +48,13 @@ result, gets ``The tool said: ...``.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import re
 import sys
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 if TYPE_CHECKING:  # aiohttp is imported where it is used: the fake CLIs
     from aiohttp import web  # import this module without it.
@@ -143,3 +146,68 @@ def peer_app(peer, routes: list[web.RouteDef], on_not_found) -> web.Application:
     app.router.add_get("/_peer/requests", peer.get_requests)
     app.router.add_route("*", "/{tail:.*}", on_not_found)
     return app
+
+
+def take_fault(faults: list[dict], key: str | None = None) -> dict | None:
+    """Spends one use of the first fault in `faults` with uses left (with a
+    `key`: one for any key or for that key); a used-up fault leaves the list."""
+    for fault in faults:
+        if fault["count"] > 0 and (key is None or fault.get("key") in (None, "") or fault.get("key") == key):
+            fault["count"] -= 1
+            if fault["count"] <= 0:
+                faults.remove(fault)
+            return fault
+    return None
+
+
+async def body_json(request: web.Request) -> Any:
+    """The request body as JSON, or None when it is not JSON."""
+    try:
+        return json.loads(await request.read())
+    except Exception:
+        return None
+
+
+async def recorded(entry: dict, handling: Awaitable[web.StreamResponse], keep_outcome: bool = True) -> web.StreamResponse:
+    """Awaits `handling`, then records in `entry` its "end" time and, unless
+    the handler set one, its "outcome" (``status N``). A client that went
+    away is ``client_disconnected`` (with `keep_outcome`, only over the
+    ``pending`` outcome): a cancelled handler is re-raised, a reset
+    connection answers 499."""
+    from aiohttp import web
+
+    def gone() -> None:
+        if not keep_outcome or entry["outcome"] == "pending":
+            entry["outcome"] = "client_disconnected"
+        entry["end"] = time.time()
+
+    try:
+        resp = await handling
+    except asyncio.CancelledError:
+        gone()
+        raise
+    except ConnectionResetError:
+        gone()
+        return web.Response(status=499)
+    if entry["outcome"] == "pending":
+        entry["outcome"] = f"status {resp.status}"
+    entry["end"] = time.time()
+    return resp
+
+
+def arguments(doc: str | None) -> argparse.ArgumentParser:
+    """A peer's argument parser (described by the first paragraph of its
+    `doc`), with ``--host`` and ``--port``."""
+    ap = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    return ap
+
+
+def run(amain: Callable[[argparse.Namespace], Awaitable[None]], ap: argparse.ArgumentParser, quiet: tuple = (KeyboardInterrupt,)) -> None:
+    """Runs `amain` with the parsed arguments until it ends or is interrupted."""
+    args = ap.parse_args()
+    try:
+        asyncio.run(amain(args))
+    except quiet:
+        pass

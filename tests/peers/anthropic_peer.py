@@ -89,9 +89,9 @@ from typing import Any
 from aiohttp import web
 
 try:  # imported as peers.<name> by tests, or run as a script
-    from ._common import peer_app, serve, split_list
+    from ._common import arguments, body_json, peer_app, recorded, run, serve, split_list, take_fault
 except ImportError:
-    from _common import peer_app, serve, split_list
+    from _common import arguments, body_json, peer_app, recorded, run, serve, split_list, take_fault
 
 FAULT_MODES = ("429", "529", "500", "400", "drop", "stream_error", "hang")
 SIGNATURE = "sig-peer-1"
@@ -673,13 +673,7 @@ class Peer:
         return json_response(200, {"requests": self.requests})
 
     def take_fault(self, key: str) -> dict | None:
-        for fault in self.faults:
-            if fault["count"] > 0 and (fault["key"] in (None, "") or fault["key"] == key):
-                fault["count"] -= 1
-                if fault["count"] <= 0:
-                    self.faults.remove(fault)
-                return fault
-        return None
+        return take_fault(self.faults, key)
 
     # ---- auth ----------------------------------------------------------
 
@@ -747,11 +741,7 @@ class Peer:
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         key, err = self.auth(request)
-        raw = await request.read()
-        try:
-            body = json.loads(raw)
-        except Exception:
-            body = None
+        body = await body_json(request)
         stream = bool(isinstance(body, dict) and body.get("stream"))
         entry = {
             "key": key,
@@ -766,22 +756,7 @@ class Peer:
             "time": time.time(),
         }
         self.requests.append(entry)
-        try:
-            resp = await self.messages_inner(request, key, err, body, stream, entry)
-        except asyncio.CancelledError:
-            if entry["outcome"] == "pending":
-                entry["outcome"] = "client_disconnected"
-            entry["end"] = time.time()
-            raise
-        except ConnectionResetError:
-            if entry["outcome"] == "pending":
-                entry["outcome"] = "client_disconnected"
-            entry["end"] = time.time()
-            return web.Response(status=499)
-        if entry["outcome"] == "pending":
-            entry["outcome"] = f"status {resp.status}"
-        entry["end"] = time.time()
-        return resp
+        return await recorded(entry, self.messages_inner(request, key, err, body, stream, entry))
 
     async def messages_inner(
         self, request: web.Request, key: str | None, err: web.Response | None, body: Any, stream: bool, entry: dict
@@ -973,17 +948,11 @@ async def amain(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=0)
+    ap = arguments(__doc__)
     ap.add_argument("--keys", default="ak-peer-1,ak-peer-2", help="comma-separated accepted API keys")
     ap.add_argument("--models", default="claude-peer,claude-peer-2", help="comma-separated models served")
     ap.add_argument("--chunk-delay", type=float, default=0.002, help="seconds between stream events")
-    args = ap.parse_args()
-    try:
-        asyncio.run(amain(args))
-    except KeyboardInterrupt:
-        pass
+    run(amain, ap)
 
 
 if __name__ == "__main__":

@@ -68,9 +68,9 @@ import socketio
 from aiohttp import web
 
 try:  # imported as peers.<name> by tests, or run as a script
-    from ._common import pieces, scripted_answer, serve
+    from ._common import arguments, pieces, run, scripted_answer, serve
 except ImportError:
-    from _common import pieces, scripted_answer, serve
+    from _common import arguments, pieces, run, scripted_answer, serve
 
 PREFIX = "langfast reply to: "
 SAMPLING = ("temperature", "top_p", "top_k", "max_tokens", "frequency_penalty", "presence_penalty", "seed", "stop")
@@ -350,17 +350,11 @@ async def amain(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=0)
+    ap = arguments(__doc__)
     ap.add_argument("--anon-key", default="anon-test")
     ap.add_argument("--expires-in", type=int, default=3600, help="access token lifetime, seconds")
     ap.add_argument("--chunk-delay", type=float, default=0.02, help="seconds between chunk events")
-    args = ap.parse_args()
-    try:
-        asyncio.run(amain(args))
-    except KeyboardInterrupt:
-        pass
+    run(amain, ap)
 
 
 if __name__ == "__main__":

@@ -50,9 +50,9 @@ import aiohttp
 from aiohttp import web
 
 try:  # imported as peers.<name> by tests, or run as a script
-    from ._common import serve
+    from ._common import arguments, run, serve, take_fault
 except ImportError:
-    from _common import serve
+    from _common import arguments, run, serve, take_fault
 
 APP_DIR = Path(__file__).resolve().parent / "langgraph_app"
 FAULT_MODES = ("401", "429", "500", "drop")
@@ -96,13 +96,7 @@ class Proxy:
         return web.json_response({"requests": self.requests})
 
     def take_fault(self) -> dict | None:
-        for fault in self.faults:
-            if fault["count"] > 0:
-                fault["count"] -= 1
-                if fault["count"] <= 0:
-                    self.faults.remove(fault)
-                return fault
-        return None
+        return take_fault(self.faults)
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -240,15 +234,9 @@ async def amain(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=0)
+    ap = arguments(__doc__)
     ap.add_argument("--keys", default="", help="comma-separated x-api-key values accepted (empty: no auth)")
-    args = ap.parse_args()
-    try:
-        asyncio.run(amain(args))
-    except (KeyboardInterrupt, web.GracefulExit):
-        pass
+    run(amain, ap, quiet=(KeyboardInterrupt, web.GracefulExit))
 
 
 if __name__ == "__main__":

@@ -61,9 +61,9 @@ from typing import Any
 from aiohttp import web
 
 try:  # imported as peers.<name> by tests, or run as a script
-    from ._common import instruction_nonce, peer_app, pieces, scripted_answer, serve, split_list
+    from ._common import arguments, instruction_nonce, peer_app, pieces, run, scripted_answer, serve, split_list, take_fault
 except ImportError:
-    from _common import instruction_nonce, peer_app, pieces, scripted_answer, serve, split_list
+    from _common import arguments, instruction_nonce, peer_app, pieces, run, scripted_answer, serve, split_list, take_fault
 
 FAULT_MODES = ("401", "429", "500", "drop", "error")
 DEFAULT_ENDPOINTS = (
@@ -117,13 +117,7 @@ class Peer:
         )
 
     def take_fault(self) -> dict | None:
-        for fault in self.faults:
-            if fault["count"] > 0:
-                fault["count"] -= 1
-                if fault["count"] <= 0:
-                    self.faults.remove(fault)
-                return fault
-        return None
+        return take_fault(self.faults)
 
     # ---- API -----------------------------------------------------------
 
@@ -133,17 +127,25 @@ class Peer:
             return key, error(401, "Unauthorized: invalid apikey", "unauthorized")
         return key, None
 
-    async def create_session(self, request: web.Request) -> web.Response:
+    async def received(self, request: web.Request, session: str | None) -> tuple[Any, dict, web.Response | None]:
+        """The request's JSON body (None if it has none), its entry in the
+        request log, and its answer if the key is refused."""
         key, err = self.auth(request)
         try:
             body = await request.json()
         except Exception:
             body = None
-        entry = {"path": request.path, "key": key, "body": body, "session": None, "outcome": "pending"}
+        entry = {"path": request.path, "key": key, "body": body, "session": session, "outcome": "pending"}
         self.requests.append(entry)
         if err:
             entry["outcome"] = "status 401"
+        return body, entry, err
+
+    async def create_session(self, request: web.Request) -> web.Response:
+        body, entry, err = await self.received(request, None)
+        if err:
             return err
+        key = entry["key"]
         if not isinstance(body, dict) or not isinstance(body.get("externalUserId"), str):
             entry["outcome"] = "status 400"
             return error(400, "externalUserId is required", "bad_request")
@@ -188,17 +190,11 @@ class Peer:
         return f"ondemand reply #{n} to: {query}", None
 
     async def query(self, request: web.Request) -> web.StreamResponse:
-        key, err = self.auth(request)
         sid = request.match_info["sid"]
-        try:
-            body = await request.json()
-        except Exception:
-            body = None
-        entry = {"path": request.path, "key": key, "body": body, "session": sid, "outcome": "pending"}
-        self.requests.append(entry)
+        body, entry, err = await self.received(request, sid)
         if err:
-            entry["outcome"] = "status 401"
             return err
+        key = entry["key"]
         fault = self.take_fault()
         mode = fault["mode"] if fault else None
         if mode == "401":
@@ -313,17 +309,11 @@ async def amain(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=0)
+    ap = arguments(__doc__)
     ap.add_argument("--keys", default="od-key-1,od-key-2", help="comma-separated accepted API keys")
     ap.add_argument("--endpoints", default=",".join(DEFAULT_ENDPOINTS), help="comma-separated endpoint ids")
     ap.add_argument("--chunk-delay", type=float, default=0.002, help="seconds between stream events")
-    args = ap.parse_args()
-    try:
-        asyncio.run(amain(args))
-    except KeyboardInterrupt:
-        pass
+    run(amain, ap)
 
 
 if __name__ == "__main__":

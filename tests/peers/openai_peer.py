@@ -98,9 +98,9 @@ from typing import Any
 from aiohttp import web
 
 try:  # imported as peers.<name> by tests, or run as a script
-    from ._common import peer_app, serve, split_list
+    from ._common import arguments, body_json, peer_app, recorded, run, serve, split_list, take_fault
 except ImportError:
-    from _common import peer_app, serve, split_list
+    from _common import arguments, body_json, peer_app, recorded, run, serve, split_list, take_fault
 
 FAULT_MODES = (
     "429", "500", "503", "401", "400", "redirect", "reset", "hang", "drop", "drop_after_finish",
@@ -332,12 +332,9 @@ class Peer:
         return fault["key"] in (None, "") or fault["key"] == key
 
     def take_fault(self, key: str) -> dict | None:
-        for fault in self.faults:
-            if fault["count"] > 0 and self._matches(fault, key):
-                fault["count"] -= 1
-                if fault["count"] <= 0:
-                    self.faults.remove(fault)
-                return fault
+        fault = take_fault(self.faults, key)
+        if fault is not None:
+            return fault
         if not self.rate_faults:
             return None
         # One draw per request against the cumulative rates of the matching
@@ -571,11 +568,7 @@ class Peer:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         key, err = self.auth(request)
-        raw = await request.read()
-        try:
-            body = json.loads(raw)
-        except Exception:
-            body = None
+        body = await body_json(request)
         stream = bool(isinstance(body, dict) and body.get("stream"))
         entry = {
             "key": key,
@@ -587,20 +580,7 @@ class Peer:
             "time": time.time(),
         }
         self.requests.append(entry)
-        try:
-            resp = await self.chat_inner(request, key, err, body, stream, entry)
-        except asyncio.CancelledError:
-            entry["outcome"] = "client_disconnected"
-            entry["end"] = time.time()
-            raise
-        except ConnectionResetError:
-            entry["outcome"] = "client_disconnected"
-            entry["end"] = time.time()
-            return web.Response(status=499)
-        if entry["outcome"] == "pending":
-            entry["outcome"] = f"status {resp.status}"
-        entry["end"] = time.time()
-        return resp
+        return await recorded(entry, self.chat_inner(request, key, err, body, stream, entry), keep_outcome=False)
 
     async def chat_inner(
         self, request: web.Request, key: str | None, err: web.Response | None, body: Any, stream: bool, entry: dict
@@ -927,18 +907,12 @@ async def amain(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=0)
+    ap = arguments(__doc__)
     ap.add_argument("--keys", default="sk-peer-1,sk-peer-2", help="comma-separated accepted API keys")
     ap.add_argument("--models", default="gpt-4o-mini,gpt-4o", help="comma-separated models served")
     ap.add_argument("--chunk-delay", type=float, default=0.002, help="seconds between stream chunks")
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the rate-fault draws")
-    args = ap.parse_args()
-    try:
-        asyncio.run(amain(args))
-    except KeyboardInterrupt:
-        pass
+    run(amain, ap)
 
 
 if __name__ == "__main__":
