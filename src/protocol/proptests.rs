@@ -5,7 +5,7 @@
 //! bytes cut anywhere, inside UTF-8 sequences too) goes through the SSE
 //! reader, the upstream decoder, the canonical events and a client encoder,
 //! as on the gateway's path. The client stream must follow its protocol's
-//! grammar, carry every text and argument byte exactly once and in order
+//! grammar (OpenAI chunks: the published schema too), carry every text and argument byte exactly once and in order
 //! within its block, keep call ids and names, map the stop reason, and end
 //! exactly once.
 
@@ -20,6 +20,47 @@ use super::{anthropic, openai, EventEncoder};
 use crate::canonical::{ChatEvent, ChatRequest, Message, Role, StopReason};
 
 const CASES: u32 = 1000;
+
+/// OpenAI's published `CreateChatCompletionStreamResponse`, extracted from
+/// its OpenAPI description by `scripts/extract_chunk_schema.py`.
+fn chunk_schema() -> &'static jsonschema::Validator {
+    static SCHEMA: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/spec/chat-completion-chunk.schema.json"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let schema: Value = serde_json::from_str(&text).unwrap();
+        jsonschema::validator_for(&schema).unwrap()
+    })
+}
+
+fn assert_valid_chunk(chunk: &Value) {
+    let errors: Vec<String> = chunk_schema()
+        .iter_errors(chunk)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "chunk {chunk} breaks the schema: {errors:?}"
+    );
+}
+
+#[test]
+fn the_chunk_schema_refuses_what_it_should() {
+    let good = json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+        "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": null}]});
+    assert_valid_chunk(&good);
+    for bad in [
+        json!({"id": "c", "created": 1, "model": "m", "choices": []}),
+        json!({"id": "c", "object": "chat.completion.chunk", "created": "1", "model": "m", "choices": []}),
+        json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "done"}]}),
+    ] {
+        assert!(!chunk_schema().is_valid(&bad), "{bad}");
+    }
+}
 
 /// One tool call of a generated answer.
 #[derive(Debug, Clone)]
@@ -418,6 +459,7 @@ fn check_openai(body: &str, g: &Generated) {
     let mut finishes = Vec::new();
     let mut usage_chunks = 0;
     for (n, c) in chunks.iter().enumerate() {
+        assert_valid_chunk(c);
         assert_eq!(c["object"], "chat.completion.chunk");
         assert_eq!(c["id"], chunks[0]["id"], "one id");
         assert_eq!(c["created"], chunks[0]["created"], "one created");
