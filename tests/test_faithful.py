@@ -874,3 +874,22 @@ def test_anthropic_server_tool_reaches_an_anthropic_pool_and_is_named_elsewhere(
     assert text == PEER_PREFIX + "search"
     assert dropped_of(headers) == {"web_search_20250305 tool"}
     assert "tools" not in last_body(o_peer)
+
+
+@STREAM
+def test_anthropic_server_tool_blocks_come_back_as_the_upstream_sent_them(ac, peers, stream):
+    """Blocks troupe does not model (a server tool's use and its result)
+    reach an Anthropic client whole, in order, before the text."""
+    server_tool = {"type": "web_search_20250305", "name": "web_search"}
+    kw = dict(model="claude-peer", max_tokens=100, messages=user("search this"), tools=[server_tool])
+    if stream:
+        with ac.messages.stream(**kw) as s:
+            message = s.get_final_message()
+    else:
+        message = ac.messages.create(**kw)
+    blocks = [b.model_dump(exclude_none=True) for b in message.content]
+    assert [b["type"] for b in blocks] == ["server_tool_use", "web_search_tool_result", "text"], blocks
+    assert blocks[0]["id"] == "srvtoolu_peer_0" and blocks[0]["input"] == {"query": "search this"}
+    assert blocks[1]["tool_use_id"] == "srvtoolu_peer_0"
+    assert blocks[1]["content"][0]["url"] == "https://example.com/"
+    assert blocks[2]["text"] == A_PREFIX + "search this"

@@ -23,6 +23,10 @@ pub struct Answer {
     pub signature: Option<String>,
     pub redacted_thinking: Vec<String>,
     pub tool_calls: Vec<ToolCallAcc>,
+    /// Blocks of an Anthropic upstream's answer that the canonical model
+    /// does not carry, assembled (for an Anthropic client's whole answer),
+    /// with the input JSON of each still arriving.
+    pub anthropic_blocks: Vec<(serde_json::Value, String)>,
     pub stop: Option<StopReason>,
     /// The stop sequence that ended it, when the upstream said which.
     pub stop_sequence: Option<String>,
@@ -57,10 +61,60 @@ impl Answer {
                 .get_or_insert_with(Usage::default)
                 .merge(&u),
             ChatEvent::StopSequence(s) => self.stop_sequence = Some(s),
+            ChatEvent::AnthropicBlock(json) => self.anthropic_block(&json),
             ChatEvent::Stop(r) => self.stop = Some(r),
             ChatEvent::Error(e) => return Err(*e),
         }
         Ok(())
+    }
+
+    /// Assembles a passed-on Anthropic block from its start, deltas and
+    /// stop: input JSON, text and citations as Anthropic's own SDKs do.
+    fn anthropic_block(&mut self, json: &str) {
+        use serde_json::Value;
+        let Ok(ev) = serde_json::from_str::<Value>(json) else {
+            return;
+        };
+        match ev["type"].as_str() {
+            Some("content_block_start") => {
+                self.anthropic_blocks
+                    .push((ev["content_block"].clone(), String::new()));
+            }
+            Some("content_block_delta") => {
+                let Some((block, input)) = self.anthropic_blocks.last_mut() else {
+                    return;
+                };
+                let d = &ev["delta"];
+                match d["type"].as_str() {
+                    Some("input_json_delta") => {
+                        input.push_str(d["partial_json"].as_str().unwrap_or_default())
+                    }
+                    Some("text_delta") => {
+                        let text = block["text"].as_str().unwrap_or_default().to_owned();
+                        block["text"] =
+                            Value::String(text + d["text"].as_str().unwrap_or_default());
+                    }
+                    Some("citations_delta") => {
+                        if !block["citations"].is_array() {
+                            block["citations"] = Value::Array(Vec::new());
+                        }
+                        if let Some(list) = block["citations"].as_array_mut() {
+                            list.push(d["citation"].clone());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Some("content_block_stop") => {
+                if let Some((block, input)) = self.anthropic_blocks.last_mut() {
+                    if let Ok(v) = serde_json::from_str::<Value>(input) {
+                        block["input"] = v;
+                    }
+                    input.clear();
+                }
+            }
+            _ => {}
+        }
     }
 
     /// The usage to report: settled by [`Answer::settle_usage`], else the

@@ -28,6 +28,12 @@ pub enum ChatEvent {
         json: String,
     },
     Usage(Usage),
+    /// An event of an Anthropic upstream's stream that the canonical model
+    /// does not carry: a content block of a type it does not know
+    /// (`server_tool_use`, `web_search_tool_result`...), its deltas and its
+    /// stop, as the upstream's JSON. An Anthropic client gets it as it
+    /// came (renumbered); other clients do not.
+    AnthropicBlock(Box<str>),
     /// The stop sequence that ended the answer, just before its
     /// `Stop(StopSequence)`, from upstreams that say which.
     StopSequence(String),

@@ -603,6 +603,16 @@ def plan(body: dict) -> dict:
                 words, stop_reason, stop_sequence = cut, "stop_sequence", seq
     if len(words) > max_tokens:
         words, stop_reason, stop_sequence = words[:max_tokens], "max_tokens", None
+    if any(str(t.get("type", "")).startswith("web_search") for t in body.get("tools") or []):
+        # A server tool runs here, as at Anthropic: its use and its result
+        # are blocks of the answer, before the text.
+        blocks.append({"type": "server_tool_use", "id": "srvtoolu_peer_0", "name": "web_search", "input": {"query": user_text}})
+        blocks.append({
+            "type": "web_search_tool_result",
+            "tool_use_id": "srvtoolu_peer_0",
+            "content": [{"type": "web_search_result", "url": "https://example.com/", "title": "Example",
+                         "encrypted_content": "enc-peer", "page_age": None}],
+        })
     if words:
         blocks.append({"type": "text", "text": "".join(words)})
     return {"blocks": blocks, "stop_reason": stop_reason, "stop_sequence": stop_sequence}
@@ -885,6 +895,10 @@ class Peer:
                 head = {"type": "text", "text": ""}
             elif kind == "thinking":
                 head = {"type": "thinking", "thinking": "", "signature": ""}
+            elif kind == "server_tool_use":
+                head = {"type": "server_tool_use", "id": block["id"], "name": block["name"], "input": {}}
+            elif kind == "web_search_tool_result":
+                head = block
             else:
                 head = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
             await send("content_block_start", {"type": "content_block_start", "index": index, "content_block": head})
@@ -897,6 +911,8 @@ class Peer:
             elif kind == "thinking":
                 deltas = [{"type": "thinking_delta", "thinking": w} for w in WORD_RE.findall(block["thinking"])]
                 deltas.append({"type": "signature_delta", "signature": block["signature"]})
+            elif kind == "web_search_tool_result":
+                deltas = []
             else:
                 args = json.dumps(block["input"])
                 deltas = [{"type": "input_json_delta", "partial_json": ""}]

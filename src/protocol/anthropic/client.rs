@@ -309,11 +309,17 @@ pub fn tool_input(arguments: &str) -> Value {
 pub struct EventDecoder {
     /// Content block index → tool call index, for the open tool blocks.
     tool_blocks: Vec<(u32, u32)>,
+    /// Blocks of types the canonical model does not carry, passed on as
+    /// they came ([`ChatEvent::AnthropicBlock`]).
+    opaque_blocks: Vec<u32>,
     next_tool: u32,
     stopped: bool,
     done: bool,
     content: bool,
 }
+
+/// The content blocks the canonical model carries; others travel opaque.
+const KNOWN_BLOCKS: &[&str] = &["text", "tool_use", "thinking", "redacted_thinking"];
 
 impl EventDecoder {
     /// Decodes one SSE event's `data` into `out`. An upstream `error` event
@@ -347,7 +353,23 @@ impl EventDecoder {
             StreamEventIn::ContentBlockStart {
                 index,
                 content_block,
-            } => self.block_start(index, content_block, out),
+            } => {
+                if !KNOWN_BLOCKS.contains(&content_block.kind.as_str()) {
+                    self.opaque_blocks.push(index);
+                    out.push(ChatEvent::AnthropicBlock(data.into()));
+                }
+                self.block_start(index, content_block, out)
+            }
+            StreamEventIn::ContentBlockDelta { index, .. }
+                if self.opaque_blocks.contains(&index) =>
+            {
+                out.push(ChatEvent::AnthropicBlock(data.into()));
+            }
+            StreamEventIn::ContentBlockStop { index: Some(index) }
+                if self.opaque_blocks.contains(&index) =>
+            {
+                out.push(ChatEvent::AnthropicBlock(data.into()));
+            }
             StreamEventIn::ContentBlockDelta { index, delta } => match delta.kind.as_str() {
                 "text_delta" => push_text(delta.text, out),
                 "input_json_delta" => {

@@ -550,6 +550,10 @@ pub fn completion_body(answer: &Answer, req: &ChatRequest, id: &str) -> Vec<u8> 
     for data in &answer.redacted_thinking {
         content.push(BlockOut::RedactedThinking { data });
     }
+    // Server tool use and its results come before the text that cites them.
+    for (block, _) in &answer.anthropic_blocks {
+        content.push(BlockOut::Other(block));
+    }
     if !answer.text.is_empty() {
         content.push(BlockOut::Text { text: &answer.text });
     }
@@ -584,6 +588,8 @@ enum Block {
     },
     Tool(u32),
     RedactedThinking,
+    /// A block passed on as the upstream sent it.
+    Opaque,
 }
 
 /// A tool call that started while another call's block was open: its
@@ -753,6 +759,43 @@ impl StreamEncoder {
         )
     }
 
+    /// Writes a passed-on block's event with this stream's block index.
+    fn opaque(&mut self, json: &str, out: &mut BytesMut) {
+        let Ok(mut ev) = serde_json::from_str::<Value>(json) else {
+            return;
+        };
+        let index = match ev["type"].as_str() {
+            Some("content_block_start") => {
+                self.close(out);
+                let index = self.next_block;
+                self.next_block += 1;
+                self.open = Some((index, Block::Opaque));
+                index
+            }
+            Some("content_block_delta") => match self.open {
+                Some((index, Block::Opaque)) => index,
+                _ => return,
+            },
+            Some("content_block_stop") => match self.open.take() {
+                Some((index, Block::Opaque)) => index,
+                other => {
+                    self.open = other;
+                    return;
+                }
+            },
+            _ => return,
+        };
+        ev["index"] = Value::from(index);
+        let name = ev["type"].as_str().unwrap_or_default().to_owned();
+        out.put_slice(b"event: ");
+        out.put_slice(name.as_bytes());
+        out.put_slice(b"\ndata: ");
+        let mut w = out.writer();
+        // Writing to memory cannot fail.
+        let _ = serde_json::to_writer(&mut w, &ev);
+        let _ = w.write_all(b"\n\n");
+    }
+
     /// Whether a tool call's block is open: until the end, every other
     /// block waits.
     fn in_tool_block(&self) -> bool {
@@ -789,10 +832,12 @@ impl StreamEncoder {
             | ChatEvent::ThinkingDelta(_)
             | ChatEvent::ThinkingSignature(_)
             | ChatEvent::RedactedThinking(_)
+            | ChatEvent::AnthropicBlock(_)
                 if self.in_tool_block() =>
             {
                 self.held.push(ev.clone());
             }
+            ChatEvent::AnthropicBlock(json) => self.opaque(json, out),
             ChatEvent::TextDelta(t) => {
                 let index = self.text_block(out);
                 Self::delta(index, DeltaOut::TextDelta { text: t }, out);

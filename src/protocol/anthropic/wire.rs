@@ -243,6 +243,9 @@ pub enum BlockOut<'a> {
         name: &'a str,
         input: Value,
     },
+    /// A block of a type troupe does not model, as the upstream sent it.
+    #[serde(untagged)]
+    Other(&'a Value),
 }
 
 /// A `content_block_delta`'s delta.
@@ -318,7 +321,10 @@ pub enum StreamEventIn {
         index: u32,
         delta: DeltaIn,
     },
-    ContentBlockStop {},
+    ContentBlockStop {
+        #[serde(default)]
+        index: Option<u32>,
+    },
     MessageDelta {
         #[serde(default)]
         delta: Option<MessageDeltaIn>,

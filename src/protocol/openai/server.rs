@@ -569,6 +569,7 @@ impl StreamEncoder {
             ChatEvent::Start { .. }
             | ChatEvent::Usage(_)
             | ChatEvent::StopSequence(_)
+            | ChatEvent::AnthropicBlock(_)
             | ChatEvent::ThinkingSignature(_)
             | ChatEvent::RedactedThinking(_) => {}
         }
