@@ -173,9 +173,10 @@ def test_cors_on_actual_request(http):
     r = http.post(CHAT, json=chat_body("demo"), headers={"Origin": origin})
     assert r.status_code == 200
     assert r.headers.get("access-control-allow-origin") in (origin, "*"), dict(r.headers)
-    # A browser frontend may read the request id and the gateway's overhead.
+    # A browser frontend may read the request id, the gateway's overhead and
+    # the fields an upstream could not take.
     exposed = {h.strip() for h in r.headers.get("access-control-expose-headers", "").lower().split(",")}
-    assert {"x-request-id", "x-troupe-overhead-ms", "retry-after"} <= exposed, dict(r.headers)
+    assert {"x-request-id", "x-troupe-overhead-ms", "x-troupe-dropped", "retry-after"} <= exposed, dict(r.headers)
 
 
 def test_openai_prefix(http):

@@ -115,6 +115,7 @@ fn cors(guard: &web::Data<http::guard::Guard>) -> Cors {
         .expose_headers([
             http::trace::REQUEST_ID,
             http::trace::OVERHEAD_HEADER,
+            http::DROPPED_HEADER,
             "retry-after",
         ])
         .max_age(3600)

@@ -233,7 +233,7 @@ pub async fn respond<E: sse::EventEncoder>(
 
 /// Names the request fields the upstream that answered could not take,
 /// so nothing is dropped silently.
-const DROPPED_HEADER: &str = "x-troupe-dropped";
+pub(crate) const DROPPED_HEADER: &str = "x-troupe-dropped";
 
 fn insert_dropped(resp: &mut HttpResponse, dropped: Option<String>) {
     if let Some(v) = dropped.and_then(|d| HeaderValue::from_str(&d).ok()) {
