@@ -102,7 +102,14 @@ fn read_spanned(data: &str) -> Option<(ChunkIn, Option<Span>)> {
     let mut r = Reader::new(data, 0);
     let mut choices = Vec::new();
     let mut usage = None;
+    let mut seen = 0;
     r.object(|r, key| {
+        match key {
+            "choices" => once(&mut seen, 0)?,
+            "usage" => once(&mut seen, 1)?,
+            "error" => once(&mut seen, 2)?,
+            _ => {}
+        }
         match key {
             "choices" => {
                 if let Some(c) = r.choices()? {
@@ -236,7 +243,14 @@ impl<'a> Reader<'a> {
             return Some(None);
         }
         let mut choice = ChoiceIn::default();
+        let mut seen = 0;
         self.object(|r, key| {
+            match key {
+                "index" => once(&mut seen, 0)?,
+                "delta" => once(&mut seen, 1)?,
+                "finish_reason" => once(&mut seen, 2)?,
+                _ => {}
+            }
             match key {
                 "index" => choice.index = r.uint()?,
                 "delta" => {
@@ -258,18 +272,19 @@ impl<'a> Reader<'a> {
     fn delta(&mut self) -> Option<DeltaIn> {
         let mut d = DeltaIn::default();
         // A key given twice is left to serde, which refuses it.
-        let mut seen = [false; 3];
+        let mut seen = 0;
         self.object(|r, key| {
             let (field, slot) = match key {
                 "content" => (Field::Content, &mut d.content),
                 "reasoning_content" => (Field::ReasoningContent, &mut d.reasoning_content),
                 "reasoning" => (Field::Reasoning, &mut d.reasoning),
-                "tool_calls" => return r.null(),
+                "tool_calls" => {
+                    once(&mut seen, 3)?;
+                    return r.null();
+                }
                 _ => return r.skip(),
             };
-            if std::mem::replace(&mut seen[field as usize], true) {
-                return None;
-            }
+            once(&mut seen, field as u8)?;
             let at = r.i;
             *slot = r.opt_string()?;
             if slot.is_some() {
@@ -288,13 +303,24 @@ impl<'a> Reader<'a> {
             completion_tokens: 0,
             prompt_tokens_details: None,
         };
+        let mut seen = 0;
         self.object(|r, key| {
+            match key {
+                "prompt_tokens" => once(&mut seen, 0)?,
+                "completion_tokens" => once(&mut seen, 1)?,
+                "prompt_tokens_details" => once(&mut seen, 2)?,
+                _ => {}
+            }
             match key {
                 "prompt_tokens" => u.prompt_tokens = r.uint()?,
                 "completion_tokens" => u.completion_tokens = r.uint()?,
                 "prompt_tokens_details" if r.peek()? != b'n' => {
                     let mut cached_tokens = None;
+                    let mut seen = 0;
                     r.object(|r, key| {
+                        if key == "cached_tokens" {
+                            once(&mut seen, 0)?;
+                        }
                         match key {
                             "cached_tokens" if r.peek()? != b'n' => cached_tokens = Some(r.uint()?),
                             _ => r.skip()?,
@@ -316,7 +342,11 @@ impl<'a> Reader<'a> {
         while self.peek().is_some_and(|b| b.is_ascii_digit()) {
             self.i += 1;
         }
-        self.s[start..self.i].parse().ok()
+        let digits = &self.s[start..self.i];
+        if digits.len() > 1 && digits.starts_with('0') {
+            return None; // a leading zero: serde refuses it
+        }
+        digits.parse().ok()
     }
 
     fn null(&mut self) -> Option<()> {
@@ -410,44 +440,90 @@ impl<'a> Reader<'a> {
         u32::from_str_radix(h, 16).ok()
     }
 
-    /// Skips any value.
+    /// Skips any value, checking it as serde does: `None` for anything
+    /// serde would refuse (or might: nesting deeper than `MAX_DEPTH`), so
+    /// the fast reader never accepts a chunk serde refuses.
     fn skip(&mut self) -> Option<()> {
+        self.skip_at(0)
+    }
+
+    fn skip_at(&mut self, depth: usize) -> Option<()> {
+        /// Well under serde_json's recursion limit (128).
+        const MAX_DEPTH: usize = 100;
         match self.peek()? {
             b'"' => self.skip_string(),
-            b'{' | b'[' => {
-                let mut depth = 0usize;
+            b'{' if depth < MAX_DEPTH => self.object(|r, _| r.skip_at(depth + 1)),
+            b'[' if depth < MAX_DEPTH => {
+                self.i += 1;
+                if self.eat(b']').is_some() {
+                    return Some(());
+                }
                 loop {
+                    self.ws();
+                    self.skip_at(depth + 1)?;
+                    self.ws();
                     match self.peek()? {
-                        b'"' => {
-                            self.skip_string()?;
-                            continue;
+                        b',' => self.i += 1,
+                        b']' => {
+                            self.i += 1;
+                            return Some(());
                         }
-                        b'{' | b'[' => depth += 1,
-                        b'}' | b']' => {
-                            depth -= 1;
-                            if depth == 0 {
-                                self.i += 1;
-                                return Some(());
-                            }
-                        }
-                        _ => {}
+                        _ => return None,
                     }
-                    self.i += 1;
                 }
             }
-            _ => {
-                let start = self.i;
-                while self
-                    .peek()
-                    .is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.'))
-                {
-                    self.i += 1;
-                }
-                (self.i > start).then_some(())
-            }
+            b'n' => self.literal("null"),
+            b't' => self.literal("true"),
+            b'f' => self.literal("false"),
+            b'-' | b'0'..=b'9' => self.number(),
+            _ => None,
         }
     }
 
+    fn literal(&mut self, word: &str) -> Option<()> {
+        let end = self.i + word.len();
+        (self.s.get(self.i..end)? == word).then(|| self.i = end)
+    }
+
+    /// A JSON number: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+    fn number(&mut self) -> Option<()> {
+        if self.peek() == Some(b'-') {
+            self.i += 1;
+        }
+        match self.peek()? {
+            b'0' => self.i += 1,
+            b'1'..=b'9' => self.digits(),
+            _ => return None,
+        }
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            self.digits1()?;
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            self.i += 1;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.i += 1;
+            }
+            self.digits1()?;
+        }
+        Some(())
+    }
+
+    fn digits(&mut self) {
+        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
+            self.i += 1;
+        }
+    }
+
+    /// At least one digit.
+    fn digits1(&mut self) -> Option<()> {
+        let start = self.i;
+        self.digits();
+        (self.i > start).then_some(())
+    }
+
+    /// Skips a string, checking its escapes as serde does when it ignores
+    /// a value (a `\u` needs four hex digits; surrogates are not paired).
     fn skip_string(&mut self) -> Option<()> {
         self.i += 1;
         loop {
@@ -455,11 +531,28 @@ impl<'a> Reader<'a> {
             self.i += len + 1;
             match stop {
                 b'"' => return Some(()),
-                b'\\' => self.i += 1, // the escaped byte
-                _ => return None,     // a raw control character
+                b'\\' => {
+                    let esc = self.peek()?;
+                    self.i += 1;
+                    match esc {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
+                        b'u' => {
+                            self.hex4()?;
+                        }
+                        _ => return None,
+                    }
+                }
+                _ => return None, // a raw control character
             }
         }
     }
+}
+
+/// Marks `key` seen in `seen` (one bit per known key of an object): `None`
+/// when it was seen already, as serde refuses a duplicate field.
+fn once(seen: &mut u8, bit: u8) -> Option<()> {
+    let mask = 1 << bit;
+    (*seen & mask == 0).then(|| *seen |= mask)
 }
 
 #[cfg(test)]
@@ -612,6 +705,19 @@ mod tests {
             r#"{"choices":[{"index":0,"delta":{"content":"a","content":"b"}}]}"#,
             r#"{"choices":[{"index":0,"delta":{"content":"cut"#,
             r#"[]"#,
+            // Ignored members serde still checks (found by fuzzing): a bad
+            // escape, a bare word, a leading zero, broken nesting, a known
+            // key twice.
+            r#"{"ch)ices":[{"delta":{"content":"escap\d"}}],"choices":[]}"#,
+            r#"{"choices":[],"x":nope}"#,
+            r#"{"choices":[],"x":[1,}"#,
+            r#"{"choices":[],"x":{"a" "b"}}"#,
+            r#"{"choices":[],"x":01}"#,
+            r#"{"choices":[{"index":00,"delta":{}}]}"#,
+            r#"{"choices":[],"x":1.}"#,
+            r#"{"choices":[],"choices":[]}"#,
+            r#"{"choices":[{"index":0,"index":0,"delta":{}}]}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":1,"prompt_tokens":1}}"#,
         ];
         for doc in docs {
             assert!(read(doc).is_none(), "read fast: {doc}");
@@ -619,5 +725,12 @@ mod tests {
         // serde gives the verdict on them: events, or an error.
         assert!(via_serde(docs[0]).is_ok_and(|e| !e.is_empty()));
         assert!(via_serde(docs[4]).is_err());
+        for doc in &docs[13..] {
+            assert!(via_serde(doc).is_err(), "serde reads {doc}");
+        }
+        // What serde ignores is still read fast when it is valid JSON.
+        let ignored = r#"{"choices":[{"index":0,"delta":{"content":"a"}}],"x":[-0.5e+3,true,false,null,{"y":"\u00e9\n"},[]]}"#;
+        assert!(read(ignored).is_some());
+        assert_eq!(via_fast(ignored), via_serde(ignored).ok());
     }
 }
