@@ -49,6 +49,8 @@ pub(crate) mod admin;
 pub mod app;
 pub(crate) mod canonical;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod http;
 pub(crate) mod metrics;
 pub(crate) mod protocol;
