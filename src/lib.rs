@@ -54,6 +54,7 @@ pub mod fuzzing;
 pub(crate) mod http;
 pub(crate) mod metrics;
 pub(crate) mod protocol;
+pub(crate) mod store;
 pub(crate) mod support;
 pub(crate) mod upstream;
 

@@ -138,3 +138,26 @@ def assert_valid(name: str, body: Any) -> None:
             lines.append(f"      (alternative) at {subwhere}: {sub.message}")
     lines.append(f"  body: {body!r}"[:2000])
     raise AssertionError("\n".join(lines))
+
+
+@functools.lru_cache(maxsize=1)
+def _stream_event_names() -> dict[str, str]:
+    """`type` of each Responses stream event -> its component schema."""
+    out: dict[str, str] = {}
+    union = spec()["components"]["schemas"]["ResponseStreamEvent"]
+    for alt in union.get("anyOf") or union.get("oneOf") or []:
+        ref = alt.get("$ref", "")
+        name = ref.rsplit("/", 1)[-1]
+        kind = spec()["components"]["schemas"].get(name, {}).get("properties", {}).get("type", {})
+        for t in kind.get("enum", []):
+            out[t] = name
+    return out
+
+
+def assert_valid_stream_event(event: Any) -> None:
+    """Validates a Responses stream event against the schema of its own
+    `type` (the union's errors name no field)."""
+    name = _stream_event_names().get(event.get("type")) if isinstance(event, dict) else None
+    if name is None:
+        raise AssertionError(f"no ResponseStreamEvent schema has type {event.get('type')!r}: {event!r}"[:500])
+    assert_valid(name, event)

@@ -30,10 +30,7 @@ impl Conversation {
     /// Keys for `req`, sent with the client's `api_key` and an optional
     /// explicit conversation id (header), which wins over body fields.
     pub fn of(req: &ChatRequest, api_key: Option<&str>, header: Option<&str>) -> Self {
-        let mut h = DefaultHasher::new();
-        "troupe-scope".hash(&mut h);
-        api_key.unwrap_or("").hash(&mut h);
-        let scope = h.finish();
+        let scope = Self::scope_of(api_key);
         let named = header.or(req.affinity.as_deref()).filter(|s| !s.is_empty());
         let explicit = named.map(|id| {
             let mut h = DefaultHasher::new();
@@ -51,6 +48,14 @@ impl Conversation {
             explicit,
             lookup,
         }
+    }
+
+    /// The scope of a client's API key: what it stores is its own.
+    pub fn scope_of(api_key: Option<&str>) -> u64 {
+        let mut h = DefaultHasher::new();
+        "troupe-scope".hash(&mut h);
+        api_key.unwrap_or("").hash(&mut h);
+        h.finish()
     }
 
     /// The key to route by: the explicit one, else the lookup.

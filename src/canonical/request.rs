@@ -52,6 +52,15 @@ pub struct ChatRequest {
     /// of the client's protocol gets it with the body; for any other it is
     /// named as dropped.
     pub untranslated: Vec<String>,
+    /// Tools a Responses client declared free-form (`custom`, such as
+    /// Codex's `apply_patch`): offered upstream as functions taking one
+    /// string, `input`; calls to them go back as `custom_tool_call` items.
+    pub free_form_tools: Vec<String>,
+    /// Chat Completions members a client of another OpenAI protocol set,
+    /// under their Chat Completions names (`prompt_cache_key`,
+    /// `service_tier`, `safety_identifier`, `verbosity`): an OpenAI
+    /// upstream takes them as they are; others are told they were dropped.
+    pub openai_extras: serde_json::Map<String, Value>,
 }
 
 /// A chat protocol on the wire.
@@ -59,6 +68,7 @@ pub struct ChatRequest {
 pub enum Wire {
     OpenAiChat,
     AnthropicMessages,
+    OpenAiResponses,
 }
 
 /// A client's request body as it came.

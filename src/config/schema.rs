@@ -14,6 +14,34 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     #[serde(default)]
     pub pools: Vec<PoolConfig>,
+    #[serde(default)]
+    pub responses: ResponsesConfig,
+}
+
+/// `[responses]`: the Responses API's stored responses (`store`, the
+/// default, keeps each response and its input so `previous_response_id`
+/// can continue it). Kept in memory, bounded three ways; the oldest go
+/// first.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponsesConfig {
+    /// Most responses kept (0: none are stored).
+    pub store_max_responses: usize,
+    /// Most bytes kept, counting each response's JSON and its input's.
+    pub store_max_bytes: ByteSize,
+    /// How long a response is kept.
+    #[serde(with = "humantime_serde")]
+    pub store_ttl: Duration,
+}
+
+impl Default for ResponsesConfig {
+    fn default() -> Self {
+        ResponsesConfig {
+            store_max_responses: 10_000,
+            store_max_bytes: ByteSize(256 * 1024 * 1024),
+            store_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 /// `[server]`: the listener and request limits.

@@ -29,6 +29,12 @@ pub enum ApiError {
     ModelNotFound(String),
     #[error("no route for {0}")]
     RouteNotFound(String),
+    /// Something the client named by id is not there (a stored response).
+    #[error("{message}")]
+    NotFound {
+        message: String,
+        param: Option<&'static str>,
+    },
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("no session became free within {waited_secs}s; retry later")]
@@ -89,7 +95,9 @@ impl ApiError {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            ApiError::ModelNotFound(_) | ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::ModelNotFound(_) | ApiError::RouteNotFound(_) | ApiError::NotFound { .. } => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::QueueTimeout { .. } | ApiError::QueueFull => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -187,6 +195,11 @@ impl ApiError {
                 s("model"),
             ),
             ApiError::RouteNotFound(_) => ("invalid_request_error".into(), s("not_found"), None),
+            ApiError::NotFound { param, .. } => (
+                "invalid_request_error".into(),
+                s("not_found"),
+                param.map(str::to_owned),
+            ),
             ApiError::PayloadTooLarge { .. } => {
                 ("invalid_request_error".into(), s("request_too_large"), None)
             }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod guard;
 pub mod health;
 pub mod openai;
+pub mod responses;
 pub mod sse;
 pub mod trace;
 
@@ -91,6 +92,8 @@ pub struct AppState {
     pub catalog: Arc<ArcSwap<Catalog>>,
     /// Process start, shown as the models' `created`.
     pub started: u64,
+    /// Stored responses of the Responses API.
+    pub store: Arc<dyn crate::store::ResponseStore>,
 }
 
 impl AppState {
@@ -111,6 +114,7 @@ impl AppState {
             },
             catalog: Arc::new(ArcSwap::from_pointee(Catalog::new(cfg, speaks))),
             started: unix_now(),
+            store: Arc::new(crate::store::MemoryStore::new(&cfg.responses)),
         }
     }
 
@@ -152,6 +156,20 @@ pub async fn accept(
     decode: fn(&[u8]) -> Result<ChatRequest, crate::protocol::DecodeError>,
     trace: &mut Trace,
 ) -> Result<Arc<ChatRequest>, ApiError> {
+    let chat = read_request(req, payload, state, wire, decode, |c| c).await?;
+    admit(req, state, chat, trace)
+}
+
+/// Auth, the body limit and decoding with `decode`, whose result holds a
+/// canonical request (`chat_of` finds it) that keeps the body as it came.
+pub async fn read_request<T: Send + 'static>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    wire: Wire,
+    decode: fn(&[u8]) -> Result<T, crate::protocol::DecodeError>,
+    chat_of: fn(&mut T) -> &mut ChatRequest,
+) -> Result<T, ApiError> {
     state.catalog().auth.check(req)?;
     body::require_json(req)?;
     let server = &state.dispatcher.server;
@@ -159,11 +177,11 @@ pub async fn accept(
         .await?
         .freeze();
     let read = move |body: bytes::Bytes| {
-        let mut chat = decode(&body)?;
-        chat.native = Some(Native { wire, body });
-        Ok::<_, crate::protocol::DecodeError>(chat)
+        let mut decoded = decode(&body)?;
+        chat_of(&mut decoded).native = Some(Native { wire, body });
+        Ok::<_, crate::protocol::DecodeError>(decoded)
     };
-    let mut chat = if body.len() <= DECODE_IN_PLACE {
+    let decoded = if body.len() <= DECODE_IN_PLACE {
         read(body)?
     } else {
         // Megabytes of JSON take milliseconds to parse (much more in a
@@ -179,6 +197,17 @@ pub async fn accept(
             }
         }
     };
+    Ok(decoded)
+}
+
+/// Takes a decoded request in: a 404 for a model nobody serves, and the
+/// conversation keys, now that the caller is known.
+pub fn admit(
+    req: &HttpRequest,
+    state: &AppState,
+    mut chat: ChatRequest,
+    trace: &mut Trace,
+) -> Result<Arc<ChatRequest>, ApiError> {
     crate::canonical::fault::maybe_panic(&chat, "handler");
     state.check_model(&chat.model)?;
     trace.model = Some(chat.model.clone());
@@ -289,7 +318,19 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     for prefix in ["/v1", "/openai/v1", "/anthropic/v1"] {
         let mut scope = web::scope(prefix);
         if prefix != "/anthropic/v1" {
-            scope = scope.service(post("/chat/completions", openai::chat_completions));
+            scope = scope
+                .service(post("/chat/completions", openai::chat_completions))
+                .service(post("/responses", responses::create))
+                .service(get("/responses/{id}/input_items", responses::input_items))
+                .service(
+                    web::resource("/responses/{id}")
+                        .route(web::get().to(responses::get))
+                        .route(web::head().to(responses::get))
+                        .route(web::delete().to(responses::delete))
+                        .default_service(web::to(|req: HttpRequest| {
+                            not_allowed(req, "GET, HEAD, DELETE")
+                        })),
+                );
         }
         if prefix != "/openai/v1" {
             scope = scope

@@ -9,6 +9,7 @@ use crate::canonical::{ChatRequest, Speaks, Wire};
 pub mod anthropic;
 mod encoder;
 pub mod openai;
+pub mod responses;
 pub mod sse;
 
 pub use encoder::EventEncoder;
@@ -189,6 +190,14 @@ pub fn dropped(req: &ChatRequest, to: Speaks) -> Vec<String> {
             anthropic::server::TAKEN_BY_ANTHROPIC,
             anthropic::server::TAKEN_BY_OPENAI,
         ),
+        Wire::OpenAiResponses => {
+            let also = match to {
+                Speaks::Wire(Wire::AnthropicMessages) => responses::server::TAKEN_BY_ANTHROPIC,
+                Speaks::Wire(_) => responses::server::TAKEN_BY_OPENAI,
+                Speaks::Text { honours } => honours,
+            };
+            return names_outside(req, native, responses::server::ALWAYS_TAKEN, also);
+        }
     };
     let also: &[&str] = match to {
         Speaks::Wire(w) if w == native.wire && !req.repaired => return Vec::new(),
@@ -197,16 +206,7 @@ pub fn dropped(req: &ChatRequest, to: Speaks) -> Vec<String> {
         Speaks::Wire(_) => to_other,
         Speaks::Text { honours } => honours,
     };
-    // Read here, not with the request: only a request that crosses
-    // protocols needs them.
-    let keys = top_level_keys(&native.body);
-    let mut out: Vec<String> = keys
-        .iter()
-        .map(|k| &**k)
-        .filter(|k| !always.contains(k) && !also.contains(k))
-        .chain(req.untranslated.iter().map(String::as_str))
-        .map(str::to_owned)
-        .collect();
+    let mut out = names_outside(req, native, always, also);
     if native.wire == Wire::AnthropicMessages
         && !out.iter().any(|k| k == "cache_control")
         && anthropic::server::has_cache_marks(&native.body)
@@ -214,6 +214,25 @@ pub fn dropped(req: &ChatRequest, to: Speaks) -> Vec<String> {
         out.push("cache_control".to_owned());
     }
     out
+}
+
+/// The top-level keys of the client's body outside `always` and `also`,
+/// and what the decoder could not carry.
+fn names_outside(
+    req: &ChatRequest,
+    native: &crate::canonical::Native,
+    always: &[&str],
+    also: &[&str],
+) -> Vec<String> {
+    // Read here, not with the request: only a request that crosses
+    // protocols needs them.
+    let keys = top_level_keys(&native.body);
+    keys.iter()
+        .map(|k| &**k)
+        .filter(|k| !always.contains(k) && !also.contains(k))
+        .chain(req.untranslated.iter().map(String::as_str))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A JSON object's members in their order, values kept as their text.

@@ -14,6 +14,9 @@ answers:
   word (plus its trailing whitespace) per chunk; ``max_tokens`` /
   ``max_completion_tokens`` smaller than the word count cuts the answer with
   ``finish_reason: "length"``.
+* structured output: with a ``json_schema`` or ``json_object``
+  ``response_format`` and a line ``troupe-json: JSON`` in the last user
+  message, the answer is that JSON text, as it is.
 * tools: when ``tools`` are offered and the last message is a user message
   containing the word "tool", the answer is a call to the first tool with
   arguments ``{"q": <last user text>}`` (id ``call_peer_0``); if the text also
@@ -564,6 +567,12 @@ class Peer:
                 second = names[1] if len(names) > 1 else names[0]
                 calls.append({"id": "call_peer_1", "name": second, "arguments": args})
             return {"tool_calls": calls, "limit": limit}
+        fmt = body.get("response_format") or {}
+        if fmt.get("type") in ("json_schema", "json_object"):
+            # Structured output: the JSON after ``troupe-json:``, as it is.
+            m = re.search(r"troupe-json: ?([^\r\n]*)", user_text)
+            if m:
+                return {"text": m.group(1), "limit": limit}
         return {"text": "peer reply to: " + user_text, "limit": limit}
 
     async def chat(self, request: web.Request) -> web.StreamResponse:

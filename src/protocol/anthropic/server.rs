@@ -202,6 +202,8 @@ fn from_wire(w: MessagesRequest) -> Result<ChatRequest, DecodeError> {
         native: None,
         repaired,
         untranslated,
+        free_form_tools: Vec::new(),
+        openai_extras: Default::default(),
     })
 }
 

@@ -47,6 +47,8 @@ pub struct UpstreamRequest<'a> {
     response_format: Option<&'a Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reasoning_effort: Option<&'a str>,
+    #[serde(flatten)]
+    extras: &'a serde_json::Map<String, Value>,
 }
 
 #[derive(Serialize)]
@@ -220,6 +222,7 @@ pub fn encode_request<'a>(req: &'a ChatRequest, upstream_model: &'a str) -> Upst
         user: req.user.as_deref(),
         response_format: req.response_format.as_ref(),
         reasoning_effort: req.effective_reasoning_effort(),
+        extras: &req.openai_extras,
     }
 }
 

@@ -192,6 +192,8 @@ fn from_wire(w: ChatCompletionRequest) -> Result<ChatRequest, DecodeError> {
         native: None,
         repaired: false,
         untranslated,
+        free_form_tools: Vec::new(),
+        openai_extras: Default::default(),
     })
 }
 

@@ -1,0 +1,9 @@
+//! OpenAI's Responses API (`/v1/responses`), the protocol of Codex CLI and
+//! of the Vercel AI SDK's default OpenAI provider.
+
+pub mod server;
+pub mod wire;
+
+pub use server::{
+    completion_body, continue_from, decode_request, stored_input, Head, OnEnd, StreamEncoder,
+};

@@ -1,0 +1,220 @@
+//! Stored responses of the Responses API, behind one small interface
+//! ([`ResponseStore`]): what `store: true` keeps so `previous_response_id`
+//! can continue a conversation and `GET /v1/responses/{id}` can read it
+//! back. [`MemoryStore`] keeps them in this process, bounded by count,
+//! bytes and age; a store shared by several replicas implements the same
+//! trait.
+//!
+//! A stored response is JSON only (the response object, and the
+//! conversation's items up to and including its output), so any store can
+//! keep it as bytes.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::ResponsesConfig;
+use crate::support::sync::lock;
+
+/// One stored response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    /// The response object as `GET /v1/responses/{id}` returns it.
+    pub body: Vec<u8>,
+    /// The request's input items (with ids), as
+    /// `GET /v1/responses/{id}/input_items` lists them.
+    pub input: Vec<u8>,
+    /// The whole conversation as input items: the earlier responses'
+    /// items, this request's input, then its output. A request naming this
+    /// response as `previous_response_id` continues from here.
+    pub conversation: Vec<u8>,
+}
+
+impl Stored {
+    fn bytes(&self) -> usize {
+        self.body.len() + self.input.len() + self.conversation.len()
+    }
+}
+
+/// Who may read a stored response: a hash of the API key that stored it.
+pub type Owner = u64;
+
+/// Where stored responses live.
+pub trait ResponseStore: Send + Sync + 'static {
+    fn put(&self, owner: Owner, id: &str, stored: Stored);
+    /// The response, if it is stored for this owner and not expired.
+    fn get(&self, owner: Owner, id: &str) -> Option<Arc<Stored>>;
+    /// Whether there was such a response to delete.
+    fn delete(&self, owner: Owner, id: &str) -> bool;
+}
+
+struct Entry {
+    stored: Arc<Stored>,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct Inner {
+    map: HashMap<(Owner, Box<str>), Entry>,
+    /// Keys oldest first; a key deleted or replaced stays here until it
+    /// reaches the front, where it is skipped.
+    order: VecDeque<((Owner, Box<str>), Instant)>,
+    bytes: usize,
+}
+
+/// Stored responses in this process's memory: at most `max_responses`
+/// responses and `max_bytes` bytes, each for `ttl`; the oldest go first.
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    max_responses: usize,
+    max_bytes: usize,
+    ttl: Duration,
+}
+
+impl MemoryStore {
+    pub fn new(cfg: &ResponsesConfig) -> Self {
+        MemoryStore {
+            inner: Mutex::new(Inner::default()),
+            max_responses: cfg.store_max_responses,
+            max_bytes: cfg.store_max_bytes.0,
+            ttl: cfg.store_ttl,
+        }
+    }
+
+    /// Drops the oldest entries while over a bound or expired.
+    fn evict(&self, inner: &mut Inner, now: Instant) {
+        while let Some((key, at)) = inner.order.front() {
+            let over = inner.map.len() > self.max_responses || inner.bytes > self.max_bytes;
+            let expired = now.duration_since(*at) >= self.ttl;
+            let current = inner.map.get(key).is_some_and(|e| e.at == *at);
+            if current && !over && !expired {
+                break;
+            }
+            let Some((key, at)) = inner.order.pop_front() else {
+                break;
+            };
+            if inner.map.get(&key).is_some_and(|e| e.at == at) {
+                if let Some(e) = inner.map.remove(&key) {
+                    inner.bytes -= e.stored.bytes();
+                }
+            }
+        }
+    }
+}
+
+impl ResponseStore for MemoryStore {
+    fn put(&self, owner: Owner, id: &str, stored: Stored) {
+        if self.max_responses == 0 || stored.bytes() > self.max_bytes {
+            return;
+        }
+        let now = Instant::now();
+        let key: (Owner, Box<str>) = (owner, id.into());
+        let mut inner = lock(&self.inner);
+        inner.bytes += stored.bytes();
+        let entry = Entry {
+            stored: Arc::new(stored),
+            at: now,
+        };
+        if let Some(old) = inner.map.insert(key.clone(), entry) {
+            inner.bytes -= old.stored.bytes();
+        }
+        inner.order.push_back((key, now));
+        self.evict(&mut inner, now);
+    }
+
+    fn get(&self, owner: Owner, id: &str) -> Option<Arc<Stored>> {
+        let now = Instant::now();
+        let mut inner = lock(&self.inner);
+        self.evict(&mut inner, now);
+        let key = (owner, Box::<str>::from(id));
+        inner
+            .map
+            .get(&key)
+            .filter(|e| now.duration_since(e.at) < self.ttl)
+            .map(|e| e.stored.clone())
+    }
+
+    fn delete(&self, owner: Owner, id: &str) -> bool {
+        let mut inner = lock(&self.inner);
+        let key = (owner, Box::<str>::from(id));
+        match inner.map.remove(&key) {
+            Some(e) => {
+                inner.bytes -= e.stored.bytes();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ByteSize;
+
+    fn stored(n: usize) -> Stored {
+        Stored {
+            body: vec![b'x'; n],
+            input: Vec::new(),
+            conversation: Vec::new(),
+        }
+    }
+
+    fn store(count: usize, bytes: usize, ttl: Duration) -> MemoryStore {
+        MemoryStore::new(&ResponsesConfig {
+            store_max_responses: count,
+            store_max_bytes: ByteSize(bytes),
+            store_ttl: ttl,
+        })
+    }
+
+    #[test]
+    fn owners_never_see_each_others_responses() {
+        let s = store(10, 1000, Duration::from_secs(60));
+        s.put(1, "resp_a", stored(3));
+        assert!(s.get(1, "resp_a").is_some());
+        assert!(s.get(2, "resp_a").is_none());
+        assert!(!s.delete(2, "resp_a"));
+        assert!(s.delete(1, "resp_a"));
+        assert!(s.get(1, "resp_a").is_none());
+    }
+
+    #[test]
+    fn the_oldest_go_first_past_a_bound() {
+        let s = store(2, 1000, Duration::from_secs(60));
+        for id in ["a", "b", "c"] {
+            s.put(1, id, stored(1));
+        }
+        assert!(s.get(1, "a").is_none());
+        assert!(s.get(1, "b").is_some() && s.get(1, "c").is_some());
+        let s = store(100, 10, Duration::from_secs(60));
+        s.put(1, "a", stored(6));
+        s.put(1, "b", stored(6));
+        assert!(s.get(1, "a").is_none() && s.get(1, "b").is_some());
+        assert_eq!(lock(&s.inner).bytes, 6);
+        // Too big to keep at all.
+        s.put(1, "huge", stored(11));
+        assert!(s.get(1, "huge").is_none());
+    }
+
+    #[test]
+    fn replaced_and_deleted_entries_keep_the_byte_count_right() {
+        let s = store(100, 100, Duration::from_secs(60));
+        s.put(1, "a", stored(10));
+        s.put(1, "a", stored(20));
+        s.put(1, "b", stored(5));
+        assert!(s.delete(1, "b"));
+        assert_eq!(lock(&s.inner).bytes, 20);
+        assert_eq!(s.get(1, "a").map(|e| e.body.len()), Some(20));
+    }
+
+    #[test]
+    fn responses_expire() {
+        let s = store(10, 1000, Duration::from_millis(20));
+        s.put(1, "a", stored(1));
+        assert!(s.get(1, "a").is_some());
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(s.get(1, "a").is_none());
+        assert_eq!(lock(&s.inner).bytes, 0);
+    }
+}
