@@ -293,3 +293,45 @@ def test_a_forgotten_thread_is_replaced(oc, lg):
     runs = lg.runs()
     assert [r["status"] for r in runs] == [200, 404, 200, 200]
     assert len(threads(lg)) == 2
+
+
+# --------------------------------------------------------------------------
+# the Responses API on a stateful kind
+
+
+def test_responses_previous_response_id_continues_the_thread(oc, lg):
+    r1 = oc.responses.create(model="agent-model", input="resp first")
+    assert r1.output_text == "langgraph reply #1 to: resp first"
+    r2 = oc.responses.create(model="agent-model", input="resp second", previous_response_id=r1.id)
+    assert r2.output_text == "langgraph reply #2 to: resp second"
+    with oc.responses.stream(model="agent-model", input="resp third", previous_response_id=r2.id) as s:
+        for _ in s:
+            pass
+        r3 = s.get_final_response()
+    assert r3.output_text == "langgraph reply #3 to: resp third"
+    assert len(threads(lg)) == 1
+    # Continued turns send only the newest user message to the thread.
+    assert lg.runs()[2]["body"]["input"]["messages"] == [{"type": "human", "content": "resp third"}]
+
+
+def test_responses_drop_mid_stream_ends_with_response_failed(gw, lg):
+    from schema import assert_valid
+
+    lg.fault("drop")
+    events = []
+    with gw.http() as c:
+        with c.stream("POST", "/v1/responses", json={"model": "agent-model", "stream": True, "input": "one two three four"}) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    events.append(json.loads(line[len("data: "):]))
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    last = events[-1]
+    assert last["type"] == "response.failed", [e["type"] for e in events]
+    assert_valid("ResponseFailedEvent", last)
+    assert last["response"]["status"] == "failed"
+    assert last["response"]["error"]["message"]
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert text and "langgraph reply #1 to: one two three four".startswith(text)
+    # The item that was open is closed with what arrived.
+    assert last["response"]["output"][0]["content"][0]["text"] == text
