@@ -496,3 +496,39 @@ def test_stored_responses_belong_to_their_api_key(gateway_factory, tmp_path):
         cont = theirs.post("/v1/responses", json={"model": "demo", "input": "x", "previous_response_id": rid})
         assert cont.status_code == 404
         assert mine.get(f"/v1/responses/{rid}").status_code == 200
+
+
+def test_namespaced_and_additional_tools_as_codex_sends_them(http, peers):
+    """Codex groups tools in `namespace` tools (and sends some models their
+    tools as an `additional_tools` input item); a call of a namespaced tool
+    must come back with its `namespace` and bare name."""
+    _, o_peer = peers
+    ns = {"type": "namespace", "name": "multi_agent_v1", "description": "Sub-agents", "tools": [
+        {"type": "function", "name": "close_agent", "description": "Close one", "strict": False,
+         "parameters": {"type": "object", "properties": {"id": {"type": "string"}}}},
+    ]}
+    extra = {"type": "additional_tools", "id": "at_1", "role": "developer", "tools": [
+        {"type": "namespace", "name": "functions", "description": "", "tools": [
+            {"type": "function", "name": "wait", "parameters": {"type": "object", "properties": {}}}]},
+    ]}
+    directive = 'troupe-calls: [{"name": "multi_agent_v1__close_agent", "arguments": {"id": "a1"}}]'
+    body = {"model": "gpt-4o-mini", "tools": [ns, WEATHER], "input": [extra, {"role": "user", "content": directive}]}
+    r = http.post("/v1/responses", json=body)
+    assert r.status_code == 200, r.text
+    sent = [t["function"]["name"] for t in last_body(o_peer)["tools"]]
+    assert sent == ["multi_agent_v1__close_agent", "get_weather", "functions__wait"]
+    [call] = calls(r.json())
+    assert (call["name"], call["namespace"]) == ("close_agent", "multi_agent_v1")
+    assert_valid("Response", r.json())
+    _, events = stream_events(http, body)
+    [call] = calls(check_stream(events))
+    assert (call["name"], call["namespace"]) == ("close_agent", "multi_agent_v1")
+    # Sent back with its namespace, it is the same call upstream.
+    back = {"model": "gpt-4o-mini", "tools": [ns], "input": [
+        {"role": "user", "content": "close it"},
+        {"type": "function_call", "call_id": "call_x", "name": "close_agent", "namespace": "multi_agent_v1", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_x", "output": "closed"},
+    ]}
+    r = http.post("/v1/responses", json=back)
+    assert r.status_code == 200, r.text
+    assert last_body(o_peer)["messages"][-2]["tool_calls"][0]["function"]["name"] == "multi_agent_v1__close_agent"

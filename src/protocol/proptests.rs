@@ -7,7 +7,8 @@
 //! as on the gateway's path. The client stream must follow its protocol's
 //! grammar (OpenAI chunks: the published schema too), carry every text and argument byte exactly once and in order
 //! within its block, keep call ids and names, map the stop reason, and end
-//! exactly once.
+//! exactly once. Responses streams are checked for their own grammar here
+//! and against the published schemas in the black-box tests.
 
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 
 use super::sse::SseParser;
-use super::{anthropic, openai, EventEncoder};
+use super::{anthropic, openai, responses, EventEncoder};
 use crate::canonical::{ChatEvent, ChatRequest, Message, Role, StopReason};
 
 const CASES: u32 = 1000;
@@ -635,6 +636,139 @@ fn check_anthropic(body: &str, g: &Generated) {
     assert_eq!(calls, want_calls);
 }
 
+/// Checks a Responses client stream against its grammar: numbered events,
+/// `response.created` and `response.in_progress`, then items one after
+/// another (added, their deltas, their `.done`s, done with the whole item,
+/// output indexes counting up), then one terminal event whose output is the
+/// items done.
+fn check_responses(body: &str, g: &Generated) {
+    let events: Vec<Value> = body
+        .split("\n\n")
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let (ev, data) = s.split_once('\n').unwrap();
+            let name = ev.strip_prefix("event: ").unwrap();
+            let data: Value = serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
+            assert_eq!(data["type"], name, "the event name is its type");
+            data
+        })
+        .collect();
+    for (n, ev) in events.iter().enumerate() {
+        assert_eq!(ev["sequence_number"], n, "events numbered from 0");
+    }
+    let kind = |n: usize| events[n]["type"].as_str().unwrap();
+    assert_eq!(kind(0), "response.created");
+    assert_eq!(kind(1), "response.in_progress");
+    let last = events.len() - 1;
+    let want_terminal = match g.stop {
+        StopReason::Length => "response.incomplete",
+        _ => "response.completed",
+    };
+    assert_eq!(kind(last), want_terminal, "one terminal event, mapped");
+    let id = &events[0]["response"]["id"];
+    assert_eq!(&events[last]["response"]["id"], id);
+    let mut open: Option<Value> = None;
+    let mut done: Vec<Value> = Vec::new();
+    let mut streamed = String::new();
+    for ev in &events[2..last] {
+        let t = ev["type"].as_str().unwrap();
+        match t {
+            "response.output_item.added" => {
+                assert!(open.is_none(), "items do not overlap");
+                assert_eq!(ev["output_index"], done.len(), "output indexes count up");
+                open = Some(ev["item"].clone());
+                streamed.clear();
+            }
+            "response.output_item.done" => {
+                let item = open.take().expect("done closes an open item");
+                assert_eq!(ev["item"]["id"], item["id"]);
+                let whole = &ev["item"];
+                let text = match whole["type"].as_str().unwrap() {
+                    "message" => whole["content"][0]["text"].as_str().unwrap().to_owned(),
+                    "reasoning" => whole["summary"][0]["text"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    "function_call" => whole["arguments"].as_str().unwrap().to_owned(),
+                    other => panic!("unexpected item {other}"),
+                };
+                assert_eq!(text, streamed, "the whole item is its deltas");
+                done.push(whole.clone());
+            }
+            "response.content_part.added"
+            | "response.content_part.done"
+            | "response.reasoning_summary_part.added"
+            | "response.reasoning_summary_part.done"
+            | "response.output_text.done"
+            | "response.reasoning_summary_text.done"
+            | "response.function_call_arguments.done" => {
+                let item = open.as_ref().expect("inside an item");
+                assert_eq!(ev["item_id"], item["id"]);
+            }
+            "response.output_text.delta"
+            | "response.reasoning_summary_text.delta"
+            | "response.function_call_arguments.delta" => {
+                let item = open.as_ref().expect("a delta inside an item");
+                assert_eq!(ev["item_id"], item["id"]);
+                assert_eq!(ev["output_index"], done.len());
+                streamed.push_str(ev["delta"].as_str().unwrap());
+            }
+            other => panic!("unexpected event {other}"),
+        }
+    }
+    assert!(open.is_none(), "every item is done before the end");
+    let output = events[last]["response"]["output"].as_array().unwrap();
+    assert_eq!(output, &done, "the terminal output is the items done");
+    let of = |kind: &str, f: &dyn Fn(&Value) -> String| -> String {
+        done.iter().filter(|i| i["type"] == kind).map(f).collect()
+    };
+    assert_eq!(
+        of("message", &|i| i["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_owned()),
+        g.text()
+    );
+    assert_eq!(
+        of("reasoning", &|i| i["summary"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()),
+        g.thinking()
+    );
+    let calls: Vec<(String, String, String)> = done
+        .iter()
+        .filter(|i| i["type"] == "function_call")
+        .map(|i| {
+            (
+                i["call_id"].as_str().unwrap().to_owned(),
+                i["name"].as_str().unwrap().to_owned(),
+                i["arguments"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let want_calls: Vec<(String, String, String)> = g
+        .calls
+        .iter()
+        .map(|c| (c.id.clone(), c.name.clone(), c.arguments()))
+        .collect();
+    assert_eq!(calls, want_calls);
+    let usage = &events[last]["response"]["usage"];
+    assert!(usage["output_tokens"].is_u64() && usage["input_tokens"].is_u64());
+}
+
+fn to_responses_client(events: &[ChatEvent]) -> String {
+    let req = request();
+    let head = responses::Head {
+        id: "resp_1".into(),
+        created_at: 7,
+        model: "public".into(),
+        echo: Arc::default(),
+    };
+    let enc = responses::StreamEncoder::new(head, req.clone(), None);
+    encode(enc, events, &req)
+}
+
 fn to_openai_client(events: &[ChatEvent]) -> String {
     let req = request();
     let enc = openai::StreamEncoder::new("chatcmpl-1".into(), 7, "public".into(), true);
@@ -672,5 +806,17 @@ proptest! {
     fn anthropic_upstream_to_anthropic_client(g in generated(true)) {
         let events = decode(&anthropic_stream(&g), &g.cuts, true);
         check_anthropic(&to_anthropic_client(&events), &g);
+    }
+
+    #[test]
+    fn openai_upstream_to_responses_client(g in generated(false)) {
+        let events = decode(&openai_stream(&g), &g.cuts, false);
+        check_responses(&to_responses_client(&events), &g);
+    }
+
+    #[test]
+    fn anthropic_upstream_to_responses_client(g in generated(true)) {
+        let events = decode(&anthropic_stream(&g), &g.cuts, true);
+        check_responses(&to_responses_client(&events), &g);
     }
 }

@@ -90,6 +90,19 @@ pub struct Echo {
     /// The input items as sent (a string input becomes one message), for
     /// `GET /responses/{id}/input_items`.
     pub input_items: Vec<ItemIn>,
+    /// Tools of `namespace` groups: the name the upstream knows them by
+    /// (`<namespace>__<name>`), the namespace, and the tool's own name,
+    /// which calls carry back with their `namespace`.
+    pub namespaced: Vec<(String, String, String)>,
+}
+
+/// The tools of a request, as they are read.
+#[derive(Default)]
+struct ToolSet {
+    tools: Vec<Tool>,
+    free_form: Vec<String>,
+    echo: Vec<Value>,
+    namespaced: Vec<(String, String, String)>,
 }
 
 /// A decoded request: the canonical one and what goes beside it.
@@ -163,19 +176,28 @@ fn from_wire(w: ResponsesRequest) -> Result<Decoded, DecodeError> {
     if items.is_empty() && w.previous_response_id.is_none() {
         return Err(DecodeError::new("input", "`input` must not be empty"));
     }
-    let mut free_form_tools = Vec::new();
-    let mut tools = Vec::new();
-    let mut tools_echo = Vec::new();
+    let mut set = ToolSet::default();
     for (i, t) in w.tools.unwrap_or_default().into_iter().enumerate() {
-        tool(
-            t,
-            &format!("tools[{i}]"),
-            &mut tools,
-            &mut free_form_tools,
-            &mut tools_echo,
-            &mut untranslated,
-        )?;
+        tool(t, &format!("tools[{i}]"), None, &mut set, &mut untranslated)?;
     }
+    // Codex sends some models their tools as an `additional_tools` item.
+    for (i, item) in items.iter().enumerate() {
+        if item.kind.as_deref() != Some("additional_tools") {
+            continue;
+        }
+        for (j, t) in item.tools.iter().flatten().enumerate() {
+            let at = format!("input[{i}].tools[{j}]");
+            let t: ToolIn = serde_json::from_value(t.clone())
+                .map_err(|e| DecodeError::new(at.clone(), format!("invalid tool: {e}")))?;
+            tool(t, &at, None, &mut set, &mut untranslated)?;
+        }
+    }
+    let ToolSet {
+        tools,
+        free_form: free_form_tools,
+        echo: tools_echo,
+        namespaced,
+    } = set;
     let messages = messages_of(&items, &mut system, &mut untranslated)?;
     let (tool_choice, tool_choice_echo) = match w.tool_choice {
         None => (None, json!("auto")),
@@ -256,6 +278,7 @@ fn from_wire(w: ResponsesRequest) -> Result<Decoded, DecodeError> {
         parallel_tool_calls: w.parallel_tool_calls.unwrap_or(true),
         user: w.user.clone(),
         input_items: items,
+        namespaced,
     };
     let chat = ChatRequest {
         model: w.model,
@@ -308,13 +331,13 @@ fn free_form_schema() -> Value {
     })
 }
 
-/// Reads one tool of `tools` (a namespace: each of its tools).
+/// Reads one tool of `tools` (a namespace: each of its tools, named
+/// `<namespace>__<name>` upstream so names stay apart).
 fn tool(
     t: ToolIn,
     at: &str,
-    tools: &mut Vec<Tool>,
-    free_form: &mut Vec<String>,
-    echo: &mut Vec<Value>,
+    namespace: Option<&str>,
+    set: &mut ToolSet,
     untranslated: &mut Vec<String>,
 ) -> Result<(), DecodeError> {
     let named = |name: Option<String>| match name {
@@ -324,6 +347,15 @@ fn tool(
             "a function or custom tool needs a `name`",
         )),
     };
+    let upstream_name = |set: &mut ToolSet, name: &str| match namespace {
+        Some(ns) => {
+            let full = format!("{ns}__{name}");
+            set.namespaced
+                .push((full.clone(), ns.to_owned(), name.to_owned()));
+            full
+        }
+        None => name.to_owned(),
+    };
     match t.kind.as_str() {
         "function" => {
             let name = named(t.name)?;
@@ -331,11 +363,14 @@ fn tool(
                 .parameters
                 .filter(|p| !p.is_null())
                 .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
-            echo.push(json!({
-                "type": "function", "name": name, "description": t.description,
-                "parameters": parameters, "strict": false
-            }));
-            tools.push(Tool {
+            if namespace.is_none() {
+                set.echo.push(json!({
+                    "type": "function", "name": name, "description": t.description,
+                    "parameters": parameters, "strict": false
+                }));
+            }
+            let name = upstream_name(set, &name);
+            set.tools.push(Tool {
                 name,
                 description: t.description,
                 parameters,
@@ -357,25 +392,28 @@ fn tool(
                     &format!("The input must follow this {syntax} grammar:\n{def}"),
                 );
             }
-            echo.push(json!({
-                "type": "custom", "name": name, "description": t.description,
-                "format": t.format.unwrap_or_else(|| json!({"type": "text"}))
-            }));
-            free_form.push(name.clone());
-            tools.push(Tool {
+            if namespace.is_none() {
+                set.echo.push(json!({
+                    "type": "custom", "name": name, "description": t.description,
+                    "format": t.format.unwrap_or_else(|| json!({"type": "text"}))
+                }));
+            }
+            let name = upstream_name(set, &name);
+            set.free_form.push(name.clone());
+            set.tools.push(Tool {
                 name,
                 description: (!description.is_empty()).then_some(description),
                 parameters: free_form_schema(),
             });
         }
-        "namespace" => {
+        "namespace" if namespace.is_none() => {
+            let ns = named(t.name)?;
             for (j, inner) in t.tools.unwrap_or_default().into_iter().enumerate() {
                 tool(
                     inner,
                     &format!("{at}.tools[{j}]"),
-                    tools,
-                    free_form,
-                    echo,
+                    Some(&ns),
+                    set,
                     untranslated,
                 )?;
             }
@@ -569,10 +607,11 @@ fn messages_of(
                     }
                 }
             }
+            "additional_tools" => {}
             "function_call" => {
                 let call = ContentPart::ToolCall {
                     id: need(&item.call_id, "call_id")?,
-                    name: need(&item.name, "name")?,
+                    name: namespaced(item.namespace.as_deref(), need(&item.name, "name")?),
                     arguments: item.arguments.clone().unwrap_or_default(),
                 };
                 push_assistant(&mut messages, call);
@@ -581,7 +620,7 @@ fn messages_of(
                 let input = item.input.clone().unwrap_or_default();
                 let call = ContentPart::ToolCall {
                     id: need(&item.call_id, "call_id")?,
-                    name: need(&item.name, "name")?,
+                    name: namespaced(item.namespace.as_deref(), need(&item.name, "name")?),
                     arguments: json!({ "input": input }).to_string(),
                 };
                 push_assistant(&mut messages, call);
@@ -667,6 +706,14 @@ fn messages_of(
     Ok(messages)
 }
 
+/// The name the upstream knows a tool by (see [`Echo::namespaced`]).
+fn namespaced(namespace: Option<&str>, name: String) -> String {
+    match namespace {
+        Some(ns) if !ns.is_empty() => format!("{ns}__{name}"),
+        _ => name,
+    }
+}
+
 /// The `status` and `incomplete_details` of an answer that stopped for `r`.
 fn status_of(r: StopReason) -> (&'static str, Option<IncompleteOut>) {
     match r {
@@ -738,6 +785,8 @@ pub enum Slot {
         /// A free-form tool's call: a `custom_tool_call` item whose input
         /// is the `input` member of the arguments.
         custom: bool,
+        /// The namespace of a namespaced tool (`name` is then its own).
+        namespace: Option<String>,
     },
 }
 
@@ -783,24 +832,28 @@ impl Item {
                 name,
                 arguments,
                 custom: false,
+                namespace,
                 ..
             } => ItemOut::FunctionCall {
                 id: &self.id,
                 status,
                 call_id,
                 name,
+                namespace: namespace.as_deref(),
                 arguments: if done { arguments } else { "" },
             },
             Slot::Call {
                 call_id,
                 name,
                 custom: true,
+                namespace,
                 ..
             } => ItemOut::CustomToolCall {
                 id: &self.id,
                 status,
                 call_id,
                 name,
+                namespace: namespace.as_deref(),
                 input: if done { input } else { "" },
             },
         }
@@ -808,7 +861,7 @@ impl Item {
 }
 
 /// Output items of a whole answer: reasoning, the message, then calls.
-fn items_of(answer: &Answer, req: &ChatRequest) -> Vec<Item> {
+fn items_of(answer: &Answer, req: &ChatRequest, echo: &Echo) -> Vec<Item> {
     let mut items = Vec::new();
     if !answer.thinking.is_empty() {
         items.push(Item {
@@ -842,13 +895,31 @@ fn items_of(answer: &Answer, req: &ChatRequest) -> Vec<Item> {
         });
     }
     for c in &answer.tool_calls {
-        items.push(call_item(c.index, &c.id, &c.name, c.arguments.clone(), req));
+        items.push(call_item(
+            c.index,
+            &c.id,
+            &c.name,
+            c.arguments.clone(),
+            req,
+            echo,
+        ));
     }
     items
 }
 
-fn call_item(index: u32, id: &str, name: &str, arguments: String, req: &ChatRequest) -> Item {
+fn call_item(
+    index: u32,
+    id: &str,
+    name: &str,
+    arguments: String,
+    req: &ChatRequest,
+    echo: &Echo,
+) -> Item {
     let custom = req.free_form_tools.iter().any(|t| t == name);
+    let (name, namespace) = match echo.namespaced.iter().find(|(full, ..)| full == name) {
+        Some((_, ns, bare)) => (bare.clone(), Some(ns.clone())),
+        None => (name.to_owned(), None),
+    };
     let call_id = if id.is_empty() {
         format!("call_{index}")
     } else {
@@ -859,9 +930,10 @@ fn call_item(index: u32, id: &str, name: &str, arguments: String, req: &ChatRequ
         slot: Slot::Call {
             index,
             call_id,
-            name: name.to_owned(),
+            name,
             arguments,
             custom,
+            namespace,
         },
     }
 }
@@ -955,7 +1027,7 @@ fn response<'a>(
 /// The whole-answer body (a response object), and its output items as a
 /// stored conversation keeps them.
 pub fn completion_body(answer: &Answer, req: &ChatRequest, head: &Head) -> (Vec<u8>, Vec<Value>) {
-    let items = items_of(answer, req);
+    let items = items_of(answer, req, &head.echo);
     let inputs: Vec<String> = items.iter().map(input_of).collect();
     let outs: Vec<ItemOut<'_>> = items
         .iter()
@@ -1311,7 +1383,7 @@ impl StreamEncoder {
     }
 
     fn open_call(&mut self, index: u32, id: &str, name: &str, out: &mut BytesMut) {
-        let item = call_item(index, id, name, String::new(), &self.req);
+        let item = call_item(index, id, name, String::new(), &self.req, &self.head.echo);
         self.open_item(item, out);
     }
 

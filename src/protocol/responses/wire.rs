@@ -110,6 +110,12 @@ pub struct ItemIn {
     /// `local_shell_call`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<Value>,
+    /// A call of a tool in a `namespace` group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// `additional_tools`: tools offered as an input item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<Value>>,
 }
 
 /// Message content (or a tool output): a string or parts.
@@ -278,6 +284,8 @@ pub enum ItemOut<'a> {
         status: &'static str,
         call_id: &'a str,
         name: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        namespace: Option<&'a str>,
         arguments: &'a str,
     },
     CustomToolCall {
@@ -285,6 +293,8 @@ pub enum ItemOut<'a> {
         status: &'static str,
         call_id: &'a str,
         name: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        namespace: Option<&'a str>,
         input: &'a str,
     },
 }
