@@ -55,8 +55,15 @@ if command -v npm >/dev/null 2>&1; then
         step "installing tests/clients/ai_sdk (npm ci)"
         (cd "$AI_SDK" && npm ci --no-audit --no-fund --loglevel=error)
     fi
+    # Codex CLI, a real Responses API client (tests/test_codex.py); the
+    # package ships its native binary.
+    CODEX="$ROOT/tests/clients/codex"
+    if [ ! -f "$CODEX/node_modules/.package-lock.json" ] || [ "$CODEX/package-lock.json" -nt "$CODEX/node_modules/.package-lock.json" ]; then
+        step "installing tests/clients/codex (npm ci)"
+        (cd "$CODEX" && npm ci --no-audit --no-fund --loglevel=error)
+    fi
 else
-    echo "npm is not installed: tests/test_ai_sdk.py will be skipped"
+    echo "npm is not installed: tests/test_ai_sdk.py and tests/test_codex.py will be skipped"
 fi
 
 step "container files (hadolint, yamllint; no Docker engine needed)"

@@ -60,6 +60,16 @@ pub fn openai_request(data: &[u8]) {
     let _ = crate::protocol::openai::decode_request(data);
 }
 
+/// A Responses API request body; a decoded one is also continued from
+/// itself (its input as the stored conversation), as
+/// `previous_response_id` does.
+pub fn responses_request(data: &[u8]) {
+    if let Ok((mut chat, echo)) = crate::protocol::responses::decode_request(data) {
+        let earlier = crate::protocol::responses::stored_input(&echo.input_items);
+        let _ = crate::protocol::responses::continue_from(&mut chat, &earlier, &echo);
+    }
+}
+
 /// An Anthropic Messages request body.
 pub fn anthropic_request(data: &[u8]) {
     let _ = crate::protocol::anthropic::decode_request(data);

@@ -75,6 +75,10 @@ replays! {
         fuzzing::anthropic_request(d);
         Ok(())
     },
+    responses_request: |d| {
+        fuzzing::responses_request(d);
+        Ok(())
+    },
     request_body: fuzzing::request_body,
     sse: fuzzing::sse,
     openai_stream: fuzzing::openai_stream,

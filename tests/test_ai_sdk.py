@@ -2,7 +2,8 @@
 
 ``tests/clients/ai_sdk/run.mjs`` runs one job with ``@ai-sdk/anthropic``
 against the gateway's ``/v1/messages`` or with ``@ai-sdk/openai``'s
-``.chat(model)`` against ``/v1/chat/completions`` and prints what the SDK
+``.chat(model)`` against ``/v1/chat/completions`` or its default provider
+(``openai(model)``, the Responses API) against ``/v1/responses``, and prints what the SDK
 made of the answer (text, parsed tool calls, finish reason, usage, the
 steps of a tool round trip, errors). Its pinned packages are installed by
 ``scripts/test.sh`` (``npm ci`` in that folder); if they are missing, the
@@ -36,8 +37,8 @@ INSTALL_TIMEOUT = 300
 RUN_TIMEOUT = 60
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
-PROVIDERS = ["anthropic", "openai"]
-ENDPOINT = {"anthropic": "/v1/messages", "openai": "/v1/chat/completions"}
+PROVIDERS = ["anthropic", "openai", "responses"]
+ENDPOINT = {"anthropic": "/v1/messages", "openai": "/v1/chat/completions", "responses": "/v1/responses"}
 STREAMS = [pytest.param(False, id="generate"), pytest.param(True, id="stream")]
 
 SEARCH_TOOL = {

@@ -4,7 +4,9 @@
 //
 // A job:
 //   {
-//     "provider": "anthropic" | "openai",  // @ai-sdk/anthropic, or @ai-sdk/openai's .chat(model)
+//     "provider": "anthropic" | "openai" | "responses",
+//                                          // @ai-sdk/anthropic, @ai-sdk/openai's .chat(model),
+//                                          // or its default provider (the Responses API)
 //     "baseURL": "http://127.0.0.1:PORT/v1",
 //     "apiKey": "sk-test",
 //     "model": "gpt-4o-mini",
@@ -100,6 +102,8 @@ async function main() {
     model = createAnthropic(settings)(job.model);
   } else if (job.provider === "openai") {
     model = createOpenAI(settings).chat(job.model);
+  } else if (job.provider === "responses") {
+    model = createOpenAI(settings)(job.model);
   } else {
     process.stderr.write(`unknown provider ${job.provider}\n`);
     process.exit(2);
