@@ -244,6 +244,15 @@ pub fn anthropic_stream(data: &[u8]) {
     stream_and_body(data, crate::protocol::anthropic::EventDecoder::default);
 }
 
+/// An OpenAI Responses upstream's stream (in pieces, [`split`]), and the
+/// payload as a whole response object.
+pub fn responses_stream(data: &[u8]) {
+    stream_and_body(
+        data,
+        crate::protocol::responses::client::EventDecoder::default,
+    );
+}
+
 /// An OnDemand upstream's stream (in pieces, [`split`]), and the payload as
 /// a whole `responseMode: "sync"` body.
 pub fn ondemand_stream(data: &[u8]) {

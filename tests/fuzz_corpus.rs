@@ -75,6 +75,10 @@ replays! {
         fuzzing::anthropic_request(d);
         Ok(())
     },
+    responses_stream: |d| {
+        fuzzing::responses_stream(d);
+        Ok(())
+    },
     responses_request: |d| {
         fuzzing::responses_request(d);
         Ok(())

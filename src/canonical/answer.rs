@@ -22,6 +22,8 @@ pub struct Answer {
     pub thinking: String,
     pub signature: Option<String>,
     pub redacted_thinking: Vec<String>,
+    /// The reasoning's `encrypted_content`, from an OpenAI Responses upstream.
+    pub encrypted_reasoning: Option<String>,
     pub tool_calls: Vec<ToolCallAcc>,
     /// Blocks of an Anthropic upstream's answer that the canonical model
     /// does not carry, assembled (for an Anthropic client's whole answer),
@@ -45,6 +47,7 @@ impl Answer {
             ChatEvent::ThinkingDelta(t) => self.thinking.push_str(&t),
             ChatEvent::ThinkingSignature(s) => self.signature = Some(s),
             ChatEvent::RedactedThinking(d) => self.redacted_thinking.push(d),
+            ChatEvent::EncryptedReasoning(d) => self.encrypted_reasoning = Some(d),
             ChatEvent::ToolCallStart { index, id, name } => self.tool_calls.push(ToolCallAcc {
                 index,
                 id,

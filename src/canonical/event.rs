@@ -16,6 +16,9 @@ pub enum ChatEvent {
     ThinkingSignature(String),
     /// Encrypted thinking to hand back verbatim next turn.
     RedactedThinking(String),
+    /// The `encrypted_content` of the reasoning just streamed, from an
+    /// OpenAI Responses upstream, to hand back verbatim next turn.
+    EncryptedReasoning(String),
     /// A tool call begins; `index` orders calls within one answer.
     ToolCallStart {
         index: u32,

@@ -255,6 +255,13 @@ pub enum ContentPart {
     RedactedThinking {
         data: String,
     },
+    /// Reasoning an OpenAI Responses upstream gave: its summary, and its
+    /// `encrypted_content`, which only such an upstream reads (others never
+    /// get it).
+    EncryptedReasoning {
+        summary: String,
+        data: String,
+    },
 }
 
 /// Where an image comes from.

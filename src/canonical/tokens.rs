@@ -220,6 +220,7 @@ fn part_with(part: &ContentPart, count: impl Fn(&str) -> u32 + Copy) -> u32 {
             .iter()
             .fold(0u32, |n, p| n.saturating_add(part_with(p, count))),
         ContentPart::Thinking { text, .. } => count(text),
+        ContentPart::EncryptedReasoning { summary, .. } => count(summary),
         ContentPart::RedactedThinking { .. } => 0,
     }
 }
@@ -236,6 +237,7 @@ fn text_bytes(req: &ChatRequest) -> usize {
             } => name.len() + arguments.len(),
             ContentPart::ToolResult { content, .. } => content.iter().map(part).sum(),
             ContentPart::Thinking { text, .. } => text.len(),
+            ContentPart::EncryptedReasoning { summary, .. } => summary.len(),
         }
     }
     let system = req.system.as_ref().map_or(0, String::len);

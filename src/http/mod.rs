@@ -56,8 +56,8 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// `speaks` tells what a kind's upstream takes (the registry's).
-    pub fn new(cfg: &Config, speaks: fn(&str) -> Speaks) -> Self {
+    /// `speaks` tells what a pool's upstream takes (the registry's).
+    pub fn new(cfg: &Config, speaks: fn(&crate::config::PoolConfig) -> Speaks) -> Self {
         let mut models: Vec<ModelEntry> = Vec::new();
         let mut pools: Vec<_> = cfg.pools.iter().collect();
         pools.sort_by_key(|p| p.priority);
@@ -80,7 +80,7 @@ impl Catalog {
             speaks: cfg
                 .pools
                 .iter()
-                .map(|p| (p.name.clone(), speaks(&p.kind)))
+                .map(|p| (p.name.clone(), speaks(p)))
                 .collect(),
         }
     }
@@ -102,7 +102,7 @@ impl AppState {
         router: actix::Addr<Router>,
         tickets: Arc<crate::actors::tickets::Tickets>,
         shutdown: tokio::sync::watch::Receiver<bool>,
-        speaks: fn(&str) -> Speaks,
+        speaks: fn(&crate::config::PoolConfig) -> Speaks,
     ) -> Self {
         AppState {
             dispatcher: Dispatcher {

@@ -192,11 +192,17 @@ pub fn dropped(req: &ChatRequest, to: Speaks) -> Vec<String> {
         ),
         Wire::OpenAiResponses => {
             let also = match to {
+                Speaks::Wire(Wire::OpenAiResponses) if !req.repaired => return Vec::new(),
                 Speaks::Wire(Wire::AnthropicMessages) => responses::server::TAKEN_BY_ANTHROPIC,
                 Speaks::Wire(_) => responses::server::TAKEN_BY_OPENAI,
                 Speaks::Text { honours } => honours,
             };
-            return names_outside(req, native, responses::server::ALWAYS_TAKEN, also);
+            let mut out = names_outside(req, native, responses::server::ALWAYS_TAKEN, also);
+            if to == Speaks::Wire(Wire::OpenAiResponses) {
+                // A Responses upstream reads its own reasoning back.
+                out.retain(|n| n != responses::server::ENCRYPTED_REASONING);
+            }
+            return out;
         }
     };
     let also: &[&str] = match to {

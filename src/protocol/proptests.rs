@@ -383,10 +383,111 @@ fn anthropic_stream(g: &Generated) -> Vec<u8> {
     out
 }
 
+/// A Responses upstream's stream: items one after another (reasoning with
+/// its summary and encrypted content, the message, each call), then
+/// `response.completed` or `response.incomplete` with the usage.
+fn responses_stream(g: &Generated) -> Vec<u8> {
+    let mut events: Vec<Value> = vec![
+        json!({"type": "response.created", "response": {"id": "resp_up", "status": "in_progress", "output": []}}),
+        json!({"type": "response.in_progress", "response": {"id": "resp_up", "status": "in_progress", "output": []}}),
+    ];
+    let mut index = 0;
+    if !g.thinking.is_empty() {
+        events.push(
+            json!({"type": "response.output_item.added", "output_index": index,
+            "item": {"type": "reasoning", "id": "rs_up", "summary": []}}),
+        );
+        events.push(
+            json!({"type": "response.reasoning_summary_part.added", "output_index": index,
+            "item_id": "rs_up", "summary_index": 0, "part": {"type": "summary_text", "text": ""}}),
+        );
+        for t in &g.thinking {
+            events.push(
+                json!({"type": "response.reasoning_summary_text.delta", "output_index": index,
+                "item_id": "rs_up", "summary_index": 0, "delta": t}),
+            );
+        }
+        events.push(
+            json!({"type": "response.output_item.done", "output_index": index,
+            "item": {"type": "reasoning", "id": "rs_up", "encrypted_content": "enc-up",
+                "summary": [{"type": "summary_text", "text": g.thinking()}]}}),
+        );
+        index += 1;
+    }
+    if !g.text.is_empty() {
+        events.push(
+            json!({"type": "response.output_item.added", "output_index": index,
+            "item": {"type": "message", "id": "msg_up", "role": "assistant", "content": []}}),
+        );
+        for t in &g.text {
+            events.push(
+                json!({"type": "response.output_text.delta", "output_index": index,
+                "item_id": "msg_up", "content_index": 0, "delta": t}),
+            );
+        }
+        events.push(
+            json!({"type": "response.output_item.done", "output_index": index,
+            "item": {"type": "message", "id": "msg_up", "role": "assistant",
+                "content": [{"type": "output_text", "text": g.text(), "annotations": []}]}}),
+        );
+        index += 1;
+    }
+    for c in &g.calls {
+        events.push(json!({"type": "response.output_item.added", "output_index": index,
+            "item": {"type": "function_call", "id": "fc_up", "call_id": c.id, "name": c.name, "arguments": ""}}));
+        for f in &c.fragments {
+            events.push(
+                json!({"type": "response.function_call_arguments.delta", "output_index": index,
+                "item_id": "fc_up", "delta": f}),
+            );
+        }
+        events.push(
+            json!({"type": "response.output_item.done", "output_index": index,
+            "item": {"type": "function_call", "id": "fc_up", "call_id": c.id, "name": c.name,
+                "arguments": c.arguments()}}),
+        );
+        index += 1;
+    }
+    let usage = match g.usage {
+        UsageAt::Absent => Value::Null,
+        _ => json!({"input_tokens": 11, "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": 7, "total_tokens": 18}),
+    };
+    events.push(match g.stop {
+        StopReason::Length => json!({"type": "response.incomplete", "response": {"id": "resp_up",
+            "status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}, "usage": usage}}),
+        _ => json!({"type": "response.completed", "response": {"id": "resp_up",
+            "status": "completed", "usage": usage}}),
+    });
+    let mut out = Vec::new();
+    for e in events {
+        let name = e["type"].as_str().unwrap_or_default().to_owned();
+        out.extend_from_slice(format!("event: {name}\ndata: {e}\n\n").as_bytes());
+    }
+    out
+}
+
+/// Which protocol an upstream speaks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Up {
+    OpenAi,
+    Anthropic,
+    Responses,
+}
+
+/// The generated answers a Responses upstream can give: sequential items,
+/// no Anthropic signature (its reasoning carries encrypted content).
+fn generated_for_responses() -> impl Strategy<Value = Generated> {
+    generated(true).prop_map(|mut g| {
+        g.signature = None;
+        g
+    })
+}
+
 /// The canonical events of an upstream stream, read as the gateway reads
 /// it: bytes cut at `cuts`, the SSE reader, the decoder, and the pump's
 /// `Start` first and `Stop` when the stream ended without one.
-fn decode(bytes: &[u8], cuts: &[u16], anthropic_upstream: bool) -> Vec<ChatEvent> {
+fn decode(bytes: &[u8], cuts: &[u16], up: Up) -> Vec<ChatEvent> {
     let mut at: Vec<usize> = cuts
         .iter()
         .map(|c| *c as usize * bytes.len() / 65536)
@@ -399,22 +500,22 @@ fn decode(bytes: &[u8], cuts: &[u16], anthropic_upstream: bool) -> Vec<ChatEvent
     let mut parser = SseParser::default();
     let mut oa = openai::ChunkDecoder::default();
     let mut an = anthropic::EventDecoder::default();
+    let mut re = responses::client::EventDecoder::default();
     for w in at.windows(2) {
         parser.push(&bytes[w[0]..w[1]]);
         while let Some(ev) = parser.next_event().unwrap() {
-            if anthropic_upstream {
-                an.decode(&ev.data, &mut events).unwrap();
-            } else if ev.data.trim() == "[DONE]" {
-                oa.finish();
-            } else {
-                oa.decode(&ev.data, &mut events).unwrap();
+            match up {
+                Up::Anthropic => an.decode(&ev.data, &mut events).unwrap(),
+                Up::Responses => re.decode(&ev.data, &mut events).unwrap(),
+                Up::OpenAi if ev.data.trim() == "[DONE]" => oa.finish(),
+                Up::OpenAi => oa.decode(&ev.data, &mut events).unwrap(),
             }
         }
     }
-    let stopped = if anthropic_upstream {
-        an.stopped()
-    } else {
-        oa.stopped()
+    let stopped = match up {
+        Up::Anthropic => an.stopped(),
+        Up::Responses => re.stopped(),
+        Up::OpenAi => oa.stopped(),
     };
     assert!(stopped, "the upstream stream ended without its stop");
     events
@@ -786,37 +887,55 @@ proptest! {
 
     #[test]
     fn openai_upstream_to_openai_client(g in generated(false)) {
-        let events = decode(&openai_stream(&g), &g.cuts, false);
+        let events = decode(&openai_stream(&g), &g.cuts, Up::OpenAi);
         check_openai(&to_openai_client(&events), &g);
     }
 
     #[test]
     fn openai_upstream_to_anthropic_client(g in generated(false)) {
-        let events = decode(&openai_stream(&g), &g.cuts, false);
+        let events = decode(&openai_stream(&g), &g.cuts, Up::OpenAi);
         check_anthropic(&to_anthropic_client(&events), &g);
     }
 
     #[test]
     fn anthropic_upstream_to_openai_client(g in generated(true)) {
-        let events = decode(&anthropic_stream(&g), &g.cuts, true);
+        let events = decode(&anthropic_stream(&g), &g.cuts, Up::Anthropic);
         check_openai(&to_openai_client(&events), &g);
     }
 
     #[test]
     fn anthropic_upstream_to_anthropic_client(g in generated(true)) {
-        let events = decode(&anthropic_stream(&g), &g.cuts, true);
+        let events = decode(&anthropic_stream(&g), &g.cuts, Up::Anthropic);
         check_anthropic(&to_anthropic_client(&events), &g);
     }
 
     #[test]
     fn openai_upstream_to_responses_client(g in generated(false)) {
-        let events = decode(&openai_stream(&g), &g.cuts, false);
+        let events = decode(&openai_stream(&g), &g.cuts, Up::OpenAi);
         check_responses(&to_responses_client(&events), &g);
     }
 
     #[test]
     fn anthropic_upstream_to_responses_client(g in generated(true)) {
-        let events = decode(&anthropic_stream(&g), &g.cuts, true);
+        let events = decode(&anthropic_stream(&g), &g.cuts, Up::Anthropic);
+        check_responses(&to_responses_client(&events), &g);
+    }
+
+    #[test]
+    fn responses_upstream_to_openai_client(g in generated_for_responses()) {
+        let events = decode(&responses_stream(&g), &g.cuts, Up::Responses);
+        check_openai(&to_openai_client(&events), &g);
+    }
+
+    #[test]
+    fn responses_upstream_to_anthropic_client(g in generated_for_responses()) {
+        let events = decode(&responses_stream(&g), &g.cuts, Up::Responses);
+        check_anthropic(&to_anthropic_client(&events), &g);
+    }
+
+    #[test]
+    fn responses_upstream_to_responses_client(g in generated_for_responses()) {
+        let events = decode(&responses_stream(&g), &g.cuts, Up::Responses);
         check_responses(&to_responses_client(&events), &g);
     }
 }

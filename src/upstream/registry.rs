@@ -22,34 +22,42 @@ pub(crate) struct KindSpec {
     sessions: fn(&PoolConfig) -> u32,
     /// Run when the gateway stops, for kinds that leave processes.
     shutdown: Option<fn()>,
-    /// What its upstream takes: a protocol's whole request, or text.
-    speaks: Speaks,
+    /// What a pool's upstream takes: a protocol's whole request, or text.
+    speaks: fn(&PoolConfig) -> Speaks,
 }
 
 /// Text kinds take the conversation (and tools, through the tool layer).
-const TEXT: Speaks = Speaks::Text { honours: &[] };
+fn text(_: &PoolConfig) -> Speaks {
+    Speaks::Text { honours: &[] }
+}
+
 /// The demo honours a length limit and stop sequences too.
-const DEMO: Speaks = Speaks::Text {
-    honours: &[
-        "max_tokens",
-        "max_completion_tokens",
-        "stop",
-        "stop_sequences",
-    ],
-};
-const OPENAI: Speaks = Speaks::Wire(Wire::OpenAiChat);
-const ANTHROPIC: Speaks = Speaks::Wire(Wire::AnthropicMessages);
+fn demo(_: &PoolConfig) -> Speaks {
+    Speaks::Text {
+        honours: &[
+            "max_tokens",
+            "max_completion_tokens",
+            "max_output_tokens",
+            "stop",
+            "stop_sequences",
+        ],
+    }
+}
+
+fn anthropic(_: &PoolConfig) -> Speaks {
+    Speaks::Wire(Wire::AnthropicMessages)
+}
 
 #[rustfmt::skip]
 static KINDS: [KindSpec; 8] = [
-    KindSpec { kind: "demo", check: super::demo::config::validate, build: |ctx, _| Ok(Arc::new(super::demo::Demo::new(ctx.pool)?)), sessions: super::demo::config::sessions, shutdown: None, speaks: DEMO },
-    KindSpec { kind: "openai", check: super::openai::config::validate, build: |ctx, _| Ok(Arc::new(super::openai::OpenAi::new(&ctx)?)), sessions: per_account, shutdown: None, speaks: OPENAI },
-    KindSpec { kind: "anthropic", check: super::anthropic::config::validate, build: |ctx, _| Ok(Arc::new(super::anthropic::Anthropic::new(&ctx)?)), sessions: per_account, shutdown: None, speaks: ANTHROPIC },
-    KindSpec { kind: "ondemand", check: super::ondemand::config::validate, build: |ctx, _| Ok(Arc::new(super::ondemand::OnDemand::new(&ctx)?)), sessions: per_account, shutdown: None, speaks: TEXT },
-    KindSpec { kind: "langgraph", check: super::langgraph::config::validate, build: |ctx, _| Ok(Arc::new(super::langgraph::LangGraph::new(&ctx)?)), sessions: super::langgraph::config::sessions, shutdown: None, speaks: TEXT },
-    KindSpec { kind: "socketio", check: super::socketio::config::validate, build: |ctx, _| Ok(Arc::new(super::socketio::SocketIo::new(&ctx)?)), sessions: super::socketio::config::sessions, shutdown: None, speaks: TEXT },
-    KindSpec { kind: "cli", check: super::cli::config::validate, build: |ctx, _| Ok(Arc::new(super::cli::Cli::new(&ctx)?)), sessions: super::cli::config::sessions, shutdown: None, speaks: TEXT },
-    KindSpec { kind: "lingma", check: super::lingma::config::validate, build: |ctx, place| Ok(Arc::new(super::lingma::Lingma::new(&ctx, place)?)), sessions: super::lingma::config::sessions, shutdown: Some(super::lingma::kill_all_agents), speaks: TEXT },
+    KindSpec { kind: "demo", check: super::demo::config::validate, build: |ctx, _| Ok(Arc::new(super::demo::Demo::new(ctx.pool)?)), sessions: super::demo::config::sessions, shutdown: None, speaks: demo },
+    KindSpec { kind: "openai", check: super::openai::config::validate, build: |ctx, _| Ok(Arc::new(super::openai::OpenAi::new(&ctx)?)), sessions: per_account, shutdown: None, speaks: super::openai::config::speaks },
+    KindSpec { kind: "anthropic", check: super::anthropic::config::validate, build: |ctx, _| Ok(Arc::new(super::anthropic::Anthropic::new(&ctx)?)), sessions: per_account, shutdown: None, speaks: anthropic },
+    KindSpec { kind: "ondemand", check: super::ondemand::config::validate, build: |ctx, _| Ok(Arc::new(super::ondemand::OnDemand::new(&ctx)?)), sessions: per_account, shutdown: None, speaks: text },
+    KindSpec { kind: "langgraph", check: super::langgraph::config::validate, build: |ctx, _| Ok(Arc::new(super::langgraph::LangGraph::new(&ctx)?)), sessions: super::langgraph::config::sessions, shutdown: None, speaks: text },
+    KindSpec { kind: "socketio", check: super::socketio::config::validate, build: |ctx, _| Ok(Arc::new(super::socketio::SocketIo::new(&ctx)?)), sessions: super::socketio::config::sessions, shutdown: None, speaks: text },
+    KindSpec { kind: "cli", check: super::cli::config::validate, build: |ctx, _| Ok(Arc::new(super::cli::Cli::new(&ctx)?)), sessions: super::cli::config::sessions, shutdown: None, speaks: text },
+    KindSpec { kind: "lingma", check: super::lingma::config::validate, build: |ctx, place| Ok(Arc::new(super::lingma::Lingma::new(&ctx, place)?)), sessions: super::lingma::config::sessions, shutdown: Some(super::lingma::kill_all_agents), speaks: text },
 ];
 
 /// For kinds whose sessions are their accounts.
@@ -96,10 +104,10 @@ pub(crate) fn build(
     }
 }
 
-/// What a kind's upstream takes (text for a kind not listed, which a
+/// What a pool's upstream takes (text for a kind not listed, which a
 /// loaded configuration never has).
-pub(crate) fn speaks(kind: &str) -> Speaks {
-    spec(kind).map_or(TEXT, |s| s.speaks)
+pub(crate) fn speaks(pool: &PoolConfig) -> Speaks {
+    spec(&pool.kind).map_or(text(pool), |s| (s.speaks)(pool))
 }
 
 /// Runs every kind's shutdown hook: no process a kind started outlives the

@@ -287,6 +287,8 @@ fn out_block(p: &ContentPart) -> Option<OutBlock<'_>> {
             _ => return None,
         },
         ContentPart::RedactedThinking { data } => OutBlock::RedactedThinking { data },
+        // Only an OpenAI Responses upstream reads its own reasoning.
+        ContentPart::EncryptedReasoning { .. } => return None,
     })
 }
 

@@ -907,6 +907,7 @@ impl StreamEncoder {
             ChatEvent::Start { .. }
             | ChatEvent::Usage(_)
             | ChatEvent::StopSequence(_)
+            | ChatEvent::EncryptedReasoning(_)
             | ChatEvent::Stop(_)
             | ChatEvent::Error(_) => {}
         }

@@ -573,7 +573,8 @@ impl StreamEncoder {
             | ChatEvent::StopSequence(_)
             | ChatEvent::AnthropicBlock(_)
             | ChatEvent::ThinkingSignature(_)
-            | ChatEvent::RedactedThinking(_) => {}
+            | ChatEvent::RedactedThinking(_)
+            | ChatEvent::EncryptedReasoning(_) => {}
         }
     }
 

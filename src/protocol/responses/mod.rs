@@ -1,6 +1,7 @@
 //! OpenAI's Responses API (`/v1/responses`), the protocol of Codex CLI and
 //! of the Vercel AI SDK's default OpenAI provider.
 
+pub mod client;
 pub mod server;
 pub mod wire;
 

@@ -63,6 +63,9 @@ pub const TAKEN_BY_ANTHROPIC: &[&str] = &[
 /// Marks an Anthropic thinking signature carried in a reasoning item's
 /// `encrypted_content`, so it goes back to Anthropic on the next turn.
 const SIGNATURE_MARK: &str = "troupe-signature:";
+/// What other upstreams than OpenAI Responses ones do not get.
+pub const ENCRYPTED_REASONING: &str = "reasoning.encrypted_content";
+
 /// Marks Anthropic redacted thinking carried the same way.
 const REDACTED_MARK: &str = "troupe-redacted:";
 
@@ -528,17 +531,17 @@ fn part(
 /// message it ends with, or a new one. Reasoning after other content
 /// starts a new turn, as it does in the model's own output.
 fn push_assistant(messages: &mut Vec<Message>, part: ContentPart) {
-    let thinking = matches!(
-        part,
-        ContentPart::Thinking { .. } | ContentPart::RedactedThinking { .. }
-    );
+    let is_thinking = |p: &ContentPart| {
+        matches!(
+            p,
+            ContentPart::Thinking { .. }
+                | ContentPart::RedactedThinking { .. }
+                | ContentPart::EncryptedReasoning { .. }
+        )
+    };
+    let thinking = is_thinking(&part);
     if let Some(last) = messages.last_mut() {
-        let only_thinking = last.content.iter().all(|p| {
-            matches!(
-                p,
-                ContentPart::Thinking { .. } | ContentPart::RedactedThinking { .. }
-            )
-        });
+        let only_thinking = last.content.iter().all(is_thinking);
         if last.role == Role::Assistant && (!thinking || only_thinking) {
             last.content.push(part);
             return;
@@ -671,12 +674,19 @@ fn messages_of(
                             signature: Some(e[SIGNATURE_MARK.len()..].to_owned()),
                         },
                     ),
-                    other => {
-                        if other.is_some() {
-                            // OpenAI's own encrypted reasoning: only an
-                            // OpenAI Responses upstream can read it.
-                            push_once(untranslated, "reasoning.encrypted_content");
-                        }
+                    Some(data) => {
+                        // OpenAI's own encrypted reasoning: only an OpenAI
+                        // Responses upstream reads it.
+                        push_once(untranslated, ENCRYPTED_REASONING);
+                        push_assistant(
+                            &mut messages,
+                            ContentPart::EncryptedReasoning {
+                                summary: text,
+                                data: data.to_owned(),
+                            },
+                        );
+                    }
+                    None => {
                         if !text.is_empty() {
                             push_assistant(
                                 &mut messages,
@@ -863,15 +873,17 @@ impl Item {
 /// Output items of a whole answer: reasoning, the message, then calls.
 fn items_of(answer: &Answer, req: &ChatRequest, echo: &Echo) -> Vec<Item> {
     let mut items = Vec::new();
-    if !answer.thinking.is_empty() {
+    if !answer.thinking.is_empty() || answer.encrypted_reasoning.is_some() {
+        let encrypted = match (&answer.encrypted_reasoning, &answer.signature) {
+            (Some(blob), _) => Some(blob.clone()),
+            (None, Some(s)) => Some(format!("{SIGNATURE_MARK}{s}")),
+            (None, None) => None,
+        };
         items.push(Item {
             id: item_id("rs_"),
             slot: Slot::Reasoning {
                 text: answer.thinking.clone(),
-                encrypted: answer
-                    .signature
-                    .as_ref()
-                    .map(|s| format!("{SIGNATURE_MARK}{s}")),
+                encrypted,
                 sealed: true,
             },
         });
@@ -1076,6 +1088,8 @@ pub fn continue_from(
     })?;
     chat.system = system;
     chat.untranslated = untranslated;
+    // The client's body holds only this turn: it cannot go upstream as it came.
+    chat.repaired = true;
     Ok(())
 }
 
@@ -1435,6 +1449,7 @@ impl StreamEncoder {
             | ChatEvent::ThinkingDelta(_)
             | ChatEvent::ThinkingSignature(_)
             | ChatEvent::RedactedThinking(_)
+            | ChatEvent::EncryptedReasoning(_)
                 if self.in_call() =>
             {
                 self.held.push(ev.clone());
@@ -1503,6 +1518,30 @@ impl StreamEncoder {
                 }) = self.items.last_mut()
                 {
                     *encrypted = Some(format!("{SIGNATURE_MARK}{s}"));
+                    *sealed = true;
+                }
+            }
+            ChatEvent::EncryptedReasoning(blob) => {
+                if !matches!(self.open_kind(), Some(Slot::Reasoning { .. })) {
+                    let item = Item {
+                        id: item_id("rs_"),
+                        slot: Slot::Reasoning {
+                            text: String::new(),
+                            encrypted: None,
+                            sealed: true,
+                        },
+                    };
+                    self.open_item(item, out);
+                }
+                if let Some(Item {
+                    slot:
+                        Slot::Reasoning {
+                            encrypted, sealed, ..
+                        },
+                    ..
+                }) = self.items.last_mut()
+                {
+                    *encrypted = Some(blob.clone());
                     *sealed = true;
                 }
             }

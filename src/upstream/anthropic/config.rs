@@ -18,5 +18,6 @@ pub(crate) fn validate(
             ));
         }
     }
+    pool.settings::<crate::upstream::http::config::NoOwnKeys>(at)?;
     crate::upstream::http::config::validate_keyed(pool, at)
 }

@@ -1,6 +1,7 @@
-//! The `openai` upstream: any OpenAI-compatible Chat Completions server, one
-//! session per API key. Requests are always streamed upstream (with usage
-//! requested) and folded back for non-streaming clients.
+//! The `openai` upstream: any OpenAI-compatible Chat Completions server (or,
+//! with `api = "responses"`, OpenAI's Responses API), one session per API
+//! key. Requests are always streamed upstream (with usage requested) and
+//! folded back for non-streaming clients.
 
 pub(crate) mod config;
 
@@ -14,12 +15,15 @@ use super::{ApiKey, EventSink, Upstream, UpstreamContext};
 use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, UpstreamError, Wire};
 use crate::protocol::openai::client::encode_native;
 use crate::protocol::openai::{encode_request, ChunkDecoder};
+use crate::protocol::responses::client as responses;
 use crate::protocol::sse::SseEvent;
+use config::{Api, Settings};
 
 /// One API key on one OpenAI-compatible server.
 pub struct OpenAi {
     endpoint: ApiEndpoint,
     key: ApiKey,
+    api: Api,
 }
 
 impl OpenAi {
@@ -31,9 +35,18 @@ impl OpenAi {
             .ok_or("the openai kind needs base_url")?;
         let key = ApiKey::of(ctx.account).ok_or("the openai kind needs an api_key per account")?;
         let headers = extra_headers(&ctx.pool.headers)?;
+        let settings: Settings = ctx
+            .pool
+            .settings(&|k| k.to_owned())
+            .map_err(|e| e.to_string())?;
+        let path = match settings.api {
+            Api::Chat => "/chat/completions",
+            Api::Responses => "/responses",
+        };
         Ok(OpenAi {
-            endpoint: ApiEndpoint::new(ctx.http.clone(), base, "/chat/completions", headers)?,
+            endpoint: ApiEndpoint::new(ctx.http.clone(), base, path, headers)?,
             key,
+            api: settings.api,
         })
     }
 }
@@ -54,12 +67,18 @@ impl Upstream for OpenAi {
         model: &str,
         sink: &EventSink,
     ) -> Result<(), UpstreamError> {
-        // An OpenAI client's own body, with only the model and streaming
-        // changed, so nothing it sent is lost; another protocol's through
-        // the canonical request.
-        let body = match req.native_in(Wire::OpenAiChat) {
-            Some(native) => encode_native(native, model),
-            None => serde_json::to_vec(&encode_request(req, model)),
+        // A client of the upstream's own protocol gets its body there with
+        // only the model and streaming changed, so nothing it sent is lost;
+        // another protocol's goes through the canonical request.
+        let body = match self.api {
+            Api::Chat => match req.native_in(Wire::OpenAiChat) {
+                Some(native) => encode_native(native, model),
+                None => serde_json::to_vec(&encode_request(req, model)),
+            },
+            Api::Responses => match req.native_in(Wire::OpenAiResponses) {
+                Some(native) => responses::encode_native(native, model),
+                None => serde_json::to_vec(&responses::encode_request(req, model)),
+            },
         }
         .map_err(|e| {
             UpstreamError::new(
@@ -69,7 +88,25 @@ impl Upstream for OpenAi {
         })?;
         let bearer = self.key.header("Bearer ")?;
         let resp = self.endpoint.post((AUTHORIZATION, bearer), body).await?;
-        pump(resp, model, ChunkDecoder::default(), sink).await
+        match self.api {
+            Api::Chat => pump(resp, model, ChunkDecoder::default(), sink).await,
+            Api::Responses => pump(resp, model, responses::EventDecoder::default(), sink).await,
+        }
+    }
+}
+
+impl StreamDecoder for responses::EventDecoder {
+    fn event(&mut self, ev: &SseEvent, out: &mut Vec<ChatEvent>) -> Result<(), UpstreamError> {
+        self.decode(&ev.data, out)
+    }
+    fn body(&mut self, body: &[u8], out: &mut Vec<ChatEvent>) -> Result<(), UpstreamError> {
+        self.decode_response(body, out)
+    }
+    fn done(&self) -> bool {
+        responses::EventDecoder::done(self)
+    }
+    fn stopped(&self) -> bool {
+        responses::EventDecoder::stopped(self)
     }
 }
 

@@ -64,7 +64,8 @@ pub(crate) fn render(m: &Message) -> String {
             ContentPart::ToolCall { .. }
             | ContentPart::ToolResult { .. }
             | ContentPart::Thinking { .. }
-            | ContentPart::RedactedThinking { .. } => {}
+            | ContentPart::RedactedThinking { .. }
+            | ContentPart::EncryptedReasoning { .. } => {}
         }
     }
     parts.join("\n")
