@@ -39,10 +39,57 @@ answers:
   ``sequential`` (the default, also with no ``[MODE]``) sends one call after
   the other. A bad directive is a 400 (code ``bad_peer_directive``).
 
+It also speaks the Responses API (``POST /v1/responses``), storing nothing,
+with the same rules where they apply:
+
+* answers: the text rules above, with "the last user message" the last
+  ``message`` item with role ``user`` (``input`` may be a string: one user
+  message); ``max_output_tokens`` (at least 16, as the API wants) cuts the
+  text and the answer is ``incomplete`` (``incomplete_details.reason:
+  "max_output_tokens"``); after a ``function_call_output`` (or
+  ``custom_tool_call_output``) last: ``"peer saw tool result: " + <its
+  output text>``. Tools are ``function`` or ``custom``; the "tool" word and
+  ``troupe-calls`` rules give ``function_call`` items (``call_id``
+  ``call_peer_0``, ...; arguments streamed in fragments), one after the
+  other (MODE does not matter), or ``custom_tool_call`` items (the input is
+  the user text, or the directive's arguments) for a custom tool's name.
+  ``troupe-json`` works with a ``json_schema`` / ``json_object``
+  ``text.format``.
+* reasoning: with a ``reasoning.effort`` (not ``none``) or the word "think"
+  in the last user text, a ``reasoning`` item comes first, summary
+  ``"peer thinking about: " + <that text>``; its ``encrypted_content`` is
+  ``enc-peer-<n>`` (for item ``rs_peer_<n>``) when ``include`` has
+  ``reasoning.encrypted_content``, else null.
+* usage: ``input_tokens`` counted like the chat prompt (instructions count as
+  a message), ``output_tokens`` the words sent (calls: argument words + 3),
+  ``reasoning_tokens`` the summary's words; no cached tokens.
+* stream: ``event: TYPE`` + ``data: JSON`` events numbered by
+  ``sequence_number``: ``response.created``, ``response.in_progress``, per
+  item ``output_item.added``, its parts and deltas (one word per text or
+  summary delta), ``output_item.done`` with the whole item, then
+  ``response.completed`` (or ``.incomplete``) with the whole response.
+* ids: ``resp_peer_<n>``, ``msg_peer_<n>``, ``fc_peer_<n>``,
+  ``ctc_peer_<n>``, ``rs_peer_<n>``, numbered per kind for the life of the
+  process.
+* refused with a 400, as api.openai.com does: a parameter the API does not
+  know (``Unknown parameter: 'x'.``, code ``unknown_parameter``, also nested
+  ones such as ``input[0].content[0].cache_control``; so ``messages``,
+  ``max_tokens``, ``response_format``); Chat Completions shapes (a tool
+  without a top-level ``name``, a ``json_schema`` format without ``name``,
+  ``text`` parts, input parts in an assistant message); any
+  ``previous_response_id`` (code ``previous_response_not_found``) or
+  ``conversation``; a ``function_call_output`` with no earlier
+  ``function_call`` of its ``call_id`` and a call without its output
+  (``No tool call found ...`` / ``No tool output found ...``, param
+  ``input``); a ``reasoning`` item without an ``encrypted_content`` this
+  peer gave out (code ``invalid_encrypted_content``); an unknown model
+  (code ``model_not_found``).
+
 Test control endpoints (no auth):
 
 * ``POST /_peer/faults`` ``{"mode", "count", "key"?, "retry_after"?, "seconds"?}``
-  gives the next ``count`` chat requests (with that key, if given) a fault.
+  gives the next ``count`` model requests, chat or responses (with that key,
+  if given) a fault.
   With ``"rate": R`` (0..1) instead of a count, the fault is a *rate fault*:
   it stays until reset and hits each matching request with probability R.
   Several rate faults may be active at once; for each request one number is
@@ -56,14 +103,20 @@ Test control endpoints (no auth):
   - ``503``: server overloaded (``service_unavailable``, type ``server_error``);
   - ``401``: the authentication error OpenAI sends for a refused key
     (code ``invalid_api_key``);
-  - ``400``: ``peer rejects this`` (param ``messages``, code ``bad_peer_request``);
+  - ``400``: ``peer rejects this`` (param ``messages``, for responses
+    ``input``; code ``bad_peer_request``);
   - ``redirect``: ``307`` to the same path, which a follower would resend to;
   - ``reset``: the request is read, then the TCP connection is reset (RST)
     without any response;
   - ``hang``: accept, send nothing for ``seconds`` (default 30), then answer;
   - ``drop``: stream: role chunk and two more chunks, then the connection is
-    cut (no finish_reason, no ``[DONE]``); non-stream: cut without a response;
-  - ``no_usage``: a normal answer without any usage;
+    cut (no finish_reason, no ``[DONE]``); a Responses stream: its first 6
+    events, no terminal event; non-stream: cut without a response;
+  - ``drop_after_finish``: a stream is cut after every choice finished (or
+    every Responses item is done), before usage / ``[DONE]`` / the terminal
+    event;
+  - ``no_usage``: a normal answer without any usage (a Responses answer
+    without ``usage``);
   - ``quirky``: a normal stream with SSE quirks real servers produce
     (``: comment`` lines, CRLF line ends, ``data:`` without a space,
     ``event:`` lines, one event split across two writes);
@@ -76,12 +129,14 @@ Test control endpoints (no auth):
   ``hits``, how many requests they were applied to.
 * ``DELETE /_peer/faults`` clears the faults but keeps the request log.
 * ``POST /_peer/reset`` clears faults and the request log.
-* ``GET /_peer/requests`` lists every chat request received, oldest first:
+* ``GET /_peer/requests`` lists every model request received (chat and
+  responses), oldest first:
   ``{"key", "body", "path", "stream", "conn", "time", "end", "fault", "outcome"}``
   where ``conn`` names the TCP connection it came on (the client's port),
   ``time`` is when it arrived and ``end`` when its handler finished
   (Unix seconds), and ``outcome`` is
-  ``pending``, ``completed`` (a stream ran to ``[DONE]``), ``status N``,
+  ``pending``, ``completed`` (a stream ran to ``[DONE]`` or its terminal
+  event), ``status N``,
   ``dropped``, ``reset`` or ``client_disconnected``.
 """
 
@@ -110,6 +165,7 @@ FAULT_MODES = (
     "no_usage", "quirky", "slow", "close", "late_end",
 )
 DEFAULT_SEED = 20240601
+RESPONSES_DROP_AFTER = 6  # events a dropped Responses stream sends
 KNOWN_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 MODEL_CREATED = 1721172741
 WORD_RE = re.compile(r"\S+\s*")
@@ -256,6 +312,152 @@ def interleaved_call_events(calls: list[dict]) -> list[tuple[dict, str | None]]:
     return events
 
 
+# --------------------------------------------------------------------------
+# Responses API: what a request may carry
+
+
+# The top-level parameters of ``CreateResponse`` in the OpenAPI description;
+# anything else is ``Unknown parameter`` (as ``messages``, ``max_tokens``,
+# ``response_format``, ``n``, ``stop`` or ``functions`` from Chat Completions).
+RESPONSES_PARAMS = frozenset(
+    (
+        "background", "context_management", "conversation", "include", "input", "instructions",
+        "max_output_tokens", "max_tool_calls", "metadata", "model", "moderation", "parallel_tool_calls",
+        "previous_response_id", "prompt", "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention",
+        "reasoning", "safety_identifier", "service_tier", "store", "stream", "stream_options", "temperature",
+        "text", "tool_choice", "tools", "top_logprobs", "top_p", "truncation", "user",
+    )
+)
+REASONING_PARAMS = ("effort", "summary", "generate_summary", "mode", "context")
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+REASONING_SUMMARIES = ("auto", "concise", "detailed")
+TEXT_PARAMS = ("format", "verbosity")
+FORMAT_PARAMS = {
+    "text": ("type",),
+    "json_object": ("type",),
+    "json_schema": ("type", "name", "schema", "strict", "description"),
+}
+INCLUDABLE = (
+    "file_search_call.results", "web_search_call.results", "web_search_call.action.sources",
+    "message.input_image.image_url", "computer_call_output.output.image_url", "code_interpreter_call.outputs",
+    "reasoning.encrypted_content", "message.output_text.logprobs",
+)
+TOOL_PARAMS = {
+    "function": ("type", "name", "description", "parameters", "strict", "defer_loading", "allowed_callers", "output_schema"),
+    "custom": ("type", "name", "description", "format", "defer_loading", "allowed_callers"),
+}
+# Input items this peer understands, with the keys each may carry.
+ITEM_PARAMS = {
+    "message": ("type", "role", "content", "id", "status", "phase"),
+    "function_call": ("type", "id", "call_id", "name", "arguments", "status", "namespace", "caller"),
+    "function_call_output": ("type", "id", "call_id", "output", "status", "name", "namespace", "caller"),
+    "reasoning": ("type", "id", "summary", "encrypted_content", "content", "status"),
+    "custom_tool_call": ("type", "id", "call_id", "name", "input", "status", "namespace", "caller"),
+    "custom_tool_call_output": ("type", "id", "call_id", "output", "status", "caller"),
+}
+MESSAGE_ROLES = ("user", "assistant", "system", "developer")
+# Content parts of a message, with their keys; user/system/developer
+# messages take input parts, assistant messages output parts.
+PART_PARAMS = {
+    "input_text": ("type", "text", "prompt_cache_breakpoint"),
+    "input_image": ("type", "image_url", "file_id", "detail", "prompt_cache_breakpoint"),
+    "input_file": ("type", "file_id", "filename", "file_data", "file_url", "detail", "prompt_cache_breakpoint"),
+    "output_text": ("type", "text", "annotations", "logprobs"),
+    "refusal": ("type", "refusal"),
+}
+INPUT_PARTS = ("input_text", "input_image", "input_file")
+OUTPUT_PARTS = ("output_text", "refusal")
+THINK_RE = re.compile(r"\bthink\b", re.IGNORECASE)
+ENCRYPTED_RE = re.compile(r"^enc-peer-(\d+)$")
+
+
+def supported(values: tuple) -> str:
+    """``'a', 'b', and 'c'`` the way OpenAI lists supported values."""
+    quoted = [f"'{v}'" for v in values]
+    if len(quoted) <= 2:
+        return " and ".join(quoted)
+    return ", ".join(quoted[:-1]) + ", and " + quoted[-1]
+
+
+def type_name(v: Any) -> str:
+    """The JSON type of ``v``, as OpenAI names it in its messages."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int):
+        return "integer"
+    if isinstance(v, float):
+        return "decimal"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    return "object"
+
+
+def item_kind(item: Any) -> str | None:
+    """An input item's type; an item with a role and no type is a message."""
+    if not isinstance(item, dict):
+        return None
+    kind = item.get("type")
+    if kind is None and "role" in item:
+        return "message"
+    return kind if isinstance(kind, str) else None
+
+
+def parts_text(content: Any) -> str:
+    """Text of Responses ``content`` / ``output``: a string, or the text of
+    its ``input_text`` / ``output_text`` parts joined with spaces."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            p["text"]
+            for p in content
+            if isinstance(p, dict) and p.get("type") in ("input_text", "output_text") and isinstance(p.get("text"), str)
+        )
+    return str(content)
+
+
+def responses_input_tokens(instructions: Any, items: list, tools: Any) -> int:
+    """The chat endpoint's stand-in tokenizer over Responses input: 3 plus
+    the words of each item's text (instructions count as one more message),
+    plus the words of the tool definitions."""
+    n = 0
+    if isinstance(instructions, str):
+        n += 3 + count_words(instructions)
+    for item in items:
+        kind = item_kind(item)
+        if kind == "message":
+            n += 3 + count_words(parts_text(item.get("content")))
+        elif kind == "function_call":
+            n += 3 + count_words(str(item.get("name", ""))) + count_words(str(item.get("arguments", "")))
+        elif kind == "custom_tool_call":
+            n += 3 + count_words(str(item.get("name", ""))) + count_words(str(item.get("input", "")))
+        elif kind in ("function_call_output", "custom_tool_call_output"):
+            n += 3 + count_words(parts_text(item.get("output")))
+        elif kind == "reasoning":
+            n += 3 + sum(
+                count_words(str(p.get("text", ""))) for p in item.get("summary") or [] if isinstance(p, dict)
+            )
+    if tools:
+        n += count_words(json.dumps(tools))
+    return max(n, 1)
+
+
+def responses_usage(inp: int, out: int, reasoning: int) -> dict:
+    return {
+        "input_tokens": inp,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": out,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": inp + out,
+    }
+
+
 class BadRequest(Exception):
     def __init__(self, message: str, param: str | None = None, code: str | None = None, status: int = 400):
         super().__init__(message)
@@ -276,6 +478,8 @@ class Peer:
         self.faults: list[dict] = []
         self.rate_faults: list[dict] = []
         self.requests: list[dict] = []
+        self.ids: dict[str, int] = {}  # per id kind (resp, msg, fc, ctc, rs): the next number
+        self.issued: set[str] = set()  # encrypted_content this peer gave out
 
     # ---- control -------------------------------------------------------
 
@@ -575,6 +779,65 @@ class Peer:
                 return {"text": m.group(1), "limit": limit}
         return {"text": "peer reply to: " + user_text, "limit": limit}
 
+    async def fault_answer(
+        self, request: web.Request, key: str | None, fault: dict | None, body: dict, entry: dict, param: str
+    ) -> web.StreamResponse | None:
+        """The answer a fault gives before the request is looked at (None:
+        answer normally; ``hang`` has waited by then). ``param`` is what the
+        ``400`` fault names (``messages`` for chat, ``input`` for responses)."""
+        mode = fault["mode"] if fault else None
+        if mode == "429":
+            ra = fault["retry_after"]
+            return json_response(
+                429,
+                error_body(
+                    f"Rate limit reached for {body.get('model') if isinstance(body, dict) else None} in organization org-peer on requests per min (RPM): "
+                    f"Limit 3, Used 3, Requested 1. Please try again in {ra}s. Visit "
+                    "https://platform.openai.com/account/rate-limits to learn more.",
+                    "requests",
+                    None,
+                    "rate_limit_exceeded",
+                ),
+                headers={
+                    "Retry-After": str(ra),
+                    "x-ratelimit-limit-requests": "3",
+                    "x-ratelimit-remaining-requests": "0",
+                    "x-ratelimit-reset-requests": f"{ra}s",
+                },
+            )
+        if mode == "500":
+            return json_response(
+                500,
+                error_body(
+                    "The server had an error while processing your request. Sorry about that!", "server_error"
+                ),
+            )
+        if mode == "503":
+            return json_response(
+                503,
+                error_body(
+                    "The server is overloaded or not ready yet.", "server_error", None, "service_unavailable"
+                ),
+            )
+        if mode == "401":
+            return self.refused_key(key or "")
+        if mode == "400":
+            return json_response(
+                400, error_body("peer rejects this", "invalid_request_error", param, "bad_peer_request")
+            )
+        if mode == "redirect":
+            # To the same path: a client that follows it gets a normal answer.
+            return web.Response(status=307, headers={"Location": request.path})
+        if mode == "reset":
+            entry["outcome"] = "reset"
+            return await self.reset_connection(request)
+        if mode == "hang":
+            await asyncio.sleep(fault["seconds"])
+            if request.transport is None or request.transport.is_closing():
+                entry["outcome"] = "client_disconnected"
+                return web.Response(status=499)
+        return None
+
     async def chat(self, request: web.Request) -> web.StreamResponse:
         key, err = self.auth(request)
         body = await body_json(request)
@@ -610,56 +873,9 @@ class Peer:
         fault = self.take_fault(key or "")
         mode = fault["mode"] if fault else None
         entry["fault"] = mode
-        if mode == "429":
-            ra = fault["retry_after"]
-            return json_response(
-                429,
-                error_body(
-                    f"Rate limit reached for {body.get('model')} in organization org-peer on requests per min (RPM): "
-                    f"Limit 3, Used 3, Requested 1. Please try again in {ra}s. Visit "
-                    "https://platform.openai.com/account/rate-limits to learn more.",
-                    "requests",
-                    None,
-                    "rate_limit_exceeded",
-                ),
-                headers={
-                    "Retry-After": str(ra),
-                    "x-ratelimit-limit-requests": "3",
-                    "x-ratelimit-remaining-requests": "0",
-                    "x-ratelimit-reset-requests": f"{ra}s",
-                },
-            )
-        if mode == "500":
-            return json_response(
-                500,
-                error_body(
-                    "The server had an error while processing your request. Sorry about that!", "server_error"
-                ),
-            )
-        if mode == "503":
-            return json_response(
-                503,
-                error_body(
-                    "The server is overloaded or not ready yet.", "server_error", None, "service_unavailable"
-                ),
-            )
-        if mode == "401":
-            return self.refused_key(key or "")
-        if mode == "400":
-            return json_response(
-                400, error_body("peer rejects this", "invalid_request_error", "messages", "bad_peer_request")
-            )
-        if mode == "redirect":
-            # To the same path: a client that follows it gets a normal answer.
-            return web.Response(status=307, headers={"Location": request.path})
-        if mode == "reset":
-            entry["outcome"] = "reset"
-            return await self.reset_connection(request)
-        if mode == "hang":
-            await asyncio.sleep(fault["seconds"])
-            if request.transport is None or request.transport.is_closing():
-                entry["outcome"] = "client_disconnected"
-                return web.Response(status=499)
+        early = await self.fault_answer(request, key, fault, body, entry, "messages")
+        if early is not None:
+            return early
         try:
             self.validate(body)
             plan = self.plan(body)
@@ -888,6 +1104,567 @@ class Peer:
         # Nothing can be sent any more; aiohttp notices the closed transport.
         return web.Response(status=500)
 
+    # ---- responses -----------------------------------------------------
+
+    def new_id(self, kind: str) -> tuple[str, int]:
+        """The next ``<kind>_peer_<n>`` id (numbered per kind, never reused
+        while the peer runs, not even across ``/_peer/reset``) and its n."""
+        n = self.ids.get(kind, 0)
+        self.ids[kind] = n + 1
+        return f"{kind}_peer_{n}", n
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        key, err = self.auth(request)
+        body = await body_json(request)
+        stream = bool(isinstance(body, dict) and body.get("stream"))
+        entry = {
+            "key": key,
+            "body": body,
+            "path": request.path,
+            "stream": stream,
+            "conn": (request.transport.get_extra_info("peername") or (None, None))[1] if request.transport else None,
+            "outcome": "pending",
+            "time": time.time(),
+        }
+        self.requests.append(entry)
+        return await recorded(entry, self.responses_inner(request, key, err, body, stream, entry), keep_outcome=False)
+
+    async def responses_inner(
+        self, request: web.Request, key: str | None, err: web.Response | None, body: Any, stream: bool, entry: dict
+    ) -> web.StreamResponse:
+        if err:
+            return err
+        if body is None:
+            return json_response(
+                400,
+                error_body(
+                    "We could not parse the JSON body of your request. (HINT: This likely means you aren't using "
+                    "your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not "
+                    "valid JSON. If you have trouble figuring out how to fix this, please contact us through our "
+                    "help center at help.openai.com.)",
+                    "invalid_request_error",
+                ),
+            )
+        fault = self.take_fault(key or "")
+        mode = fault["mode"] if fault else None
+        entry["fault"] = mode
+        early = await self.fault_answer(request, key, fault, body, entry, "input")
+        if early is not None:
+            return early
+        try:
+            items = self.validate_responses(body)
+            plan = self.plan_responses(body, items)
+        except BadRequest as e:
+            return json_response(e.status, error_body(e.message, "invalid_request_error", e.param, e.code))
+        if mode == "drop" and not stream:
+            entry["outcome"] = "dropped"
+            return await self.drop_connection(request)
+        built = self.build_response(body, items, plan, mode)
+        if stream:
+            return await self.stream_response(request, body, built, mode, entry, fault)
+        final = self.response_obj(body, built, built["status"], built["output"], final=True)
+        resp = json_response(200, final)
+        if mode == "close":
+            resp.force_close()
+        return resp
+
+    def validate_responses(self, body: Any) -> list:
+        """Checks a Responses request where a translating gateway can go
+        wrong, with api.openai.com's messages; returns its input items."""
+
+        def bad_type(param: str, value: Any, expected: str) -> BadRequest:
+            return BadRequest(
+                f"Invalid type for '{param}': expected {expected}, but got {type_name(value)} instead.",
+                param,
+                "invalid_type",
+            )
+
+        def bad_value(param: str, value: Any, allowed: tuple) -> BadRequest:
+            return BadRequest(
+                f"Invalid value: '{value}'. Supported values are: {supported(allowed)}.", param, "invalid_value"
+            )
+
+        def missing(param: str) -> BadRequest:
+            return BadRequest(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
+
+        def unknown_keys(obj: dict, allowed: tuple | frozenset, prefix: str) -> None:
+            for k in obj:
+                if k not in allowed:
+                    name = f"{prefix}.{k}" if prefix else k
+                    raise BadRequest(f"Unknown parameter: '{name}'.", name, "unknown_parameter")
+
+        def typed(param: str, value: Any, py: type | tuple, expected: str) -> None:
+            if value is None:
+                return
+            if isinstance(value, bool) and bool not in (py if isinstance(py, tuple) else (py,)):
+                raise bad_type(param, value, expected)
+            if not isinstance(value, py):
+                raise bad_type(param, value, expected)
+
+        if not isinstance(body, dict):
+            raise BadRequest("Invalid type for request body: expected an object.", None, "invalid_type")
+        unknown_keys(body, RESPONSES_PARAMS, "")
+        model = body.get("model")
+        if model is None:
+            raise missing("model")
+        typed("model", model, str, "a string")
+        prev = body.get("previous_response_id")
+        if prev is not None:
+            # This peer stores nothing: whatever id comes, it is not ours.
+            raise BadRequest(
+                f"Previous response with id '{prev}' not found.", "previous_response_id", "previous_response_not_found"
+            )
+        conv = body.get("conversation")
+        if conv is not None:
+            cid = conv.get("id") if isinstance(conv, dict) else conv
+            raise BadRequest(f"Conversation with id '{cid}' not found.", "conversation", "conversation_not_found")
+        for name, py, expected in (
+            ("instructions", str, "a string"),
+            ("stream", bool, "a boolean"),
+            ("store", bool, "a boolean"),
+            ("background", bool, "a boolean"),
+            ("parallel_tool_calls", bool, "a boolean"),
+            ("prompt_cache_key", str, "a string"),
+            ("safety_identifier", str, "a string"),
+            ("include", list, "an array"),
+            ("tools", list, "an array"),
+            ("metadata", dict, "an object"),
+            ("reasoning", dict, "an object"),
+            ("text", dict, "an object"),
+            ("max_output_tokens", int, "an integer"),
+            ("temperature", (int, float), "a decimal"),
+            ("top_p", (int, float), "a decimal"),
+        ):
+            typed(name, body.get(name), py, expected)
+
+        # ---- input items
+        raw = body.get("input")
+        if raw is None:
+            raise missing("input")
+        if isinstance(raw, str):
+            items: list = [{"type": "message", "role": "user", "content": raw}]
+        elif isinstance(raw, list):
+            items = raw
+        else:
+            raise bad_type("input", raw, "one of a string or array of input items")
+        calls: dict[str, int] = {}  # function call_id -> index, until answered
+        custom_calls: dict[str, int] = {}
+        seen_calls: set[str] = set()
+        seen_custom: set[str] = set()
+        for i, item in enumerate(items):
+            at = f"input[{i}]"
+            if not isinstance(item, dict):
+                raise bad_type(at, item, "an object")
+            kind = item_kind(item)
+            if kind is None:
+                raise missing(f"{at}.type")
+            if kind not in ITEM_PARAMS:
+                raise bad_value(f"{at}.type", kind, tuple(ITEM_PARAMS))
+            unknown_keys(item, ITEM_PARAMS[kind], at)
+            if kind == "message":
+                role = item.get("role")
+                if role is None:
+                    raise missing(f"{at}.role")
+                if role not in MESSAGE_ROLES:
+                    raise bad_value(f"{at}.role", role, MESSAGE_ROLES)
+                content = item.get("content")
+                if content is None:
+                    raise missing(f"{at}.content")
+                if isinstance(content, list):
+                    allowed = OUTPUT_PARTS if role == "assistant" else INPUT_PARTS
+                    for j, part in enumerate(content):
+                        pat = f"{at}.content[{j}]"
+                        if not isinstance(part, dict):
+                            raise bad_type(pat, part, "an object")
+                        pt = part.get("type")
+                        if pt not in allowed:
+                            raise bad_value(pat, pt, allowed)
+                        unknown_keys(part, PART_PARAMS[pt], pat)
+                        if pt in ("input_text", "output_text") and not isinstance(part.get("text"), str):
+                            raise missing(f"{pat}.text")
+                elif not isinstance(content, str):
+                    raise bad_type(f"{at}.content", content, "one of a string or array of objects")
+            elif kind in ("function_call", "custom_tool_call"):
+                value_key = "arguments" if kind == "function_call" else "input"
+                for k in ("call_id", "name", value_key):
+                    if item.get(k) is None:
+                        raise missing(f"{at}.{k}")
+                    typed(f"{at}.{k}", item.get(k), str, "a string")
+                (calls if kind == "function_call" else custom_calls)[item["call_id"]] = i
+                (seen_calls if kind == "function_call" else seen_custom).add(item["call_id"])
+            elif kind in ("function_call_output", "custom_tool_call_output"):
+                cid = item.get("call_id")
+                if cid is None:
+                    raise missing(f"{at}.call_id")
+                typed(f"{at}.call_id", cid, str, "a string")
+                seen = seen_calls if kind == "function_call_output" else seen_custom
+                if cid not in seen:
+                    what = "function call" if kind == "function_call_output" else "custom tool call"
+                    raise BadRequest(f"No tool call found for {what} output with call_id {cid}.", "input", None)
+                (calls if kind == "function_call_output" else custom_calls).pop(cid, None)
+                out = item.get("output")
+                if out is None:
+                    raise missing(f"{at}.output")
+                if not isinstance(out, (str, list)):
+                    raise bad_type(f"{at}.output", out, "one of a string or array of objects")
+            elif kind == "reasoning":
+                summary = item.get("summary")
+                if summary is None:
+                    raise missing(f"{at}.summary")
+                typed(f"{at}.summary", summary, list, "an array")
+                for j, part in enumerate(summary):
+                    if not isinstance(part, dict) or part.get("type") != "summary_text" or not isinstance(
+                        part.get("text"), str
+                    ):
+                        raise bad_value(f"{at}.summary[{j}].type", (part or {}).get("type") if isinstance(part, dict) else part, ("summary_text",))
+                enc = item.get("encrypted_content")
+                if enc not in self.issued:
+                    name = item.get("id") or at
+                    raise BadRequest(
+                        f"The encrypted content for item {name} could not be verified."
+                        if enc is not None
+                        else f"Item {name} carries no encrypted_content and this server stores no items; "
+                        "send reasoning items back with the encrypted_content they came with.",
+                        f"{at}.encrypted_content",
+                        "invalid_encrypted_content",
+                    )
+        if calls or custom_calls:
+            cid, _ = min(list(calls.items()) + list(custom_calls.items()), key=lambda kv: kv[1])
+            what = "function call" if cid in calls else "custom tool call"
+            raise BadRequest(f"No tool output found for {what} {cid}.", "input", None)
+
+        # ---- tools and the rest
+        for i, tool in enumerate(body.get("tools") or []):
+            at = f"tools[{i}]"
+            if not isinstance(tool, dict):
+                raise bad_type(at, tool, "an object")
+            tt = tool.get("type")
+            if tt is None:
+                raise missing(f"{at}.type")
+            if tt not in TOOL_PARAMS:
+                raise bad_value(f"{at}.type", tt, tuple(TOOL_PARAMS))
+            if not isinstance(tool.get("name"), str) or not tool["name"]:
+                raise missing(f"{at}.name")
+            unknown_keys(tool, TOOL_PARAMS[tt], at)
+        tc = body.get("tool_choice")
+        if isinstance(tc, str):
+            if tc not in ("none", "auto", "required"):
+                raise bad_value("tool_choice", tc, ("none", "auto", "required"))
+        elif isinstance(tc, dict):
+            tct = tc.get("type")
+            if tct in ("function", "custom"):
+                if not isinstance(tc.get("name"), str):
+                    raise missing("tool_choice.name")
+                unknown_keys(tc, ("type", "name"), "tool_choice")
+            elif tct != "allowed_tools":
+                raise bad_value("tool_choice.type", tct, ("function", "custom", "allowed_tools"))
+        elif tc is not None:
+            raise bad_type("tool_choice", tc, "one of a string or object")
+        reasoning = body.get("reasoning") or {}
+        unknown_keys(reasoning, REASONING_PARAMS, "reasoning")
+        if reasoning.get("effort") is not None and reasoning["effort"] not in REASONING_EFFORTS:
+            raise bad_value("reasoning.effort", reasoning["effort"], REASONING_EFFORTS)
+        if reasoning.get("summary") is not None and reasoning["summary"] not in REASONING_SUMMARIES:
+            raise bad_value("reasoning.summary", reasoning["summary"], REASONING_SUMMARIES)
+        text = body.get("text") or {}
+        unknown_keys(text, TEXT_PARAMS, "text")
+        fmt = text.get("format")
+        if fmt is not None:
+            typed("text.format", fmt, dict, "an object")
+            ft = fmt.get("type")
+            if ft is None:
+                raise missing("text.format.type")
+            if ft not in FORMAT_PARAMS:
+                raise bad_value("text.format.type", ft, tuple(FORMAT_PARAMS))
+            if ft == "json_schema":
+                if not isinstance(fmt.get("name"), str):
+                    raise missing("text.format.name")
+                if not isinstance(fmt.get("schema"), dict):
+                    raise missing("text.format.schema")
+            unknown_keys(fmt, FORMAT_PARAMS[ft], "text.format")
+        if text.get("verbosity") is not None and text["verbosity"] not in ("low", "medium", "high"):
+            raise bad_value("text.verbosity", text["verbosity"], ("low", "medium", "high"))
+        for i, inc in enumerate(body.get("include") or []):
+            if inc not in INCLUDABLE:
+                raise bad_value(f"include[{i}]", inc, INCLUDABLE)
+        mot = body.get("max_output_tokens")
+        if mot is not None and mot < 16:
+            raise BadRequest(
+                f"Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 16, but got {mot} "
+                "instead.",
+                "max_output_tokens",
+                "integer_below_min_value",
+            )
+        if model not in self.models:
+            raise BadRequest(f"The requested model '{model}' does not exist.", "model", "model_not_found")
+        return items
+
+    def plan_responses(self, body: dict, items: list) -> dict:
+        """Decide the answer, by the chat endpoint's rules: {"reasoning":
+        summary text or None, "limit"} plus {"text"} or {"calls": [...]}."""
+        tools = body.get("tools") or []
+        tool_choice = body.get("tool_choice")
+        last = items[-1] if items else None
+        last_kind = item_kind(last)
+        user_text = ""
+        for item in reversed(items):
+            if item_kind(item) == "message" and item.get("role") == "user":
+                user_text = parts_text(item.get("content"))
+                break
+        effort = (body.get("reasoning") or {}).get("effort")
+        plan: dict[str, Any] = {"limit": body.get("max_output_tokens"), "reasoning": None}
+        if (effort is not None and effort != "none") or THINK_RE.search(user_text):
+            plan["reasoning"] = "peer thinking about: " + user_text
+        if last_kind in ("function_call_output", "custom_tool_call_output"):
+            plan["text"] = "peer saw tool result: " + parts_text(last.get("output"))
+            return plan
+        kinds = {t["name"]: t["type"] for t in tools}
+
+        def call(call_id: str, name: str, value: str, fragments: int = 4) -> dict:
+            return {"call_id": call_id, "name": name, "value": value, "fragments": fragments,
+                    "custom": kinds.get(name) == "custom"}
+
+        if last_kind == "message" and last.get("role") == "user" and tools and tool_choice != "none":
+            try:
+                scripted = scripted_calls(user_text)
+            except BadRequest as e:
+                raise BadRequest(e.message, "input", e.code) from None
+            if scripted is not None:
+                plan["calls"] = [call(c["id"], c["name"], c["arguments"], c["fragments"]) for c in scripted["tool_calls"]]
+                return plan
+            if re.search(r"\btools?\b", user_text, re.IGNORECASE):
+                names = [t["name"] for t in tools]
+                first = names[0]
+                if isinstance(tool_choice, dict) and tool_choice.get("name") in names:
+                    first = tool_choice["name"]
+                args = json.dumps({"q": user_text})
+
+                def value(name: str) -> str:  # a custom tool takes the text itself
+                    return user_text if kinds.get(name) == "custom" else args
+
+                calls = [call("call_peer_0", first, value(first))]
+                if body.get("parallel_tool_calls") is not False and re.search(r"parallel", user_text, re.IGNORECASE):
+                    second = names[1] if len(names) > 1 else names[0]
+                    calls.append(call("call_peer_1", second, value(second)))
+                plan["calls"] = calls
+                return plan
+        fmt = (body.get("text") or {}).get("format") or {}
+        if fmt.get("type") in ("json_schema", "json_object"):
+            m = re.search(r"troupe-json: ?([^\r\n]*)", user_text)
+            if m:
+                plan["text"] = m.group(1)
+                return plan
+        plan["text"] = "peer reply to: " + user_text
+        return plan
+
+    def build_response(self, body: dict, items: list, plan: dict, mode: str | None) -> dict:
+        """The output items of a planned answer and the stream events between
+        ``response.in_progress`` and the terminal event (without
+        ``sequence_number``); ids are taken here."""
+        rid, _ = self.new_id("resp")
+        output: list[dict] = []
+        events: list[dict] = []
+        out_tokens = reasoning_tokens = 0
+        status, incomplete = "completed", None
+        include_enc = "reasoning.encrypted_content" in (body.get("include") or [])
+
+        def added(item: dict) -> int:
+            idx = len(output)
+            events.append({"type": "response.output_item.added", "output_index": idx, "item": item})
+            return idx
+
+        def done(idx: int, item: dict) -> None:
+            events.append({"type": "response.output_item.done", "output_index": idx, "item": item})
+            output.append(item)
+
+        if plan.get("reasoning") is not None:
+            iid, n = self.new_id("rs")
+            summary = plan["reasoning"]
+            words = WORD_RE.findall(summary)
+            enc = None
+            if include_enc:
+                enc = f"enc-peer-{n}"
+                self.issued.add(enc)
+            idx = added({"id": iid, "type": "reasoning", "summary": [], "encrypted_content": None})
+            where = {"item_id": iid, "output_index": idx, "summary_index": 0}
+            events.append({"type": "response.reasoning_summary_part.added", **where, "part": {"type": "summary_text", "text": ""}})
+            for w in words:
+                events.append({"type": "response.reasoning_summary_text.delta", **where, "delta": w})
+            events.append({"type": "response.reasoning_summary_text.done", **where, "text": summary})
+            events.append({"type": "response.reasoning_summary_part.done", **where, "part": {"type": "summary_text", "text": summary}})
+            done(idx, {"id": iid, "type": "reasoning", "summary": [{"type": "summary_text", "text": summary}], "encrypted_content": enc})
+            reasoning_tokens = len(words)
+            out_tokens += len(words)
+
+        if "calls" in plan:
+            for c in plan["calls"]:
+                value = c["value"]
+                frags = split_fragments(value, c["fragments"]) if value else []
+                if c["custom"]:
+                    iid, _ = self.new_id("ctc")
+                    head = {"id": iid, "type": "custom_tool_call", "status": "in_progress", "call_id": c["call_id"], "name": c["name"], "input": ""}
+                    idx = added(head)
+                    for frag in frags:
+                        events.append({"type": "response.custom_tool_call_input.delta", "item_id": iid, "output_index": idx, "delta": frag})
+                    events.append({"type": "response.custom_tool_call_input.done", "item_id": iid, "output_index": idx, "input": value})
+                    done(idx, dict(head, status="completed", input=value))
+                else:
+                    iid, _ = self.new_id("fc")
+                    head = {"id": iid, "type": "function_call", "status": "in_progress", "arguments": "", "call_id": c["call_id"], "name": c["name"]}
+                    idx = added(head)
+                    for frag in frags:
+                        events.append({"type": "response.function_call_arguments.delta", "item_id": iid, "output_index": idx, "delta": frag})
+                    events.append({"type": "response.function_call_arguments.done", "item_id": iid, "output_index": idx, "name": c["name"], "arguments": value})
+                    done(idx, dict(head, status="completed", arguments=value))
+                out_tokens += count_words(value) + 3
+        else:
+            words = WORD_RE.findall(plan["text"])
+            limit = plan.get("limit")
+            if isinstance(limit, int) and not isinstance(limit, bool) and limit < len(words):
+                words = words[:limit]
+                status, incomplete = "incomplete", {"reason": "max_output_tokens"}
+            text = "".join(words)
+            iid, _ = self.new_id("msg")
+            idx = added({"id": iid, "type": "message", "status": "in_progress", "role": "assistant", "content": []})
+            where = {"item_id": iid, "output_index": idx, "content_index": 0}
+            events.append({"type": "response.content_part.added", **where, "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}})
+            for w in words:
+                events.append({"type": "response.output_text.delta", **where, "delta": w, "logprobs": []})
+            events.append({"type": "response.output_text.done", **where, "text": text, "logprobs": []})
+            part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+            events.append({"type": "response.content_part.done", **where, "part": part})
+            done(idx, {"id": iid, "type": "message", "status": status, "role": "assistant", "content": [dict(part)]})
+            out_tokens += len(words)
+
+        in_tokens = responses_input_tokens(body.get("instructions"), items, body.get("tools"))
+        return {
+            "id": rid,
+            "created_at": int(time.time()),
+            "output": output,
+            "events": events,
+            "status": status,
+            "incomplete_details": incomplete,
+            "usage": None if mode == "no_usage" else responses_usage(in_tokens, out_tokens, reasoning_tokens),
+        }
+
+    def response_obj(self, body: dict, built: dict, status: str, output: list, final: bool = False) -> dict:
+        """The response object: in ``response.created`` / ``.in_progress``
+        (status ``in_progress``, no output yet) and, ``final``, in the
+        terminal event or the non-stream body (with usage)."""
+        reasoning = body.get("reasoning") or {}
+        text = body.get("text") or {}
+        tools = []
+        for t in body.get("tools") or []:
+            t = dict(t)
+            if t.get("type") == "function":
+                t.setdefault("description", None)
+                t.setdefault("parameters", None)
+                t.setdefault("strict", True)
+            tools.append(t)
+        obj: dict[str, Any] = {
+            "id": built["id"],
+            "object": "response",
+            "created_at": built["created_at"],
+            "status": status,
+            "background": bool(body.get("background")),
+            "completed_at": int(time.time()) if status == "completed" else None,
+            "error": None,
+            "incomplete_details": built["incomplete_details"] if final else None,
+            "instructions": body.get("instructions"),
+            "max_output_tokens": body.get("max_output_tokens"),
+            "max_tool_calls": body.get("max_tool_calls"),
+            "model": body["model"],
+            "output": output,
+            "parallel_tool_calls": body.get("parallel_tool_calls") is not False,
+            "previous_response_id": None,
+            "prompt_cache_key": body.get("prompt_cache_key"),
+            "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
+            "safety_identifier": body.get("safety_identifier"),
+            "service_tier": "default",
+            "store": body.get("store") is not False,
+            "temperature": body["temperature"] if body.get("temperature") is not None else 1.0,
+            "text": {"format": text.get("format") or {"type": "text"}, "verbosity": text.get("verbosity") or "medium"},
+            "tool_choice": body["tool_choice"] if body.get("tool_choice") is not None else "auto",
+            "tools": tools,
+            "top_logprobs": body.get("top_logprobs") or 0,
+            "top_p": body["top_p"] if body.get("top_p") is not None else 1.0,
+            "truncation": body.get("truncation") or "disabled",
+            "metadata": body.get("metadata") or {},
+        }
+        if body.get("user") is not None:
+            obj["user"] = body["user"]
+        if final and built["usage"] is not None:
+            obj["usage"] = built["usage"]
+        return obj
+
+    async def stream_response(
+        self, request: web.Request, body: dict, built: dict, mode: str | None, entry: dict, fault: dict | None
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            status=200,
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+                "x-request-id": "req_" + uuid.uuid4().hex,
+                "openai-processing-ms": "2",
+            },
+        )
+        if mode == "close":
+            resp.force_close()
+        await resp.prepare(request)
+        quirky = mode == "quirky"
+        delay = fault["seconds"] if mode == "slow" and fault else self.chunk_delay
+        nl = "\r\n" if quirky else "\n"
+        seq = 0
+
+        async def send(event: dict) -> None:
+            nonlocal seq
+            data = json.dumps(dict(event, sequence_number=seq))
+            seq += 1
+            if quirky:
+                if seq % 3 == 1:
+                    await resp.write(f": keep-alive comment{nl}".encode())
+                prefix = "data:" if seq % 2 == 1 else "data: "
+                frame = f"event: {event['type']}{nl}{prefix}{data}{nl}{nl}"
+                if seq % 4 == 2:
+                    # One event split across two writes.
+                    half = len(frame) // 2
+                    await resp.write(frame[:half].encode())
+                    await asyncio.sleep(self.chunk_delay)
+                    await resp.write(frame[half:].encode())
+                else:
+                    await resp.write(frame.encode())
+            else:
+                await resp.write(f"event: {event['type']}\ndata: {data}\n\n".encode())
+            if delay:
+                await asyncio.sleep(delay)
+
+        opening = self.response_obj(body, built, "in_progress", [])
+        events = [
+            {"type": "response.created", "response": opening},
+            {"type": "response.in_progress", "response": opening},
+        ] + built["events"]
+        for i, event in enumerate(events):
+            if mode == "drop" and i >= RESPONSES_DROP_AFTER:
+                # Created, in progress and the first item's opening went out.
+                await asyncio.sleep(0.05)
+                entry["outcome"] = "dropped"
+                return await self.abort(request, resp)
+            await send(event)
+        if mode == "drop_after_finish":
+            # Every item is done; the line breaks before the terminal event.
+            await asyncio.sleep(0.05)
+            entry["outcome"] = "dropped"
+            return await self.abort(request, resp)
+        status = built["status"]
+        final = self.response_obj(body, built, status, built["output"], final=True)
+        await send({"type": "response.completed" if status == "completed" else "response.incomplete", "response": final})
+        if mode == "late_end":
+            await asyncio.sleep(fault["seconds"])
+        await resp.write_eof()
+        entry["outcome"] = "completed"
+        return resp
+
 
 async def on_not_found(request: web.Request) -> web.Response:
     return json_response(
@@ -899,6 +1676,7 @@ async def on_not_found(request: web.Request) -> web.Response:
 def build_app(peer: Peer) -> web.Application:
     routes = [
         web.post("/v1/chat/completions", peer.chat),
+        web.post("/v1/responses", peer.responses),
         web.get("/v1/models", peer.list_models),
         web.get("/v1/models/{model}", peer.get_model),
         web.get("/_peer/faults", peer.get_faults),
