@@ -893,3 +893,6 @@ def test_anthropic_server_tool_blocks_come_back_as_the_upstream_sent_them(ac, pe
     assert blocks[1]["tool_use_id"] == "srvtoolu_peer_0"
     assert blocks[1]["content"][0]["url"] == "https://example.com/"
     assert blocks[2]["text"] == A_PREFIX + "search this"
+    # The text's citations (streamed as citations_delta) come with it.
+    assert [c["url"] for c in blocks[2]["citations"]] == ["https://example.com/"]
+    assert blocks[2]["citations"][0]["encrypted_index"] == "enc-index-peer"

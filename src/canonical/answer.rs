@@ -29,6 +29,10 @@ pub struct Answer {
     /// does not carry, assembled (for an Anthropic client's whole answer),
     /// with the input JSON of each still arriving.
     pub anthropic_blocks: Vec<(serde_json::Value, String)>,
+    /// Whether a passed-on block is being assembled (its deltas are its own).
+    pub anthropic_open: bool,
+    /// Citations of the text, from an Anthropic upstream's `citations_delta`s.
+    pub text_citations: Vec<serde_json::Value>,
     pub stop: Option<StopReason>,
     /// The stop sequence that ended it, when the upstream said which.
     pub stop_sequence: Option<String>,
@@ -80,9 +84,17 @@ impl Answer {
         };
         match ev["type"].as_str() {
             Some("content_block_start") => {
+                self.anthropic_open = true;
                 self.anthropic_blocks
                     .push((ev["content_block"].clone(), String::new()));
             }
+            // Outside a passed-on block: a citation of the text.
+            Some("content_block_delta")
+                if !self.anthropic_open && ev["delta"]["type"] == "citations_delta" =>
+            {
+                self.text_citations.push(ev["delta"]["citation"].clone());
+            }
+            Some("content_block_delta") if !self.anthropic_open => {}
             Some("content_block_delta") => {
                 let Some((block, input)) = self.anthropic_blocks.last_mut() else {
                     return;
@@ -109,6 +121,7 @@ impl Answer {
                 }
             }
             Some("content_block_stop") => {
+                self.anthropic_open = false;
                 if let Some((block, input)) = self.anthropic_blocks.last_mut() {
                     if let Ok(v) = serde_json::from_str::<Value>(input) {
                         block["input"] = v;

@@ -614,7 +614,13 @@ def plan(body: dict) -> dict:
                          "encrypted_content": "enc-peer", "page_age": None}],
         })
     if words:
-        blocks.append({"type": "text", "text": "".join(words)})
+        text_block = {"type": "text", "text": "".join(words)}
+        if blocks and blocks[-1]["type"] == "web_search_tool_result":
+            # The text cites what the search found.
+            text_block["citations"] = [{"type": "web_search_result_location", "url": "https://example.com/",
+                                        "title": "Example", "encrypted_index": "enc-index-peer",
+                                        "cited_text": "Example text"}]
+        blocks.append(text_block)
     return {"blocks": blocks, "stop_reason": stop_reason, "stop_sequence": stop_sequence}
 
 
@@ -907,7 +913,8 @@ class Peer:
                 pinged = True
             deltas: list[dict] = []
             if kind == "text":
-                deltas = [{"type": "text_delta", "text": w} for w in WORD_RE.findall(block["text"])]
+                deltas = [{"type": "citations_delta", "citation": c} for c in block.get("citations", [])]
+                deltas += [{"type": "text_delta", "text": w} for w in WORD_RE.findall(block["text"])]
             elif kind == "thinking":
                 deltas = [{"type": "thinking_delta", "thinking": w} for w in WORD_RE.findall(block["thinking"])]
                 deltas.append({"type": "signature_delta", "signature": block["signature"]})

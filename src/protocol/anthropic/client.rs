@@ -395,8 +395,10 @@ impl EventDecoder {
                         out.push(ChatEvent::ThinkingSignature(s));
                     }
                 }
-                // citations_delta and later additions carry nothing the
-                // canonical model holds.
+                // A citation of the text block: passed on as it came, for
+                // Anthropic clients.
+                "citations_delta" => out.push(ChatEvent::AnthropicBlock(data.into())),
+                // Later additions carry nothing the canonical model holds.
                 _ => {}
             },
             StreamEventIn::ContentBlockStop { .. } | StreamEventIn::Ping => {}

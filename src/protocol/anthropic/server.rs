@@ -557,7 +557,10 @@ pub fn completion_body(answer: &Answer, req: &ChatRequest, id: &str) -> Vec<u8> 
         content.push(BlockOut::Other(block));
     }
     if !answer.text.is_empty() {
-        content.push(BlockOut::Text { text: &answer.text });
+        content.push(BlockOut::Text {
+            text: &answer.text,
+            citations: &answer.text_citations,
+        });
     }
     for call in &answer.tool_calls {
         content.push(BlockOut::ToolUse {
@@ -728,7 +731,14 @@ impl StreamEncoder {
     fn text_block(&mut self, out: &mut BytesMut) -> usize {
         match self.open {
             Some((index, Block::Text)) => index,
-            _ => self.open_block(Block::Text, BlockOut::Text { text: "" }, out),
+            _ => self.open_block(
+                Block::Text,
+                BlockOut::Text {
+                    text: "",
+                    citations: &[],
+                },
+                out,
+            ),
         }
     }
 
@@ -776,6 +786,9 @@ impl StreamEncoder {
             }
             Some("content_block_delta") => match self.open {
                 Some((index, Block::Opaque)) => index,
+                // A citation of the text being written (the text's deltas
+                // came as text events).
+                _ if ev["delta"]["type"] == "citations_delta" => self.text_block(out),
                 _ => return,
             },
             Some("content_block_stop") => match self.open.take() {

@@ -228,6 +228,9 @@ pub struct MessageOut<'a> {
 pub enum BlockOut<'a> {
     Text {
         text: &'a str,
+        /// Sources the text cites (a server tool's results).
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
+        citations: &'a [Value],
     },
     Thinking {
         thinking: &'a str,
