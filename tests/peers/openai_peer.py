@@ -838,7 +838,10 @@ class Peer:
                 return web.Response(status=499)
         return None
 
-    async def chat(self, request: web.Request) -> web.StreamResponse:
+    async def logged(self, request: web.Request, param: str, inner: Any) -> web.StreamResponse:
+        """A model request (chat or responses), logged: auth, the JSON body,
+        the next fault (``param`` names the field a ``400`` fault blames),
+        then ``inner(request, body, stream, entry, fault)``."""
         key, err = self.auth(request)
         body = await body_json(request)
         stream = bool(isinstance(body, dict) and body.get("stream"))
@@ -852,10 +855,11 @@ class Peer:
             "time": time.time(),
         }
         self.requests.append(entry)
-        return await recorded(entry, self.chat_inner(request, key, err, body, stream, entry), keep_outcome=False)
+        return await recorded(entry, self.admitted(request, key, err, body, stream, entry, param, inner), keep_outcome=False)
 
-    async def chat_inner(
-        self, request: web.Request, key: str | None, err: web.Response | None, body: Any, stream: bool, entry: dict
+    async def admitted(
+        self, request: web.Request, key: str | None, err: web.Response | None, body: Any, stream: bool,
+        entry: dict, param: str, inner: Any,
     ) -> web.StreamResponse:
         if err:
             return err
@@ -873,9 +877,18 @@ class Peer:
         fault = self.take_fault(key or "")
         mode = fault["mode"] if fault else None
         entry["fault"] = mode
-        early = await self.fault_answer(request, key, fault, body, entry, "messages")
+        early = await self.fault_answer(request, key, fault, body, entry, param)
         if early is not None:
             return early
+        return await inner(request, body, stream, entry, fault)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self.logged(request, "messages", self.chat_inner)
+
+    async def chat_inner(
+        self, request: web.Request, body: Any, stream: bool, entry: dict, fault: dict | None
+    ) -> web.StreamResponse:
+        mode = fault["mode"] if fault else None
         try:
             self.validate(body)
             plan = self.plan(body)
@@ -1114,43 +1127,12 @@ class Peer:
         return f"{kind}_peer_{n}", n
 
     async def responses(self, request: web.Request) -> web.StreamResponse:
-        key, err = self.auth(request)
-        body = await body_json(request)
-        stream = bool(isinstance(body, dict) and body.get("stream"))
-        entry = {
-            "key": key,
-            "body": body,
-            "path": request.path,
-            "stream": stream,
-            "conn": (request.transport.get_extra_info("peername") or (None, None))[1] if request.transport else None,
-            "outcome": "pending",
-            "time": time.time(),
-        }
-        self.requests.append(entry)
-        return await recorded(entry, self.responses_inner(request, key, err, body, stream, entry), keep_outcome=False)
+        return await self.logged(request, "input", self.responses_inner)
 
     async def responses_inner(
-        self, request: web.Request, key: str | None, err: web.Response | None, body: Any, stream: bool, entry: dict
+        self, request: web.Request, body: Any, stream: bool, entry: dict, fault: dict | None
     ) -> web.StreamResponse:
-        if err:
-            return err
-        if body is None:
-            return json_response(
-                400,
-                error_body(
-                    "We could not parse the JSON body of your request. (HINT: This likely means you aren't using "
-                    "your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not "
-                    "valid JSON. If you have trouble figuring out how to fix this, please contact us through our "
-                    "help center at help.openai.com.)",
-                    "invalid_request_error",
-                ),
-            )
-        fault = self.take_fault(key or "")
         mode = fault["mode"] if fault else None
-        entry["fault"] = mode
-        early = await self.fault_answer(request, key, fault, body, entry, "input")
-        if early is not None:
-            return early
         try:
             items = self.validate_responses(body)
             plan = self.plan_responses(body, items)

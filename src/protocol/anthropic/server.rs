@@ -17,6 +17,7 @@ use crate::canonical::{
     Answer, ChatEvent, ChatRequest, ContentPart, ErrorKind, ImageSource, Message, Role, Sampling,
     StopReason, Tool, ToolChoice, UpstreamError, Usage, UsageTally,
 };
+use crate::protocol::encoder::{CallOrder, CallRoute};
 use crate::protocol::{parse_json, DecodeError, EventEncoder};
 
 /// Top-level fields every upstream takes, or the gateway itself honours
@@ -597,16 +598,6 @@ enum Block {
     Opaque,
 }
 
-/// A tool call that started while another call's block was open: its
-/// block is written whole once that one is done, so blocks never overlap.
-#[derive(Debug)]
-struct HeldCall {
-    index: u32,
-    id: String,
-    name: String,
-    arguments: String,
-}
-
 /// Encodes events as Anthropic's named SSE events: `message_start` before
 /// the first content, one content block per text, thinking or tool call
 /// run with indexes counting up, and `message_delta` + `message_stop` at
@@ -636,7 +627,7 @@ pub struct StreamEncoder {
     open: Option<(usize, Block)>,
     next_block: usize,
     /// Calls waiting for the open tool block to end, in start order.
-    held_calls: Vec<HeldCall>,
+    calls: CallOrder,
     /// Text and thinking that arrived while a tool block was open.
     held: Vec<ChatEvent>,
     stop: Option<StopReason>,
@@ -656,7 +647,7 @@ impl StreamEncoder {
             started: false,
             open: None,
             next_block: 0,
-            held_calls: Vec::new(),
+            calls: CallOrder::default(),
             held: Vec::new(),
             stop: None,
             stop_sequence: None,
@@ -814,13 +805,21 @@ impl StreamEncoder {
     /// Whether a tool call's block is open: until the end, every other
     /// block waits.
     fn in_tool_block(&self) -> bool {
-        matches!(self.open, Some((_, Block::Tool(_))))
+        self.open_call().is_some()
+    }
+
+    /// The index of the call whose block is open.
+    fn open_call(&self) -> Option<u32> {
+        match self.open {
+            Some((_, Block::Tool(i))) => Some(i),
+            _ => None,
+        }
     }
 
     /// Writes the held calls, each as one whole block, then the held text
     /// and thinking.
     fn flush_held(&mut self, out: &mut BytesMut) {
-        for call in std::mem::take(&mut self.held_calls) {
+        for call in self.calls.take() {
             let block = self.tool_block(call.index, &call.id, &call.name, out);
             if !call.arguments.is_empty() {
                 Self::delta(
@@ -875,48 +874,37 @@ impl StreamEncoder {
                 self.close(out);
             }
             ChatEvent::ToolCallStart { index, id, name } => {
-                let known = matches!(self.open, Some((_, Block::Tool(i))) if i == *index)
-                    || self.held_calls.iter().any(|c| c.index == *index);
-                if known {
-                    // A repeated start of the same call adds nothing.
-                } else if self.in_tool_block() {
-                    self.held_calls.push(HeldCall {
-                        index: *index,
-                        id: id.clone(),
-                        name: name.clone(),
-                        arguments: String::new(),
-                    });
-                } else {
+                if self.calls.start(self.open_call(), *index, id, name) == CallRoute::Open {
                     self.tool_block(*index, id, name, out);
                 }
             }
-            ChatEvent::ToolCallArgsDelta { index, json } => {
-                if json.is_empty() {
-                    return;
-                }
-                match self.open {
-                    Some((block, Block::Tool(i))) if i == *index => {
-                        Self::delta(block, DeltaOut::InputJsonDelta { partial_json: json }, out);
-                    }
-                    _ => {
-                        if let Some(call) = self.held_calls.iter_mut().find(|c| c.index == *index) {
-                            call.arguments.push_str(json);
-                        } else {
-                            // Arguments without a start: give the call a
-                            // block rather than drop its input.
-                            self.content(
-                                &ChatEvent::ToolCallStart {
-                                    index: *index,
-                                    id: format!("toolu_{index}"),
-                                    name: String::new(),
-                                },
+            ChatEvent::ToolCallArgsDelta { index, json } if !json.is_empty() => {
+                match self.calls.args(self.open_call(), *index, json, "toolu_") {
+                    CallRoute::Write => {
+                        if let Some((block, _)) = self.open {
+                            Self::delta(
+                                block,
+                                DeltaOut::InputJsonDelta { partial_json: json },
                                 out,
                             );
-                            self.content(ev, out);
                         }
                     }
+                    CallRoute::Orphan { id } => {
+                        // Arguments without a start: give the call a block
+                        // (now, or held) rather than drop its input.
+                        let name = String::new();
+                        let start = ChatEvent::ToolCallStart {
+                            index: *index,
+                            id,
+                            name,
+                        };
+                        self.content(&start, out);
+                        self.content(ev, out);
+                    }
+                    CallRoute::Open | CallRoute::Hold => {}
                 }
             }
+            ChatEvent::ToolCallArgsDelta { .. } => {}
             ChatEvent::Start { .. }
             | ChatEvent::Usage(_)
             | ChatEvent::StopSequence(_)

@@ -19,6 +19,7 @@ use crate::canonical::{
     Answer, ChatEvent, ChatRequest, ContentPart, ErrorKind, ImageSource, Message, Role, Sampling,
     StopReason, Tool, ToolChoice, UpstreamError, Usage, UsageTally,
 };
+use crate::protocol::encoder::{CallOrder, CallRoute};
 use crate::protocol::{parse_json, DecodeError, EventEncoder};
 
 /// Top-level fields the gateway honours whatever the upstream: the input,
@@ -1160,16 +1161,6 @@ fn input_of(item: &Item) -> String {
     }
 }
 
-/// A call that started while another call's item was open: written whole
-/// once that one is done, so items never overlap.
-#[derive(Debug)]
-struct HeldCall {
-    index: u32,
-    id: String,
-    name: String,
-    arguments: String,
-}
-
 /// Called once a streamed response has ended, with the response object
 /// (JSON) and its output items as a stored conversation keeps them.
 pub type OnEnd = Box<dyn FnOnce(Vec<u8>, Vec<Value>)>;
@@ -1192,7 +1183,7 @@ pub struct StreamEncoder {
     items: Vec<Item>,
     /// Whether the last item is still open.
     open: bool,
-    held_calls: Vec<HeldCall>,
+    calls: CallOrder,
     held: Vec<ChatEvent>,
     stop: Option<StopReason>,
     failed: bool,
@@ -1211,7 +1202,7 @@ impl StreamEncoder {
             started: false,
             items: Vec::new(),
             open: false,
-            held_calls: Vec::new(),
+            calls: CallOrder::default(),
             held: Vec::new(),
             stop: None,
             failed: false,
@@ -1244,7 +1235,15 @@ impl StreamEncoder {
     }
 
     fn in_call(&self) -> bool {
-        matches!(self.open_kind(), Some(Slot::Call { .. }))
+        self.open_call_index().is_some()
+    }
+
+    /// The index of the call whose item is open.
+    fn open_call_index(&self) -> Option<u32> {
+        match self.open_kind() {
+            Some(Slot::Call { index, .. }) => Some(*index),
+            _ => None,
+        }
     }
 
     /// Opens `item` (closing the open one) and writes its `added` events.
@@ -1402,7 +1401,7 @@ impl StreamEncoder {
     }
 
     fn flush_held(&mut self, out: &mut BytesMut) {
-        for call in std::mem::take(&mut self.held_calls) {
+        for call in self.calls.take() {
             self.open_call(call.index, &call.id, &call.name, out);
             self.args(&call.arguments, out);
             self.close(out);
@@ -1558,50 +1557,32 @@ impl StreamEncoder {
                 self.close(out);
             }
             ChatEvent::ToolCallStart { index, id, name } => {
-                let open_index = match self.open_kind() {
-                    Some(Slot::Call { index, .. }) => Some(*index),
-                    _ => None,
-                };
-                let known =
-                    open_index == Some(*index) || self.held_calls.iter().any(|c| c.index == *index);
-                if known {
-                    // A repeated start of the same call adds nothing.
-                } else if open_index.is_some() {
-                    self.held_calls.push(HeldCall {
-                        index: *index,
-                        id: id.clone(),
-                        name: name.clone(),
-                        arguments: String::new(),
-                    });
-                } else {
+                if self.calls.start(self.open_call_index(), *index, id, name) == CallRoute::Open {
                     self.open_call(*index, id, name, out);
                 }
             }
-            ChatEvent::ToolCallArgsDelta { index, json } => {
-                if json.is_empty() {
-                    return;
-                }
-                match self.open_kind() {
-                    Some(Slot::Call { index: i, .. }) if i == index => self.args(json, out),
-                    _ => {
-                        if let Some(call) = self.held_calls.iter_mut().find(|c| c.index == *index) {
-                            call.arguments.push_str(json);
-                        } else {
-                            // Arguments without a start: give the call an
-                            // item rather than drop its input.
-                            self.content(
-                                &ChatEvent::ToolCallStart {
-                                    index: *index,
-                                    id: format!("call_{index}"),
-                                    name: String::new(),
-                                },
-                                out,
-                            );
-                            self.content(ev, out);
-                        }
+            ChatEvent::ToolCallArgsDelta { index, json } if !json.is_empty() => {
+                match self
+                    .calls
+                    .args(self.open_call_index(), *index, json, "call_")
+                {
+                    CallRoute::Write => self.args(json, out),
+                    CallRoute::Orphan { id } => {
+                        // Arguments without a start: give the call an item
+                        // (now, or held) rather than drop its input.
+                        let name = String::new();
+                        let start = ChatEvent::ToolCallStart {
+                            index: *index,
+                            id,
+                            name,
+                        };
+                        self.content(&start, out);
+                        self.content(ev, out);
                     }
+                    CallRoute::Open | CallRoute::Hold => {}
                 }
             }
+            ChatEvent::ToolCallArgsDelta { .. } => {}
             ChatEvent::Start { .. }
             | ChatEvent::Usage(_)
             | ChatEvent::StopSequence(_)
