@@ -59,22 +59,40 @@ struct Saver {
     id: String,
     /// This request's input items, as listed.
     input: Vec<u8>,
-    /// The conversation before the output: earlier items, then the input.
-    before: Vec<Value>,
+    /// The conversation before the output (a JSON array): earlier items,
+    /// then the input.
+    before: Vec<u8>,
 }
 
 impl Saver {
-    fn save(self, body: Vec<u8>, output: Vec<Value>) {
-        let mut conversation = self.before;
-        conversation.extend(output);
+    /// Stores the response; `output` is its items as a JSON array.
+    fn save(self, body: Vec<u8>, output: Vec<u8>) {
         let stored = Stored {
             body,
             input: self.input,
-            // Serializing values into memory cannot fail.
-            conversation: serde_json::to_vec(&conversation).unwrap_or_default(),
+            conversation: join_arrays(&self.before, &output),
         };
         self.store.put(self.owner, &self.id, stored);
     }
+}
+
+/// Two JSON arrays as one: `[a…]` and `[b…]` make `[a…,b…]`.
+fn join_arrays(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let inner = |s: &[u8]| -> Vec<u8> {
+        let s = s.trim_ascii();
+        let s = s.strip_prefix(b"[").unwrap_or(s);
+        s.strip_suffix(b"]").unwrap_or(s).trim_ascii().to_vec()
+    };
+    let (a, b) = (inner(a), inner(b));
+    let mut out = Vec::with_capacity(a.len() + b.len() + 3);
+    out.push(b'[');
+    out.extend_from_slice(&a);
+    if !a.is_empty() && !b.is_empty() {
+        out.push(b',');
+    }
+    out.extend_from_slice(&b);
+    out.push(b']');
+    out
 }
 
 async fn run(
@@ -93,34 +111,38 @@ async fn run(
     )
     .await?;
     let owner = owner(req);
-    let mut earlier: Vec<ItemIn> = Vec::new();
+    // The stored conversation this request continues, as JSON.
+    let mut earlier: Option<Arc<Stored>> = None;
     if let Some(prev) = &echo.previous_response_id {
         let stored = state
             .store
             .get(owner, prev)
             .ok_or_else(|| not_found(prev, Some("previous_response_id")))?;
-        earlier = serde_json::from_slice(&stored.conversation)
+        let items: Vec<ItemIn> = serde_json::from_slice(&stored.conversation)
             .map_err(|e| ApiError::Internal(format!("a stored conversation is unreadable: {e}")))?;
-        continue_from(&mut chat, &earlier, &echo)?;
+        continue_from(&mut chat, &items, &echo)?;
+        earlier = Some(stored);
     }
     let chat = super::admit(req, state, chat, trace)?;
-    let head = Head {
-        id: super::trace::random_id("resp_"),
-        created_at: super::unix_now(),
-        model: chat.model.clone(),
-        echo: Arc::new(echo),
-    };
+    let head = Head::new(
+        super::trace::random_id("resp_"),
+        super::unix_now(),
+        &chat.model,
+        Arc::new(echo),
+    );
     let saver = head.echo.store.then(|| {
         let input = stored_input(&head.echo.input_items);
-        let mut before: Vec<Value> = Vec::with_capacity(earlier.len() + input.len());
-        for item in earlier.iter().chain(&input) {
-            before.push(serde_json::to_value(item).unwrap_or(Value::Null));
-        }
+        // Serializing into memory cannot fail.
+        let input = serde_json::to_vec(&input).unwrap_or_default();
+        let before = match &earlier {
+            Some(stored) => join_arrays(&stored.conversation, &input),
+            None => input.clone(),
+        };
         Saver {
             store: state.store.clone(),
             owner,
             id: head.id.clone(),
-            input: serde_json::to_vec(&input).unwrap_or_default(),
+            input,
             before,
         }
     });

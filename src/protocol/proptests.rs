@@ -860,12 +860,7 @@ fn check_responses(body: &str, g: &Generated) {
 
 fn to_responses_client(events: &[ChatEvent]) -> String {
     let req = request();
-    let head = responses::Head {
-        id: "resp_1".into(),
-        created_at: 7,
-        model: "public".into(),
-        echo: Arc::default(),
-    };
+    let head = responses::Head::new("resp_1".into(), 7, "public", Arc::default());
     let enc = responses::StreamEncoder::new(head, req.clone(), None);
     encode(enc, events, &req)
 }

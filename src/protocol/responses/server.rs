@@ -11,7 +11,7 @@ use bytes::{BufMut as _, BytesMut};
 use serde_json::{json, Value};
 
 use super::wire::{
-    ContentIn, EventOut, FormatIn, IncompleteOut, InputDetailsOut, ItemIn, ItemOut,
+    ContentIn, EchoOut, EventOut, FormatIn, IncompleteOut, InputDetailsOut, ItemIn, ItemOut,
     OutputDetailsOut, OutputTextOut, PartIn, ReasoningOut, ResponseErrorOut, ResponseOut,
     ResponsesRequest, SummaryTextOut, TextOut, ToolChoiceIn, ToolIn, UsageOut,
 };
@@ -965,8 +965,21 @@ fn item_id(prefix: &str) -> String {
 pub struct Head {
     pub id: String,
     pub created_at: u64,
-    pub model: String,
     pub echo: Arc<Echo>,
+    /// The echo's JSON members (see [`echo_json`]), made once.
+    echo_json: Arc<str>,
+}
+
+impl Head {
+    pub fn new(id: String, created_at: u64, model: &str, echo: Arc<Echo>) -> Self {
+        let echo_json = echo_json(&echo, model).into();
+        Head {
+            id,
+            created_at,
+            echo,
+            echo_json,
+        }
+    }
 }
 
 /// How a response ended.
@@ -977,15 +990,50 @@ pub enum Ending<'a> {
     Failed(&'a UpstreamError),
 }
 
-/// Writes the response object of `items`.
-fn response<'a>(
-    head: &'a Head,
-    items: &'a [ItemOut<'a>],
+/// The request's echo in a response object: its JSON members, without the
+/// braces, made once per response.
+fn echo_json(echo: &Echo, model: &str) -> String {
+    let e = echo;
+    let out = EchoOut {
+        instructions: e.instructions.as_deref(),
+        max_output_tokens: e.max_output_tokens,
+        model,
+        parallel_tool_calls: e.parallel_tool_calls,
+        previous_response_id: e.previous_response_id.as_deref(),
+        reasoning: (e.reasoning_effort.is_some() || e.reasoning_summary.is_some()).then_some(
+            ReasoningOut {
+                effort: e.reasoning_effort.as_deref(),
+                summary: e.reasoning_summary.as_deref(),
+            },
+        ),
+        store: e.store,
+        temperature: e.temperature,
+        text: TextOut {
+            format: &e.text_format,
+        },
+        tool_choice: &e.tool_choice,
+        tools: &e.tools,
+        top_p: e.top_p,
+        truncation: "disabled",
+        user: e.user.as_deref(),
+        metadata: &e.metadata,
+    };
+    // Serializing into memory cannot fail.
+    let json = serde_json::to_string(&out).unwrap_or_default();
+    json.strip_prefix('{')
+        .and_then(|j| j.strip_suffix('}'))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The response object of `items`, as JSON.
+fn response(
+    head: &Head,
+    items: &[ItemOut<'_>],
     ending: Ending<'_>,
-    error_message: &'a str,
+    error_message: &str,
     error_code: &'static str,
-) -> ResponseOut<'a> {
-    let e = &head.echo;
+) -> Vec<u8> {
     let (status, incomplete, usage, error) = match ending {
         Ending::Running => ("in_progress", None, None, None),
         Ending::Stopped(r, u) => {
@@ -1002,7 +1050,7 @@ fn response<'a>(
             }),
         ),
     };
-    ResponseOut {
+    let body = ResponseOut {
         id: &head.id,
         object: "response",
         created_at: head.created_at,
@@ -1010,36 +1058,24 @@ fn response<'a>(
         completed_at: (status == "completed").then(unix_now),
         error,
         incomplete_details: incomplete,
-        instructions: e.instructions.as_deref(),
-        max_output_tokens: e.max_output_tokens,
-        model: &head.model,
-        output: items.to_vec(),
-        parallel_tool_calls: e.parallel_tool_calls,
-        previous_response_id: e.previous_response_id.as_deref(),
-        reasoning: (e.reasoning_effort.is_some() || e.reasoning_summary.is_some()).then(|| {
-            ReasoningOut {
-                effort: e.reasoning_effort.as_deref(),
-                summary: e.reasoning_summary.as_deref(),
-            }
-        }),
-        store: e.store,
-        temperature: e.temperature,
-        text: TextOut {
-            format: e.text_format.clone(),
-        },
-        tool_choice: e.tool_choice.clone(),
-        tools: e.tools.clone(),
-        top_p: e.top_p,
-        truncation: "disabled",
+        output: items,
         usage,
-        user: e.user.as_deref(),
-        metadata: e.metadata.clone(),
+    };
+    let mut out = Vec::with_capacity(256 + head.echo_json.len());
+    // Serializing into memory cannot fail.
+    let _ = serde_json::to_writer(&mut out, &body);
+    if out.last() == Some(&b'}') && !head.echo_json.is_empty() {
+        out.pop();
+        out.push(b',');
+        out.extend_from_slice(head.echo_json.as_bytes());
+        out.push(b'}');
     }
+    out
 }
 
 /// The whole-answer body (a response object), and its output items as a
 /// stored conversation keeps them.
-pub fn completion_body(answer: &Answer, req: &ChatRequest, head: &Head) -> (Vec<u8>, Vec<Value>) {
+pub fn completion_body(answer: &Answer, req: &ChatRequest, head: &Head) -> (Vec<u8>, Vec<u8>) {
     let items = items_of(answer, req, &head.echo);
     let inputs: Vec<String> = items.iter().map(input_of).collect();
     let outs: Vec<ItemOut<'_>> = items
@@ -1049,23 +1085,22 @@ pub fn completion_body(answer: &Answer, req: &ChatRequest, head: &Head) -> (Vec<
         .collect();
     let usage = answer.usage(req);
     let stop = answer.stop.unwrap_or(StopReason::End);
-    let body = response(head, &outs, Ending::Stopped(stop, &usage), "", "");
-    // Serializing into memory cannot fail.
-    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    let bytes = response(head, &outs, Ending::Stopped(stop, &usage), "", "");
     (bytes, kept_items(&items))
 }
 
-/// Output items as a stored conversation keeps them: reasoning with its
-/// signature whether or not the client asked to see it, so a continued
-/// conversation hands it back.
-fn kept_items(items: &[Item]) -> Vec<Value> {
-    items
+/// Output items as a stored conversation keeps them (a JSON array):
+/// reasoning with its signature whether or not the client asked to see it,
+/// so a continued conversation hands it back.
+fn kept_items(items: &[Item]) -> Vec<u8> {
+    let inputs: Vec<String> = items.iter().map(input_of).collect();
+    let outs: Vec<ItemOut<'_>> = items
         .iter()
-        .map(|i| {
-            let input = input_of(i);
-            serde_json::to_value(i.out(true, &input, true)).unwrap_or(Value::Null)
-        })
-        .collect()
+        .zip(&inputs)
+        .map(|(i, input)| i.out(true, input, true))
+        .collect();
+    // Serializing into memory cannot fail.
+    serde_json::to_vec(&outs).unwrap_or_default()
 }
 
 /// Rebuilds `chat`'s conversation as the continuation of a stored one:
@@ -1162,8 +1197,8 @@ fn input_of(item: &Item) -> String {
 }
 
 /// Called once a streamed response has ended, with the response object
-/// (JSON) and its output items as a stored conversation keeps them.
-pub type OnEnd = Box<dyn FnOnce(Vec<u8>, Vec<Value>)>;
+/// and its output items as a stored conversation keeps them (JSON).
+pub type OnEnd = Box<dyn FnOnce(Vec<u8>, Vec<u8>)>;
 
 /// Encodes events as the Responses stream: `response.created` and
 /// `response.in_progress`, one output item per reasoning, text or tool-call
@@ -1211,21 +1246,15 @@ impl StreamEncoder {
         }
     }
 
-    /// Writes one event with the next sequence number.
-    fn write(&mut self, ev: &EventOut<'_>, out: &mut BytesMut) {
-        write_event(ev, self.seq, out);
-        self.seq += 1;
-    }
-
     fn start(&mut self, out: &mut BytesMut) {
         if self.started {
             return;
         }
         self.started = true;
-        let head = self.head.clone();
-        let body = response(&head, &[], Ending::Running, "", "");
-        self.write(&EventOut::Created { response: &body }, out);
-        self.write(&EventOut::InProgress { response: &body }, out);
+        let json = response(&self.head, &[], Ending::Running, "", "");
+        write_response_event("response.created", &json, self.seq, out);
+        write_response_event("response.in_progress", &json, self.seq + 1, out);
+        self.seq += 2;
     }
 
     fn open_kind(&self) -> Option<&Slot> {
@@ -1470,17 +1499,7 @@ impl StreamEncoder {
                 }) = self.items.last_mut()
                 {
                     text.push_str(t);
-                    write_event(
-                        &EventOut::TextDelta {
-                            item_id: id,
-                            output_index,
-                            content_index: 0,
-                            delta: t,
-                            logprobs: [],
-                        },
-                        self.seq,
-                        out,
-                    );
+                    write_text_delta(id, output_index, t, self.seq, out);
                     self.seq += 1;
                 }
             }
@@ -1624,20 +1643,16 @@ impl StreamEncoder {
             Ending::Failed(e) => (e.message.as_str(), error_code(e)),
             _ => ("", ""),
         };
-        let body = response(&self.head, &outs, ending, message, code);
-        let ev = match (ending, body.status) {
-            (Ending::Failed(_), _) => EventOut::Failed { response: &body },
-            (_, "incomplete") => EventOut::Incomplete { response: &body },
-            _ => EventOut::Completed { response: &body },
+        let json = response(&self.head, &outs, ending, message, code);
+        let name = match ending {
+            Ending::Failed(_) => "response.failed",
+            Ending::Stopped(r, _) if status_of(r).0 == "incomplete" => "response.incomplete",
+            _ => "response.completed",
         };
-        write_event(&ev, self.seq, out);
+        write_response_event(name, &json, self.seq, out);
         self.seq += 1;
         if let Some(on_end) = self.on_end.take() {
-            // Serializing into memory cannot fail.
-            on_end(
-                serde_json::to_vec(&body).unwrap_or_default(),
-                kept_items(&self.items),
-            );
+            on_end(json, kept_items(&self.items));
         }
     }
 }
@@ -1645,21 +1660,52 @@ impl StreamEncoder {
 /// Writes `ev` as an SSE event with its `sequence_number`.
 fn write_event(ev: &EventOut<'_>, seq: u64, out: &mut BytesMut) {
     out.put_slice(b"event: ");
-    // The event's name is its `type`, written again by serde below.
-    let start = out.len();
+    out.put_slice(ev.name().as_bytes());
+    out.put_slice(b"\ndata: ");
     let mut w = out.writer();
     // Writing to memory cannot fail; serialization of these types cannot either.
     let _ = serde_json::to_writer(&mut w, ev);
-    let out = w.into_inner();
-    let json = out.split_off(start);
-    let name = type_of(&json);
-    out.put_slice(name);
-    out.put_slice(b"\ndata: ");
-    // `{"type":...}` becomes `{"type":...,"sequence_number":N}`.
-    out.put_slice(&json[..json.len().saturating_sub(1)]);
+    end_event(w.into_inner(), seq);
+}
+
+/// Ends an event's JSON object (written up to its closing brace) with its
+/// `sequence_number`, and the event.
+fn end_event(out: &mut BytesMut, seq: u64) {
+    if out.last() == Some(&b'}') {
+        out.truncate(out.len() - 1);
+    }
     out.put_slice(b",\"sequence_number\":");
     let _ = write!(out, "{seq}");
     out.put_slice(b"}\n\n");
+}
+
+/// Writes a lifecycle event (`response.created`...) around the response
+/// object's JSON, serialized once for all the events that carry it.
+fn write_response_event(name: &str, response: &[u8], seq: u64, out: &mut BytesMut) {
+    out.reserve(response.len() + name.len() + 64);
+    out.put_slice(b"event: ");
+    out.put_slice(name.as_bytes());
+    out.put_slice(b"\ndata: {\"type\":\"");
+    out.put_slice(name.as_bytes());
+    out.put_slice(b"\",\"response\":");
+    out.put_slice(response);
+    out.put_u8(b'}');
+    end_event(out, seq);
+}
+
+/// The commonest event by far, written without serde's machinery.
+fn write_text_delta(item_id: &str, output_index: usize, delta: &str, seq: u64, out: &mut BytesMut) {
+    out.reserve(delta.len() + item_id.len() + 160);
+    out.put_slice(b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"item_id\":\"");
+    // Item ids are troupe's own: letters, digits and `_`.
+    out.put_slice(item_id.as_bytes());
+    let _ = write!(
+        out,
+        "\",\"output_index\":{output_index},\"content_index\":0,\"delta\":"
+    );
+    let _ = serde_json::to_writer(out.writer(), delta);
+    out.put_slice(b",\"logprobs\":[]}");
+    end_event(out, seq);
 }
 
 fn unix_now() -> u64 {
@@ -1667,14 +1713,6 @@ fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// The value of the leading `"type"` member of an event's JSON.
-fn type_of(json: &[u8]) -> &[u8] {
-    const PREFIX: &[u8] = b"{\"type\":\"";
-    json.strip_prefix(PREFIX)
-        .and_then(|rest| rest.iter().position(|&b| b == b'"').map(|n| &rest[..n]))
-        .unwrap_or(b"error")
 }
 
 impl EventEncoder for StreamEncoder {
@@ -1688,14 +1726,9 @@ impl EventEncoder for StreamEncoder {
 
     fn write_error(e: &UpstreamError, out: &mut BytesMut) {
         // No state left: a bare failed response.
-        let head = Head {
-            id: item_id("resp_"),
-            created_at: unix_now(),
-            model: String::new(),
-            echo: Arc::new(Echo::default()),
-        };
-        let body = response(&head, &[], Ending::Failed(e), &e.message, error_code(e));
-        write_event(&EventOut::Failed { response: &body }, 0, out);
+        let head = Head::new(item_id("resp_"), unix_now(), "", Arc::new(Echo::default()));
+        let json = response(&head, &[], Ending::Failed(e), &e.message, error_code(e));
+        write_response_event("response.failed", &json, 0, out);
     }
 
     fn event(&mut self, ev: &ChatEvent, out: &mut BytesMut) {

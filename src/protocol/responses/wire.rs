@@ -209,7 +209,9 @@ pub struct FormatIn {
     pub strict: Option<bool>,
 }
 
-/// The response object, in bodies and in the stream's lifecycle events.
+/// The response object, in bodies and in the stream's lifecycle events:
+/// what changes as the answer goes (this), then the request's echo
+/// ([`EchoOut`], serialized once per response).
 #[derive(Debug, Serialize)]
 pub struct ResponseOut<'a> {
     pub id: &'a str,
@@ -220,25 +222,30 @@ pub struct ResponseOut<'a> {
     pub completed_at: Option<u64>,
     pub error: Option<ResponseErrorOut<'a>>,
     pub incomplete_details: Option<IncompleteOut>,
+    pub output: &'a [ItemOut<'a>],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageOut>,
+}
+
+/// The members of a response object that echo its request.
+#[derive(Debug, Serialize)]
+pub struct EchoOut<'a> {
     pub instructions: Option<&'a str>,
     pub max_output_tokens: Option<u32>,
     pub model: &'a str,
-    pub output: Vec<ItemOut<'a>>,
     pub parallel_tool_calls: bool,
     pub previous_response_id: Option<&'a str>,
     pub reasoning: Option<ReasoningOut<'a>>,
     pub store: bool,
     pub temperature: Option<f64>,
-    pub text: TextOut,
-    pub tool_choice: Value,
-    pub tools: Vec<Value>,
+    pub text: TextOut<'a>,
+    pub tool_choice: &'a Value,
+    pub tools: &'a [Value],
     pub top_p: Option<f64>,
     pub truncation: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub usage: Option<UsageOut>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<&'a str>,
-    pub metadata: Value,
+    pub metadata: &'a Value,
 }
 
 #[derive(Debug, Serialize)]
@@ -259,8 +266,8 @@ pub struct ReasoningOut<'a> {
 }
 
 #[derive(Debug, Serialize)]
-pub struct TextOut {
-    pub format: Value,
+pub struct TextOut<'a> {
+    pub format: &'a Value,
 }
 
 /// One output item.
@@ -357,21 +364,12 @@ pub struct OutputDetailsOut {
     pub reasoning_tokens: u32,
 }
 
-/// The stream's events. Every one carries `sequence_number`, added by the
-/// encoder around it.
+/// The stream's item events. Every one carries `sequence_number`, added by
+/// the encoder around it; the lifecycle events (`response.created`...) and
+/// text deltas, the commonest, are written without these types.
 #[derive(Debug, Serialize)]
 #[serde(tag = "type")]
 pub enum EventOut<'a> {
-    #[serde(rename = "response.created")]
-    Created { response: &'a ResponseOut<'a> },
-    #[serde(rename = "response.in_progress")]
-    InProgress { response: &'a ResponseOut<'a> },
-    #[serde(rename = "response.completed")]
-    Completed { response: &'a ResponseOut<'a> },
-    #[serde(rename = "response.incomplete")]
-    Incomplete { response: &'a ResponseOut<'a> },
-    #[serde(rename = "response.failed")]
-    Failed { response: &'a ResponseOut<'a> },
     #[serde(rename = "response.output_item.added")]
     ItemAdded {
         output_index: usize,
@@ -395,14 +393,6 @@ pub enum EventOut<'a> {
         output_index: usize,
         content_index: usize,
         part: OutputTextOut<'a>,
-    },
-    #[serde(rename = "response.output_text.delta")]
-    TextDelta {
-        item_id: &'a str,
-        output_index: usize,
-        content_index: usize,
-        delta: &'a str,
-        logprobs: [(); 0],
     },
     #[serde(rename = "response.output_text.done")]
     TextDone {
@@ -465,4 +455,25 @@ pub enum EventOut<'a> {
         output_index: usize,
         input: &'a str,
     },
+}
+
+impl EventOut<'_> {
+    /// The event's `type`, which is also its SSE event name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventOut::ItemAdded { .. } => "response.output_item.added",
+            EventOut::ItemDone { .. } => "response.output_item.done",
+            EventOut::PartAdded { .. } => "response.content_part.added",
+            EventOut::PartDone { .. } => "response.content_part.done",
+            EventOut::TextDone { .. } => "response.output_text.done",
+            EventOut::SummaryPartAdded { .. } => "response.reasoning_summary_part.added",
+            EventOut::SummaryPartDone { .. } => "response.reasoning_summary_part.done",
+            EventOut::SummaryTextDelta { .. } => "response.reasoning_summary_text.delta",
+            EventOut::SummaryTextDone { .. } => "response.reasoning_summary_text.done",
+            EventOut::ArgumentsDelta { .. } => "response.function_call_arguments.delta",
+            EventOut::ArgumentsDone { .. } => "response.function_call_arguments.done",
+            EventOut::CustomInputDelta { .. } => "response.custom_tool_call_input.delta",
+            EventOut::CustomInputDone { .. } => "response.custom_tool_call_input.done",
+        }
+    }
 }
