@@ -10,6 +10,8 @@
 #   troupe       an `openai` pool in front of it
 #   responses    the same pool, asked through /v1/responses (a Responses
 #                client of a Chat Completions upstream: both translations)
+#   messages     the same pool, asked through /v1/messages (an Anthropic
+#                client: the other translating path, for comparison)
 #
 # first with one request in flight (added latency p50/p99), then under
 # concurrency (requests/s, troupe as a share of the nginx hop, and each
@@ -196,13 +198,22 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"model":"canned","stream":true,"input":"the quick brown fox jumps over the lazy dog"}'
 LUA
+cat > "$TMP/messages.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["anthropic-version"] = "2023-06-01"
+wrk.body = '{"model":"canned","stream":true,"max_tokens":100,"messages":[{"role":"user","content":"the quick brown fox jumps over the lazy dog"}]}'
+LUA
 
 # wrk prints latencies as 123.45us / 1.23ms / 1.02s: in microseconds.
 to_us() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000; else if (v ~ /s$/) print n * 1000000; else print n }'; }
 
 measure() { # url threads connections -> "p50_us p99_us rps errors"
     local out p50 p99 rps errs script=post.lua path=/v1/chat/completions
-    if [ "$1" = responses ]; then script=responses.lua path=/v1/responses; fi
+    case $1 in
+        responses) script=responses.lua path=/v1/responses ;;
+        messages) script=messages.lua path=/v1/messages ;;
+    esac
     out="$(${PIN:-} wrk -t"$2" -c"$3" -d"${DURATION}s" --latency -s "$TMP/$script" "$(url_of "$1")$path")"
     p50="$(to_us "$(awk '$1 == "50%" {print $2}' <<<"$out")")"
     p99="$(to_us "$(awk '$1 == "99%" {print $2}' <<<"$out")")"
@@ -235,13 +246,13 @@ url_of() {
     case $1 in
         direct) echo "http://127.0.0.1:$UP_PORT" ;;
         hop) echo "http://127.0.0.1:$HOP_PORT" ;;
-        troupe | responses) echo "$ADDR" ;;
+        troupe | responses | messages) echo "$ADDR" ;;
     esac
 }
 last() { awk '{print $NF}' <<<"${R[$1]}"; }
 # CPU time (user + system, all threads) of a proxy: troupe, or the hop's
 # nginx worker.
-proxy_pid() { if [ "$1" = troupe ] || [ "$1" = responses ]; then echo "$TROUPE_PID"; else pgrep -P "$(cat "$TMP/hop.pid")" | head -n1; fi; }
+proxy_pid() { if [ "$1" = hop ]; then pgrep -P "$(cat "$TMP/hop.pid")" | head -n1; else echo "$TROUPE_PID"; fi; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 us_per_request() { # ticks before, ticks after, req/s
     awk -v a="$1" -v b="$2" -v r="$3" -v d="$DURATION" -v hz="$(getconf CLK_TCK)" 'BEGIN{ if (r > 0) print (b-a)*1000000/hz/(r*d); else print 0 }'
@@ -252,6 +263,7 @@ echo "troupe benchmark: $(nproc) cores, $ROUNDS rounds of ${DURATION}s per measu
 # Warm up connections and caches.
 wrk -t1 -c4 -d1s -s "$TMP/post.lua" "$ADDR/v1/chat/completions" >/dev/null
 wrk -t1 -c4 -d1s -s "$TMP/responses.lua" "$ADDR/v1/responses" >/dev/null
+wrk -t1 -c4 -d1s -s "$TMP/messages.lua" "$ADDR/v1/messages" >/dev/null
 wrk -t1 -c4 -d1s -s "$TMP/post.lua" "http://127.0.0.1:$HOP_PORT/v1/chat/completions" >/dev/null
 
 read -r steal0 total0 <<<"$(steal_ticks)"
@@ -260,7 +272,7 @@ declare -A R
 note_errors() { [ "$2" = none ] || ERRORS+="$1: $2 "; }
 for round in $(seq 1 "$ROUNDS"); do
     pin 0
-    for t in direct hop troupe responses; do
+    for t in direct hop troupe responses messages; do
         read -r p50 p99 _ errs <<<"$(PIN="taskset -c 0" measure "$t" 1 1)"
         R[$t.p50]+="$p50 "; R[$t.p99]+="$p99 "; note_errors "$t c1 pinned" "$errs"
     done
@@ -278,7 +290,7 @@ for round in $(seq 1 "$ROUNDS"); do
         read -r p50 p99 _ errs <<<"$(measure "$t" 1 1)"
         R[$t.u50]+="$p50 "; R[$t.u99]+="$p99 "; note_errors "$t c1" "$errs"
     done
-    for t in direct hop troupe responses; do
+    for t in direct hop troupe responses messages; do
         [ "$t" = direct ] || cpu0="$(cpu_ticks "$(proxy_pid $t)")"
         read -r _ _ rps errs <<<"$(measure "$t" 2 "$CONNECTIONS")"
         R[$t.rps]+="$rps "; note_errors "$t c$CONNECTIONS" "$errs"
@@ -290,7 +302,7 @@ for round in $(seq 1 "$ROUNDS"); do
     for k in 50 99; do
         R[add$k]+="$(diff_last troupe.p$k direct.p$k) "; R[hadd$k]+="$(diff_last hop.p$k direct.p$k) "
         R[uadd$k]+="$(diff_last troupe.u$k direct.u$k) "; R[huadd$k]+="$(diff_last hop.u$k direct.u$k) "
-        R[radd$k]+="$(diff_last responses.p$k direct.p$k) "
+        R[radd$k]+="$(diff_last responses.p$k direct.p$k) "; R[madd$k]+="$(diff_last messages.p$k direct.p$k) "
     done
     printf '  round %d: one in flight, added p50 %4.0f us (unpinned %4.0f us); troupe %6.0f req/s = %3.0f%% of the hop (%6.0f req/s)\n' \
         "$round" "$(last add50)" "$(last uadd50)" "$(last troupe.rps)" "$(last share)" "$(last hop.rps)"
@@ -306,6 +318,7 @@ printf '  %-10s p50 %6.0f us   p99 %6.0f us\n' direct "$(med direct.p50)" "$(med
 printf '  %-10s p50 %6.0f us   p99 %6.0f us   added p50 %5.0f us, p99 %5.0f us\n' "nginx hop" "$(med hop.p50)" "$(med hop.p99)" "$(med hadd50)" "$(med hadd99)"
 printf '  %-10s p50 %6.0f us   p99 %6.0f us   added p50 %5.0f us, p99 %5.0f us   (budget: 150 us, 1000 us)\n' troupe "$(med troupe.p50)" "$(med troupe.p99)" "$(med add50)" "$(med add99)"
 printf '  %-10s p50 %6.0f us   p99 %6.0f us   added p50 %5.0f us, p99 %5.0f us   (/v1/responses: within 10%% of troupe)\n' responses "$(med responses.p50)" "$(med responses.p99)" "$(med radd50)" "$(med radd99)"
+printf '  %-10s p50 %6.0f us   p99 %6.0f us   added p50 %5.0f us, p99 %5.0f us   (/v1/messages, translated likewise)\n' messages "$(med messages.p50)" "$(med messages.p99)" "$(med madd50)" "$(med madd99)"
 echo "the same, unpinned:"
 printf '  %-10s p50 %6.0f us   p99 %6.0f us\n' direct "$(med direct.u50)" "$(med direct.u99)"
 printf '  %-10s p50 %6.0f us   p99 %6.0f us   added p50 %5.0f us, p99 %5.0f us\n' "nginx hop" "$(med hop.u50)" "$(med hop.u99)" "$(med huadd50)" "$(med huadd99)"
@@ -320,6 +333,7 @@ printf '  %-10s %7.0f req/s\n' direct "$(med direct.rps)"
 printf '  %-10s %7.0f req/s                                         %3.0f us of CPU per request\n' "nginx hop" "$(med hop.rps)" "$(med hop.cpu)"
 printf '  %-10s %7.0f req/s   %3.0f%% of the nginx hop   (budget: 50%%)   %3.0f us of CPU per request\n' troupe "$(med troupe.rps)" "$(med share)" "$(med troupe.cpu)"
 printf '  %-10s %7.0f req/s                                         %3.0f us of CPU per request\n' responses "$(med responses.rps)" "$(med responses.cpu)"
+printf '  %-10s %7.0f req/s                                         %3.0f us of CPU per request\n' messages "$(med messages.rps)" "$(med messages.cpu)"
 echo "  by round: troupe's share $(span share) %; added p50 on CPU 0 $(span add50) us, unpinned $(span uadd50) us"
 echo
 echo "errors: ${ERRORS:-none}"

@@ -38,7 +38,7 @@ impl Default for ResponsesConfig {
     fn default() -> Self {
         ResponsesConfig {
             store_max_responses: 10_000,
-            store_max_bytes: ByteSize(256 * 1024 * 1024),
+            store_max_bytes: ByteSize(64 * 1024 * 1024),
             store_ttl: Duration::from_secs(24 * 3600),
         }
     }
