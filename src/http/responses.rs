@@ -17,7 +17,7 @@ use super::AppState;
 use crate::canonical::{Conversation, Wire};
 use crate::protocol::responses::wire::ItemIn;
 use crate::protocol::responses::{
-    completion_body, continue_from, decode_request, stored_input, Head, OnEnd, StreamEncoder,
+    completion_body, continue_from, decode_request, stored_input, Echo, Head, OnEnd, StreamEncoder,
 };
 use crate::store::{Owner, ResponseStore, Stored};
 
@@ -52,25 +52,31 @@ fn not_found(id: &str, param: Option<&'static str>) -> ApiError {
     }
 }
 
-/// What storing a response needs once its output is known.
+/// What storing a response needs once its output is known. It is stored
+/// before its last event goes out, so a client that continues it at once
+/// finds it.
 struct Saver {
     store: Arc<dyn ResponseStore>,
     owner: Owner,
     id: String,
-    /// This request's input items, as listed.
-    input: Vec<u8>,
-    /// The conversation before the output (a JSON array): earlier items,
-    /// then the input.
-    before: Vec<u8>,
+    echo: Arc<Echo>,
+    /// The stored response this one continues.
+    earlier: Option<Arc<Stored>>,
 }
 
 impl Saver {
-    /// Stores the response; `output` is its items as a JSON array.
+    /// Stores the response: its body, and its output items as a JSON array.
     fn save(self, body: Vec<u8>, output: Vec<u8>) {
+        // Serializing into memory cannot fail.
+        let input = serde_json::to_vec(&stored_input(&self.echo.input_items)).unwrap_or_default();
+        let before = match &self.earlier {
+            Some(stored) => join_arrays(&stored.conversation, &input),
+            None => input.clone(),
+        };
         let stored = Stored {
             body,
-            input: self.input,
-            conversation: join_arrays(&self.before, &output),
+            input,
+            conversation: join_arrays(&before, &output),
         };
         self.store.put(self.owner, &self.id, stored);
     }
@@ -130,21 +136,12 @@ async fn run(
         &chat.model,
         Arc::new(echo),
     );
-    let saver = head.echo.store.then(|| {
-        let input = stored_input(&head.echo.input_items);
-        // Serializing into memory cannot fail.
-        let input = serde_json::to_vec(&input).unwrap_or_default();
-        let before = match &earlier {
-            Some(stored) => join_arrays(&stored.conversation, &input),
-            None => input.clone(),
-        };
-        Saver {
-            store: state.store.clone(),
-            owner,
-            id: head.id.clone(),
-            input,
-            before,
-        }
+    let saver = head.echo.store.then(|| Saver {
+        store: state.store.clone(),
+        owner,
+        id: head.id.clone(),
+        echo: head.echo.clone(),
+        earlier,
     });
     if chat.stream {
         let on_end = saver.map(|s| -> OnEnd { Box::new(move |body, output| s.save(body, output)) });

@@ -6,5 +6,5 @@ pub mod server;
 pub mod wire;
 
 pub use server::{
-    completion_body, continue_from, decode_request, stored_input, Head, OnEnd, StreamEncoder,
+    completion_body, continue_from, decode_request, stored_input, Echo, Head, OnEnd, StreamEncoder,
 };
