@@ -14,12 +14,36 @@ use troupe::config::{self, Config};
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Frees this thread's empty mimalloc pages and purges what has been free
-/// long enough (mimalloc's own delay), returning it to the OS.
+/// long enough (mimalloc's own delay), returning it to the OS; `force`
+/// purges at once and collects the pages of exited threads too.
 #[allow(unsafe_code)]
-fn release_memory() {
+fn release_memory(force: bool) {
     // SAFETY: `mi_collect` takes no pointers; it only walks the calling
     // thread's heap and mimalloc's arenas, and may be called at any time.
-    unsafe { libmimalloc_sys::mi_collect(false) }
+    unsafe { libmimalloc_sys::mi_collect(force) }
+}
+
+/// Drops this process's resident pages of `bytes`, read-only data of the
+/// executable: the whole pages inside it.
+#[allow(unsafe_code)]
+fn forget_pages(bytes: &'static [u8]) {
+    let page = rustix::param::page_size();
+    let start = (bytes.as_ptr() as usize).next_multiple_of(page);
+    let end = (bytes.as_ptr() as usize + bytes.len()) & !(page - 1);
+    if end <= start {
+        return;
+    }
+    // SAFETY: the range lies inside `bytes`, embedded read-only data of the
+    // executable: a private file mapping that is never written. There,
+    // MADV_DONTNEED only drops the pages from this process; a later read
+    // faults them in again from the file, with the same content.
+    let _ = unsafe {
+        rustix::mm::madvise(
+            start as *mut std::ffi::c_void,
+            end - start,
+            rustix::mm::Advice::LinuxDontNeed,
+        )
+    };
 }
 
 /// One OpenAI-compatible API in front of pools of upstream chat sessions.
@@ -155,7 +179,10 @@ fn main() -> ExitCode {
             let result = actix_web::rt::System::new().block_on(troupe::app::serve(
                 cfg,
                 cli.config.clone(),
-                Some(release_memory),
+                Some(troupe::app::MemoryHooks {
+                    release: release_memory,
+                    forget: forget_pages,
+                }),
             ));
             match result {
                 Ok(()) => ExitCode::SUCCESS,

@@ -8,8 +8,10 @@ only, against troupe's built-in `demo` pool (no network):
   start-up   `troupe serve` spawned STARTS times, each with a fresh data_dir:
              time to the "listening on http://..." line on its stdout, to the
              first 200 from GET /healthz and from GET /readyz; VmRSS 2 s after
-             it is ready (before any request) and 2 s after one streamed
-             request. Medians.
+             it is ready (before any request), 2 s after one streamed
+             request, and 2 s after one count_tokens (the first count loads
+             the tokenizer: RSS with token counting ready; its latency too).
+             Medians.
   streams    for each N in STREAMS, a fresh troupe serving a demo pool that
              answers one word every CHUNK_DELAY for about STREAM_SECONDS;
              N concurrent streamed /v1/chat/completions are opened from
@@ -219,6 +221,24 @@ def one_request(port):
         c.close()
 
 
+def one_count(port):
+    """One /v1/messages/count_tokens (the first loads the tokenizer): seconds."""
+    body = json.dumps({"model": "demo", "messages": [{"role": "user", "content": "hello world"}]})
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        t0 = time.monotonic()
+        c.request("POST", "/v1/messages/count_tokens", body=body.encode(),
+                  headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        out = r.read()
+        took = time.monotonic() - t0
+        if r.status != 200 or b"input_tokens" not in out:
+            raise RuntimeError(f"count failed: {r.status} {out[:300]!r}")
+        return took
+    finally:
+        c.close()
+
+
 # --- start-up ----------------------------------------------------------------
 
 
@@ -240,11 +260,15 @@ def bench_startup(args, tmp):
             one_request(port)
             time.sleep(2)
             after = rss(gw.pid)
+            first_count = one_count(port)
+            time.sleep(2)
+            counting = rss(gw.pid)
         finally:
             gw.stop()
-        rows.append((t_listen, t_health, t_ready, idle, after))
+        rows.append((t_listen, t_health, t_ready, idle, after, counting, first_count))
         print(f"  start {i + 1}: listening {ms(t_listen)} ms, /healthz {ms(t_health)} ms, "
-              f"/readyz {ms(t_ready)} ms; RSS idle {idle} KiB, after one request {after} KiB",
+              f"/readyz {ms(t_ready)} ms; RSS idle {idle} KiB, after one request {after} KiB, "
+              f"with the tokenizer loaded {counting} KiB (first count {ms(first_count)} ms)",
               flush=True)
     return rows
 
@@ -630,11 +654,13 @@ def main():
               f"/healthz polled every 1 ms; from the spawn of `troupe serve` to...):")
         print_table(
             ["listening line", "first /healthz 200", "first /readyz 200",
-             "RSS idle (2 s after ready)", "RSS after one request"],
+             "RSS idle (2 s after ready)", "RSS after one request",
+             "RSS with token counting ready", "first count (loads it)"],
             [[fmt(med(0) and med(0) * 1000, "{:.1f}", " ms"),
               fmt(med(1) and med(1) * 1000, "{:.1f}", " ms"),
               fmt(med(2) and med(2) * 1000, "{:.1f}", " ms"),
-              fmt(med(3), unit=" KiB"), fmt(med(4), unit=" KiB")]],
+              fmt(med(3), unit=" KiB"), fmt(med(4), unit=" KiB"), fmt(med(5), unit=" KiB"),
+              fmt(med(6) and med(6) * 1000, "{:.0f}", " ms")]],
         )
         lo_hi = lambda i: (f"{min(r[i] for r in starts) * 1000:.1f} to "
                            f"{max(r[i] for r in starts) * 1000:.1f} ms")

@@ -7,6 +7,7 @@ pub(crate) mod placement;
 pub(crate) mod reload;
 pub mod server;
 
+pub use crate::support::memory::Hooks as MemoryHooks;
 pub use server::serve;
 
 /// Loads and validates the configuration at `path`, each pool's own keys

@@ -22,6 +22,7 @@ use crate::actors::Reload;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::http::{self, AppState};
+use crate::support;
 
 /// Time given to streams to write their error event after the drain
 /// deadline, before connections are closed.
@@ -126,14 +127,19 @@ const RECENT_EVENTS: usize = 1000;
 
 /// How often each HTTP worker thread runs the `release_memory` hook.
 const RELEASE_MEMORY_EVERY: Duration = Duration::from_secs(5);
+/// Every this many runs, the collection is forced (see
+/// [`support::memory::Hooks`]).
+const FORCE_EVERY: u32 = 6;
 
-/// Runs `release` on this thread every [`RELEASE_MEMORY_EVERY`].
-async fn release_memory(release: fn()) {
+/// Releases this thread's freed memory every [`RELEASE_MEMORY_EVERY`].
+async fn release_memory() {
     let mut tick = tokio::time::interval(RELEASE_MEMORY_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut runs = 0u32;
     loop {
         tick.tick().await;
-        release();
+        runs = runs.wrapping_add(1);
+        support::memory::release(runs % FORCE_EVERY == 0);
     }
 }
 
@@ -146,8 +152,11 @@ async fn release_memory(release: fn()) {
 pub async fn serve(
     cfg: Config,
     config_path: std::path::PathBuf,
-    release: Option<fn()>,
+    memory: Option<support::memory::Hooks>,
 ) -> std::io::Result<()> {
+    if let Some(hooks) = memory {
+        support::memory::install(hooks);
+    }
     let listen: SocketAddr = cfg
         .server
         .listen
@@ -226,8 +235,8 @@ pub async fn serve(
     let local = listener.local_addr()?;
     let app = move || {
         placement.join();
-        if let Some(release) = release {
-            actix_web::rt::spawn(release_memory(release));
+        if memory.is_some() {
+            actix_web::rt::spawn(release_memory());
         }
         App::new()
             .app_data(state.clone())
