@@ -81,6 +81,18 @@ if ! command -v chromium >/dev/null 2>&1; then
     fi
 fi
 
+# The cluster tests start their own redis-server (never the machine's).
+if ! command -v redis-server >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        step "installing redis-server (for the cluster tests)"
+        apt-get update -qq >/dev/null && apt-get install -y -qq redis-server >/dev/null \
+            || { echo "error: could not install redis-server" >&2; exit 1; }
+    else
+        echo "error: redis-server is missing and this is not root: apt-get install redis-server" >&2
+        exit 1
+    fi
+fi
+
 step "pytest"
 export TROUPE_BIN="${TROUPE_BIN:-$ROOT/target/debug/troupe}"
 "$VENV/bin/python" -m pytest -q tests "$@"

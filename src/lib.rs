@@ -48,6 +48,7 @@ pub(crate) mod actors;
 pub(crate) mod admin;
 pub mod app;
 pub(crate) mod canonical;
+pub(crate) mod cluster;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -39,6 +39,10 @@ pub struct Metrics {
     pub task_failures: IntCounterVec,
     /// Token counts refused because the counting queue was full.
     pub tokenizer_busy: prometheus::IntCounter,
+    /// 1 while this replica reaches the cluster's Redis (0 also without one).
+    pub cluster_up: IntGauge,
+    /// Cluster operations that fell back to this replica's own state.
+    pub cluster_fallbacks: prometheus::IntCounter,
 }
 
 /// Latency buckets from 1 ms to 5 min.
@@ -122,6 +126,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
     let tokenizer_busy =
         prometheus::IntCounter::new("tokenizer_busy_total", "Token counts refused: queue full.")?;
     registry.register(Box::new(tokenizer_busy.clone()))?;
+    let cluster_up = IntGauge::new(
+        "cluster_redis_up",
+        "1 while the cluster's Redis answers ([cluster] redis_url).",
+    )?;
+    registry.register(Box::new(cluster_up.clone()))?;
+    let cluster_fallbacks = prometheus::IntCounter::new(
+        "cluster_fallbacks_total",
+        "Cluster operations that used this replica's own state: Redis slow or down.",
+    )?;
+    registry.register(Box::new(cluster_fallbacks.clone()))?;
     let queue_depth = IntGauge::new("queue_depth", "Requests waiting for a free session.")?;
     registry.register(Box::new(queue_depth.clone()))?;
     let queue_wait = Histogram::with_opts(
@@ -149,6 +163,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         upstream_errors,
         task_failures,
         tokenizer_busy,
+        cluster_up,
+        cluster_fallbacks,
     })
 }
 

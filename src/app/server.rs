@@ -205,6 +205,7 @@ pub async fn serve(
         tickets,
         shutdown_rx,
         crate::upstream::registry::speaks,
+        crate::cluster::Cluster::start(&cfg.cluster),
     ));
     // Starts every pool once the workers run, and later applies reloads.
     let (reloader, mut reloader_later) = Deferred::new(Reloader::new(

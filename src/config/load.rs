@@ -287,6 +287,20 @@ fn validate(cfg: &mut Config, check: KindCheck) -> Result<(), ConfigError> {
     if sup.max_restarts == 0 {
         return Err(invalid("supervisor.max_restarts", "must be at least 1"));
     }
+    if let Some(url) = &cfg.cluster.redis_url {
+        if let Err(e) = redis::Client::open(url.as_str()) {
+            return Err(invalid(
+                "cluster.redis_url",
+                format!("not a Redis URL: {e}"),
+            ));
+        }
+    }
+    if cfg.cluster.timeout.is_zero() {
+        return Err(invalid("cluster.timeout", "must be more than 0"));
+    }
+    if cfg.cluster.connect_timeout.is_zero() {
+        return Err(invalid("cluster.connect_timeout", "must be more than 0"));
+    }
     if cfg.pools.is_empty() {
         return Err(invalid("pools", "at least one pool is required"));
     }

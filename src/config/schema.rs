@@ -16,6 +16,40 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
     #[serde(default)]
     pub responses: ResponsesConfig,
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: several replicas sharing state through Redis. Without
+/// `redis_url`, troupe is one process and shares nothing.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS).
+    pub redis_url: Option<String>,
+    /// This replica's name in the shared view; default: host name and pid.
+    pub replica: Option<String>,
+    /// Every key troupe writes in Redis starts with this.
+    pub key_prefix: String,
+    /// The longest a request waits on Redis before it goes on with this
+    /// replica's own state.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The longest a (re)connection attempt takes.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis_url: None,
+            replica: None,
+            key_prefix: "troupe:".into(),
+            timeout: Duration::from_millis(50),
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
 }
 
 /// `[responses]`: the Responses API's stored responses (`store`, the

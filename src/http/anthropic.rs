@@ -214,6 +214,7 @@ mod tests {
             tickets,
             shutdown,
             crate::upstream::registry::speaks,
+            None,
         ))
     }
 

@@ -77,11 +77,19 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         .filter(|(_, n)| **n == 0)
         .map(|(m, _)| *m)
         .collect();
-    let body = json!({
+    let mut body = json!({
         "status": if missing.is_empty() { "ready" } else { "not_ready" },
         "ready_sessions": ready,
         "models_without_sessions": missing,
     });
+    // A replica without Redis still serves (on its own state): it stays
+    // ready, and says so.
+    if let Some(c) = state.store.cluster() {
+        body["cluster"] = json!({
+            "replica": c.replica(),
+            "redis": if c.is_up() { "up" } else { "down: using this replica's own state" },
+        });
+    }
     if missing.is_empty() {
         HttpResponse::Ok().json(body)
     } else {

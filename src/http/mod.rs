@@ -93,7 +93,7 @@ pub struct AppState {
     /// Process start, shown as the models' `created`.
     pub started: u64,
     /// Stored responses of the Responses API.
-    pub store: Arc<dyn crate::store::ResponseStore>,
+    pub store: Arc<crate::store::Responses>,
 }
 
 impl AppState {
@@ -103,6 +103,7 @@ impl AppState {
         tickets: Arc<crate::actors::tickets::Tickets>,
         shutdown: tokio::sync::watch::Receiver<bool>,
         speaks: fn(&crate::config::PoolConfig) -> Speaks,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
     ) -> Self {
         AppState {
             dispatcher: Dispatcher {
@@ -114,7 +115,7 @@ impl AppState {
             },
             catalog: Arc::new(ArcSwap::from_pointee(Catalog::new(cfg, speaks))),
             started: unix_now(),
-            store: Arc::new(crate::store::MemoryStore::new(&cfg.responses)),
+            store: Arc::new(crate::store::Responses::new(&cfg.responses, cluster)),
         }
     }
 

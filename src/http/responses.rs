@@ -19,7 +19,7 @@ use crate::protocol::responses::wire::ItemIn;
 use crate::protocol::responses::{
     completion_body, continue_from, decode_request, stored_input, Echo, Head, OnEnd, StreamEncoder,
 };
-use crate::store::{Owner, ResponseStore, Stored};
+use crate::store::{Owner, Responses, Stored};
 
 /// `POST /v1/responses`.
 pub async fn create(
@@ -56,7 +56,7 @@ fn not_found(id: &str, param: Option<&'static str>) -> ApiError {
 /// before its last event goes out, so a client that continues it at once
 /// finds it.
 struct Saver {
-    store: Arc<dyn ResponseStore>,
+    store: Arc<Responses>,
     owner: Owner,
     id: String,
     echo: Arc<Echo>,
@@ -123,6 +123,7 @@ async fn run(
         let stored = state
             .store
             .get(owner, prev)
+            .await
             .ok_or_else(|| not_found(prev, Some("previous_response_id")))?;
         let items: Vec<ItemIn> = serde_json::from_slice(&stored.conversation)
             .map_err(|e| ApiError::Internal(format!("a stored conversation is unreadable: {e}")))?;
@@ -183,6 +184,7 @@ pub async fn get(
             .content_type("application/json")
             .body(s.body.clone())
     })
+    .await
 }
 
 /// `GET /v1/responses/{id}/input_items`: the request's input items, in the
@@ -217,6 +219,7 @@ pub async fn input_items(
             "has_more": has_more,
         }))
     })
+    .await
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -236,14 +239,14 @@ pub async fn delete(
         return e.render(Protocol::OpenAi);
     }
     let id = path.into_inner();
-    if state.store.delete(owner(&req), &id) {
+    if state.store.delete(owner(&req), &id).await {
         HttpResponse::Ok().json(json!({"id": id, "object": "response", "deleted": true}))
     } else {
         not_found(&id, None).render(Protocol::OpenAi)
     }
 }
 
-fn stored(
+async fn stored(
     req: &HttpRequest,
     state: &AppState,
     id: &str,
@@ -252,7 +255,7 @@ fn stored(
     if let Err(e) = state.catalog().auth.check(req) {
         return e.render(Protocol::OpenAi);
     }
-    match state.store.get(owner(req), id) {
+    match state.store.get(owner(req), id).await {
         Some(s) => answer(&s),
         None => not_found(id, None).render(Protocol::OpenAi),
     }

@@ -8,11 +8,16 @@
 //! A stored response is JSON only (the response object, and the
 //! conversation's items up to and including its output), so any store can
 //! keep it as bytes.
+//!
+//! [`Responses`] is what handlers use: this replica's [`MemoryStore`], and
+//! with a cluster, Redis too (a hash per response with the store's TTL),
+//! so a response stored by one replica continues on another.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::cluster::Cluster;
 use crate::config::ResponsesConfig;
 use crate::support::sync::lock;
 
@@ -144,6 +149,150 @@ impl ResponseStore for MemoryStore {
             }
             None => false,
         }
+    }
+}
+
+/// Stored responses: this replica's own, and the cluster's when there is
+/// one. Writes go to both (Redis in the background: the answer does not
+/// wait for it); reads ask Redis first, so a response deleted on another
+/// replica is gone here too, and fall back to this replica's copy when
+/// Redis lacks it (a write still on its way) or cannot be reached.
+pub struct Responses {
+    local: Arc<dyn ResponseStore>,
+    cluster: Option<Arc<Cluster>>,
+    ttl: Duration,
+}
+
+/// The hash fields of a response in Redis.
+const BODY: &str = "body";
+const INPUT: &str = "input";
+const CONVERSATION: &str = "conversation";
+/// Set by a delete: the response is gone, whatever a replica still holds.
+const DELETED: &str = "deleted";
+
+impl Responses {
+    pub(crate) fn new(cfg: &ResponsesConfig, cluster: Option<Arc<Cluster>>) -> Self {
+        Responses {
+            local: Arc::new(MemoryStore::new(cfg)),
+            cluster,
+            ttl: cfg.store_ttl,
+        }
+    }
+
+    /// The cluster these responses are shared in, if any.
+    pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
+    }
+
+    fn key(cluster: &Cluster, owner: Owner, id: &str) -> String {
+        cluster.key(&["resp", &format!("{owner:016x}"), id])
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    pub fn put(&self, owner: Owner, id: &str, stored: Stored) {
+        if let Some(cluster) = self.cluster.clone() {
+            let key = Self::key(&cluster, owner, id);
+            let ttl = self.ttl_ms();
+            let shared = stored.clone();
+            tokio::spawn(async move {
+                cluster
+                    .run("store a response", |mut conn| async move {
+                        redis::pipe()
+                            .atomic()
+                            .hset_multiple(
+                                &key,
+                                &[
+                                    (BODY, shared.body),
+                                    (INPUT, shared.input),
+                                    (CONVERSATION, shared.conversation),
+                                ],
+                            )
+                            .ignore()
+                            .pexpire(&key, ttl as i64)
+                            .ignore()
+                            .query_async::<()>(&mut conn)
+                            .await
+                    })
+                    .await
+            });
+        }
+        self.local.put(owner, id, stored);
+    }
+
+    pub async fn get(&self, owner: Owner, id: &str) -> Option<Arc<Stored>> {
+        if let Some(cluster) = &self.cluster {
+            let key = Self::key(cluster, owner, id);
+            type Fields = (
+                Option<Vec<u8>>,
+                Option<Vec<u8>>,
+                Option<Vec<u8>>,
+                Option<String>,
+            );
+            let found = cluster
+                .run("read a response", |mut conn| async move {
+                    redis::cmd("HMGET")
+                        .arg(&key)
+                        .arg(BODY)
+                        .arg(INPUT)
+                        .arg(CONVERSATION)
+                        .arg(DELETED)
+                        .query_async::<Fields>(&mut conn)
+                        .await
+                })
+                .await;
+            match found {
+                Some((_, _, _, Some(_))) => {
+                    self.local.delete(owner, id);
+                    return None;
+                }
+                Some((Some(body), Some(input), Some(conversation), None)) => {
+                    return Some(Arc::new(Stored {
+                        body,
+                        input,
+                        conversation,
+                    }));
+                }
+                _ => {}
+            }
+        }
+        self.local.get(owner, id)
+    }
+
+    pub async fn delete(&self, owner: Owner, id: &str) -> bool {
+        let here = self.local.delete(owner, id);
+        let Some(cluster) = &self.cluster else {
+            return here;
+        };
+        let key = Self::key(cluster, owner, id);
+        let ttl = self.ttl_ms();
+        // A mark rather than DEL: a replica holding its own copy reads the
+        // mark and drops the copy.
+        let existed = cluster
+            .run("delete a response", |mut conn| async move {
+                let (body, gone): (bool, bool) = redis::pipe()
+                    .atomic()
+                    .hexists(&key, BODY)
+                    .hexists(&key, DELETED)
+                    .cmd("HSET")
+                    .arg(&key)
+                    .arg(BODY)
+                    .arg("")
+                    .arg(DELETED)
+                    .arg(1)
+                    .ignore()
+                    .pexpire(&key, ttl as i64)
+                    .ignore()
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(body && !gone)
+            })
+            .await;
+        here || existed.unwrap_or(false)
     }
 }
 

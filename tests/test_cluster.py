@@ -1,0 +1,219 @@
+"""Several replicas sharing state through a real Redis (``[cluster]``).
+
+Each test module run starts its own ``redis-server`` on a free loopback port
+(never the machine's own Redis) and two troupe replicas pointed at it, in
+front of the fake OpenAI peer, which records what each replica sent
+upstream.
+
+Shared so far: stored responses. A response created on one replica
+continues (``previous_response_id``), reads and deletes on the other; with
+Redis stopped, every request still succeeds on the replica's own state, and
+``/readyz`` and ``/metrics`` say so until Redis returns.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+import support
+from support import GATEWAY_KEY, PEER_PREFIX, PeerProc
+
+HEADERS = {"authorization": f"Bearer {GATEWAY_KEY}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """A throwaway redis-server: no persistence, loopback only."""
+
+    def __init__(self, tmp: Path):
+        self.port = free_port()
+        self.tmp = tmp
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        exe = shutil.which("redis-server")
+        assert exe, "redis-server is missing (scripts/test.sh installs it)"
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.tmp)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        )
+        support.wait_for("redis-server answers PING", lambda: ping(self.port), timeout=10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    r = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield r
+    r.stop()
+
+
+def cluster_config(tmp: Path, peer_url: str, redis_url: str, replica: str) -> str:
+    return support.gateway_config(tmp, peer_url) + (
+        "\n[cluster]\n"
+        f"redis_url = {support.toml_str(redis_url)}\n"
+        f"replica = {support.toml_str(replica)}\n"
+        'key_prefix = "t:"\n'
+    )
+
+
+@pytest.fixture(scope="module")
+def replicas(peer: PeerProc, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory):
+    started = []
+    for name in ("a", "b"):
+        tmp = tmp_path_factory.mktemp(f"replica-{name}")
+        gw = support.started(lambda: support.start_gateway(tmp, cluster_config(tmp, peer.url, redis_server.url, name)))
+        started.append(gw)
+    for gw in started:
+        support.wait_for(f"{gw.url} reaches Redis", lambda: cluster_state(gw).get("redis") == "up", timeout=15)
+    yield started
+    for gw in started:
+        gw.cleanup()
+
+
+def cluster_state(gw) -> dict:
+    r = httpx.get(f"{gw.url}/readyz", timeout=5, trust_env=False)
+    return r.json().get("cluster", {})
+
+
+def post(gw, body: dict) -> httpx.Response:
+    return httpx.post(f"{gw.url}/v1/responses", json=body, headers=HEADERS, timeout=30, trust_env=False)
+
+
+def metric(gw, name: str) -> float:
+    text = httpx.get(f"{gw.url}/metrics", timeout=5, trust_env=False).text
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def upstream_texts(peer: PeerProc) -> list[tuple[str, str]]:
+    body = peer.requests()[-1]["body"]
+    return [(m["role"], m["content"] if isinstance(m["content"], str) else "".join(p.get("text", "") for p in m["content"]))
+            for m in body["messages"] if m["role"] != "system"]
+
+
+def test_readyz_names_the_replica_and_redis(replicas):
+    a, b = replicas
+    assert cluster_state(a) == {"replica": "a", "redis": "up"}
+    assert cluster_state(b) == {"replica": "b", "redis": "up"}
+    assert metric(a, "troupe_cluster_redis_up") == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_response_stored_on_one_replica_continues_on_another(replicas, clean_peer, stream):
+    a, b = replicas
+    if stream:
+        with httpx.stream("POST", f"{a.url}/v1/responses", headers=HEADERS, timeout=30, trust_env=False,
+                          json={"model": "gpt-4o-mini", "input": "remember kiwi", "stream": True}) as r:
+            assert r.status_code == 200
+            first_id = None
+            for line in r.iter_lines():
+                if line.startswith("data: ") and '"response.completed"' in line:
+                    import json
+                    first_id = json.loads(line[6:])["response"]["id"]
+        assert first_id
+    else:
+        r = post(a, {"model": "gpt-4o-mini", "input": "remember kiwi"})
+        assert r.status_code == 200, r.text
+        first_id = r.json()["id"]
+    # The write to Redis is on its way as the answer ends: B may ask at once.
+    second = support.wait_for(
+        "B continues A's response",
+        lambda: (lambda r: r if r.status_code == 200 else None)(
+            post(b, {"model": "gpt-4o-mini", "input": "what fruit?", "previous_response_id": first_id})),
+        timeout=5,
+    )
+    assert second.json()["previous_response_id"] == first_id
+    assert upstream_texts(clean_peer) == [
+        ("user", "remember kiwi"),
+        ("assistant", PEER_PREFIX + "remember kiwi"),
+        ("user", "what fruit?"),
+    ]
+
+
+def test_reads_and_deletes_reach_every_replica(replicas):
+    a, b = replicas
+    r = post(a, {"model": "demo", "input": "keep me"})
+    rid = r.json()["id"]
+    got = support.wait_for("B reads A's response",
+                           lambda: (lambda g: g if g.status_code == 200 else None)(
+                               httpx.get(f"{b.url}/v1/responses/{rid}", headers=HEADERS, timeout=5, trust_env=False)),
+                           timeout=5)
+    assert got.json()["id"] == rid
+    items = httpx.get(f"{b.url}/v1/responses/{rid}/input_items", headers=HEADERS, timeout=5, trust_env=False)
+    assert items.status_code == 200
+    assert items.json()["data"][0]["content"][0]["text"] == "keep me"
+    # Another key sees nothing, on either replica.
+    other = {"authorization": "Bearer not-a-key-of-this-gateway"}
+    assert httpx.get(f"{b.url}/v1/responses/{rid}", headers=other, timeout=5, trust_env=False).status_code == 401
+    # Deleted on B: gone on A too, although A still holds its own copy.
+    d = httpx.delete(f"{b.url}/v1/responses/{rid}", headers=HEADERS, timeout=5, trust_env=False)
+    assert d.status_code == 200 and d.json()["deleted"] is True
+    for gw in (a, b):
+        g = httpx.get(f"{gw.url}/v1/responses/{rid}", headers=HEADERS, timeout=5, trust_env=False)
+        assert g.status_code == 404, (gw.url, g.text)
+
+
+def test_requests_never_fail_while_redis_is_down(replicas, redis_server):
+    a, b = replicas
+    fallbacks = metric(a, "troupe_cluster_fallbacks_total")
+    redis_server.stop()
+    try:
+        support.wait_for("A notices Redis is down", lambda: cluster_state(a).get("redis", "").startswith("down"), timeout=10)
+        assert metric(a, "troupe_cluster_redis_up") == 0
+        # Served on A's own state: stored there, continued there.
+        started = time.monotonic()
+        first = post(a, {"model": "demo", "input": "alone"})
+        assert first.status_code == 200, first.text
+        second = post(a, {"model": "demo", "input": "still here", "previous_response_id": first.json()["id"]})
+        assert second.status_code == 200, second.text
+        assert time.monotonic() - started < 5
+        assert metric(a, "troupe_cluster_fallbacks_total") > fallbacks
+        assert "Redis unreachable" in a.stderr_text(200_000)
+        # Ready all along: a replica without Redis still serves.
+        assert httpx.get(f"{a.url}/readyz", timeout=5, trust_env=False).status_code == 200
+    finally:
+        redis_server.start()
+    support.wait_for("A sees Redis again", lambda: cluster_state(a).get("redis") == "up", timeout=15)
+    assert metric(a, "troupe_cluster_redis_up") == 1
+    assert "Redis is back" in a.stderr_text(200_000)
+    # Shared again.
+    r = post(a, {"model": "demo", "input": "together again"})
+    rid = r.json()["id"]
+    support.wait_for("B reads it", lambda: httpx.get(f"{b.url}/v1/responses/{rid}", headers=HEADERS, timeout=5,
+                                                     trust_env=False).status_code == 200, timeout=5)
