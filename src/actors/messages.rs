@@ -166,6 +166,8 @@ pub struct Lease {
     pub session_name: Arc<str>,
     /// The model name to send upstream.
     pub upstream_model: Arc<str>,
+    /// The session's `max_concurrency` (across replicas, with a cluster).
+    pub max: u32,
     /// Held for its `Drop`, which returns the slot.
     pub(crate) _permit: Permit,
 }

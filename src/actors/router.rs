@@ -222,6 +222,7 @@ impl Router {
             name: s.name.clone(),
             upstream_model,
             in_flight: s.in_flight.clone(),
+            max: s.max,
         })
     }
 

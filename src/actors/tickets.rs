@@ -42,6 +42,8 @@ pub(super) struct Offer {
     pub upstream_model: Arc<str>,
     /// The slot's lease count, shared with the Router.
     pub in_flight: Arc<AtomicU32>,
+    /// The session's `max_concurrency`.
+    pub max: u32,
 }
 
 impl Offer {
@@ -53,6 +55,7 @@ impl Offer {
             pool: self.pool,
             session_name: self.name,
             upstream_model: self.upstream_model,
+            max: self.max,
             _permit: Permit {
                 router,
                 id: self.id,

@@ -9,17 +9,98 @@
 //! warning, the return as an info line, and `troupe_cluster_redis_up`
 //! follows. The connection manager reconnects by itself, with backoff.
 //!
-//! Shared so far: stored responses (`previous_response_id` created on one
-//! replica continues on another), see [`crate::store`].
+//! Shared so far:
+//! - stored responses (`previous_response_id` created on one replica
+//!   continues on another), see [`crate::store`];
+//! - concurrency: an account's `max_concurrency` holds across replicas
+//!   ([`Cluster::lease`]). Each account has a sorted set of holds scored by
+//!   their expiry (Redis's own clock, so replicas' clocks do not matter);
+//!   a script drops the expired ones and adds a hold if there is room, in
+//!   one round trip. A replica renews its holds every third of `lease_ttl`,
+//!   so a replica that dies (even by SIGKILL) leaves them for at most that.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::ClusterConfig;
+use crate::support::sync::lock;
+
+/// Takes a hold on an account if it has room: KEYS[1] the account's holds,
+/// ARGV: max, ttl (ms), the hold's name. 1 if taken.
+const TAKE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+  return 1
+end
+return 0
+";
+
+/// Renews holds: KEYS the accounts' sets, ARGV[1] the ttl (ms), then the
+/// holds' names in the order of KEYS. A hold that already expired is not
+/// brought back.
+const RENEW: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+for i, k in ipairs(KEYS) do
+  redis.call('ZADD', k, 'XX', now + ttl, ARGV[i + 1])
+  redis.call('PEXPIRE', k, ttl)
+end
+return 0
+";
+
+/// What [`Cluster::lease`] found.
+#[derive(Debug)]
+pub(crate) enum Grant {
+    /// Held across the cluster until the [`Held`] is dropped.
+    Held(Held),
+    /// The account runs its `max_concurrency` on the replicas together.
+    Full,
+    /// Redis did not answer in time: go on with this replica's own count.
+    Local,
+}
+
+/// One request's hold on an account's concurrency; dropping it gives the
+/// slot back to the cluster.
+#[derive(Debug)]
+pub(crate) struct Held {
+    cluster: Arc<Cluster>,
+    key: String,
+    member: String,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        lock(&self.cluster.held).remove(&self.member);
+        let (cluster, key, member) = (
+            self.cluster.clone(),
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.member),
+        );
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                cluster
+                    .run("give a hold back", |mut conn| async move {
+                        redis::cmd("ZREM")
+                            .arg(&key)
+                            .arg(&member)
+                            .query_async::<()>(&mut conn)
+                            .await
+                    })
+                    .await
+            });
+        }
+    }
+}
 
 /// How often Redis is pinged to tell whether it is up.
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
@@ -31,6 +112,12 @@ pub(crate) struct Cluster {
     timeout: Duration,
     conn: ConnectionManager,
     up: AtomicBool,
+    lease_ttl: Duration,
+    take: redis::Script,
+    renew: redis::Script,
+    /// This replica's holds: name → the account's key, for renewal.
+    held: Mutex<HashMap<String, String>>,
+    next_hold: AtomicU64,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -85,10 +172,48 @@ impl Cluster {
             conn,
             // Down until the first ping answers.
             up: AtomicBool::new(false),
+            lease_ttl: cfg.lease_ttl,
+            take: redis::Script::new(TAKE),
+            renew: redis::Script::new(RENEW),
+            held: Mutex::new(HashMap::new()),
+            next_hold: AtomicU64::new(0),
         });
         tracing::info!(replica = %cluster.replica, "cluster: sharing state through Redis");
         tokio::spawn(health(Arc::downgrade(&cluster)));
+        tokio::spawn(renew(Arc::downgrade(&cluster)));
         Some(cluster)
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.lease_ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A hold on one of `max` concurrent requests of account `account` of
+    /// pool `pool`, across the cluster.
+    pub(crate) async fn lease(self: &Arc<Self>, pool: &str, account: &str, max: u32) -> Grant {
+        let key = self.key(&["conc", pool, account]);
+        let n = self.next_hold.fetch_add(1, Ordering::Relaxed);
+        let member = format!("{}:{n}", self.replica);
+        let (take, ttl) = (&self.take, self.ttl_ms());
+        let taken = self
+            .run("take a concurrency hold", |mut conn| {
+                let mut call = take.key(&key);
+                call.arg(max).arg(ttl).arg(&member);
+                async move { call.invoke_async::<i64>(&mut conn).await }
+            })
+            .await;
+        match taken {
+            Some(1) => {
+                lock(&self.held).insert(member.clone(), key.clone());
+                Grant::Held(Held {
+                    cluster: self.clone(),
+                    key,
+                    member,
+                })
+            }
+            Some(_) => Grant::Full,
+            None => Grant::Local,
+        }
     }
 
     pub(crate) fn replica(&self) -> &str {
@@ -163,6 +288,39 @@ impl Cluster {
 fn fallback() {
     if let Some(m) = crate::metrics::get() {
         m.cluster_fallbacks.inc();
+    }
+}
+
+/// Renews this replica's holds every third of their ttl.
+async fn renew(cluster: std::sync::Weak<Cluster>) {
+    let every = match cluster.upgrade() {
+        Some(c) => c.lease_ttl / 3,
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(c) = cluster.upgrade() else {
+            return;
+        };
+        let holds: Vec<(String, String)> = lock(&c.held)
+            .iter()
+            .map(|(m, k)| (m.clone(), k.clone()))
+            .collect();
+        if holds.is_empty() {
+            continue;
+        }
+        let (script, ttl) = (&c.renew, c.ttl_ms());
+        c.run("renew concurrency holds", |mut conn| {
+            let mut call = script.prepare_invoke();
+            call.arg(ttl);
+            for (member, key) in &holds {
+                call.key(key).arg(member);
+            }
+            async move { call.invoke_async::<()>(&mut conn).await }
+        })
+        .await;
     }
 }
 

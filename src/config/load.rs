@@ -298,6 +298,9 @@ fn validate(cfg: &mut Config, check: KindCheck) -> Result<(), ConfigError> {
     if cfg.cluster.timeout.is_zero() {
         return Err(invalid("cluster.timeout", "must be more than 0"));
     }
+    if cfg.cluster.lease_ttl < std::time::Duration::from_secs(1) {
+        return Err(invalid("cluster.lease_ttl", "must be at least 1s"));
+    }
     if cfg.cluster.connect_timeout.is_zero() {
         return Err(invalid("cluster.connect_timeout", "must be more than 0"));
     }

@@ -38,6 +38,11 @@ pub struct ClusterConfig {
     /// The longest a (re)connection attempt takes.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// How long a replica's hold on an account's concurrency outlives the
+    /// replica (renewed while it runs): a replica killed with requests in
+    /// flight leaves their slots taken for at most this long.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -48,6 +53,7 @@ impl Default for ClusterConfig {
             key_prefix: "troupe:".into(),
             timeout: Duration::from_millis(50),
             connect_timeout: Duration::from_secs(1),
+            lease_ttl: Duration::from_secs(15),
         }
     }
 }

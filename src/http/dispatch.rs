@@ -16,6 +16,7 @@ use crate::actors::router::Router;
 use crate::actors::tickets::Tickets;
 use crate::actors::{Lease, SessionId};
 use crate::canonical::{Answer, ChatEvent, ChatRequest, ErrorKind, UpstreamError};
+use crate::cluster::{Cluster, Grant, Held};
 use crate::config::ServerConfig;
 
 /// Events buffered in a request's mailbox before the upstream waits.
@@ -33,6 +34,8 @@ pub struct Dispatcher {
     /// Turns true when the drain deadline of a shutdown has passed: answers
     /// still running end with the protocol's error instead of a cut.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Replicas sharing accounts' concurrency, if any.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// An answer that has begun: the lease keeps the session slot, `head` holds
@@ -43,6 +46,9 @@ pub struct Opened {
     pub head: Vec<ChatEvent>,
     /// When the whole request must be over.
     pub deadline: tokio::time::Instant,
+    /// The request's hold on its account across the cluster, held for its
+    /// `Drop`.
+    pub _shared: Option<Held>,
 }
 
 /// Resolves once a shutdown's drain deadline has passed; never when the
@@ -104,6 +110,45 @@ impl Dispatcher {
         }
     }
 
+    /// A lease that also holds across the cluster, when there is one: an
+    /// account whose `max_concurrency` the replicas already run together
+    /// is given back and asked again, after a short pause, until a slot
+    /// frees or the queue timeout passes. With Redis out of reach the
+    /// lease holds on this replica alone.
+    async fn acquire_shared(
+        &self,
+        model: &Arc<str>,
+        exclude: Option<SessionId>,
+        affinity: Option<u64>,
+    ) -> Result<(Lease, Option<Held>), ApiError> {
+        let Some(cluster) = &self.cluster else {
+            return Ok((self.acquire(model, exclude, affinity).await?, None));
+        };
+        let give_up = tokio::time::Instant::now() + self.server.queue_timeout;
+        let mut pause = std::time::Duration::from_millis(2);
+        loop {
+            let lease = self.acquire(model, exclude, affinity).await?;
+            match cluster
+                .lease(&lease.pool, &lease.session_name, lease.max)
+                .await
+            {
+                Grant::Held(held) => return Ok((lease, Some(held))),
+                Grant::Local => return Ok((lease, None)),
+                Grant::Full => drop(lease),
+            }
+            if tokio::time::Instant::now() + pause >= give_up {
+                return Err(ApiError::QueueTimeout {
+                    waited_secs: self.server.queue_timeout.as_secs(),
+                });
+            }
+            // Replicas that found the account full together do not retry
+            // in step.
+            let jitter = rand::random::<u64>() % (pause.as_millis() as u64 + 1);
+            tokio::time::sleep(pause + std::time::Duration::from_millis(jitter)).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// One attempt: lease, send, and wait for the first event that commits
     /// the answer (anything but preamble).
     async fn attempt(
@@ -116,7 +161,7 @@ impl Dispatcher {
     ) -> Result<Result<Opened, (SessionId, UpstreamError)>, ApiError> {
         let affinity = req.conversation.and_then(|c| c.route_key());
         let asked = Instant::now();
-        let lease = match self.acquire(model, attempts.exclude, affinity).await {
+        let (lease, shared) = match self.acquire_shared(model, attempts.exclude, affinity).await {
             Ok(l) => {
                 trace.queued(asked.elapsed());
                 l
@@ -148,6 +193,7 @@ impl Dispatcher {
                         rx,
                         head,
                         deadline,
+                        _shared: shared,
                     }));
                 }
                 Ok(None) => {

@@ -112,6 +112,7 @@ impl AppState {
                 server: Arc::new(cfg.server.clone()),
                 retry_budget: cfg.supervisor.retry_budget,
                 shutdown,
+                cluster: cluster.clone(),
             },
             catalog: Arc::new(ArcSwap::from_pointee(Catalog::new(cfg, speaks))),
             started: unix_now(),

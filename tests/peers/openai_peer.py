@@ -128,7 +128,9 @@ Test control endpoints (no auth):
 * ``GET /_peer/faults`` lists the active faults; rate faults carry
   ``hits``, how many requests they were applied to.
 * ``DELETE /_peer/faults`` clears the faults but keeps the request log.
-* ``POST /_peer/reset`` clears faults and the request log.
+* ``POST /_peer/reset`` clears faults, the request log and the peaks below.
+* ``GET /_peer/concurrency``: ``{"now": {key: n}, "max": {key: n}}``, the
+  model requests each API key has in progress, and the most it had at once.
 * ``GET /_peer/requests`` lists every model request received (chat and
   responses), oldest first:
   ``{"key", "body", "path", "stream", "conn", "time", "end", "fault", "outcome"}``
@@ -480,6 +482,8 @@ class Peer:
         self.requests: list[dict] = []
         self.ids: dict[str, int] = {}  # per id kind (resp, msg, fc, ctc, rs): the next number
         self.issued: set[str] = set()  # encrypted_content this peer gave out
+        self.inflight: dict[str, int] = {}  # per API key: model requests in progress
+        self.max_inflight: dict[str, int] = {}  # per API key: the most at once
 
     # ---- control -------------------------------------------------------
 
@@ -527,12 +531,16 @@ class Peer:
         self.faults.clear()
         self.rate_faults.clear()
         self.requests.clear()
+        self.max_inflight = dict(self.inflight)
         # Same faults after a reset, same outcomes: start the draws over.
         self.rng = random.Random(self.seed)
         return json_response(200, {"ok": True})
 
     async def get_requests(self, request: web.Request) -> web.Response:
         return json_response(200, {"requests": self.requests})
+
+    async def get_concurrency(self, request: web.Request) -> web.Response:
+        return json_response(200, {"now": self.inflight, "max": self.max_inflight})
 
     @staticmethod
     def _matches(fault: dict, key: str) -> bool:
@@ -855,7 +863,15 @@ class Peer:
             "time": time.time(),
         }
         self.requests.append(entry)
-        return await recorded(entry, self.admitted(request, key, err, body, stream, entry, param, inner), keep_outcome=False)
+        k = key or ""
+        self.inflight[k] = self.inflight.get(k, 0) + 1
+        self.max_inflight[k] = max(self.max_inflight.get(k, 0), self.inflight[k])
+        try:
+            return await recorded(
+                entry, self.admitted(request, key, err, body, stream, entry, param, inner), keep_outcome=False
+            )
+        finally:
+            self.inflight[k] -= 1
 
     async def admitted(
         self, request: web.Request, key: str | None, err: web.Response | None, body: Any, stream: bool,
@@ -1662,6 +1678,7 @@ def build_app(peer: Peer) -> web.Application:
         web.get("/v1/models", peer.list_models),
         web.get("/v1/models/{model}", peer.get_model),
         web.get("/_peer/faults", peer.get_faults),
+        web.get("/_peer/concurrency", peer.get_concurrency),
         web.delete("/_peer/faults", peer.delete_faults),
     ]
     return peer_app(peer, routes, on_not_found)
