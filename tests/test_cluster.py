@@ -285,3 +285,34 @@ def test_a_killed_replicas_holds_free_within_their_ttl(replicas, clean_peer, red
     took = time.monotonic() - killed
     assert r.status_code == 200, r.text
     assert took < 6, f"served {took:.1f} s after the kill (holds live 2 s)"
+
+
+def test_a_429_on_one_replica_cools_the_account_down_on_the_others(replicas, clean_peer):
+    """A 429 with Retry-After for one key, seen by A: B stops sending that
+    key the model within 100 ms, and sends it again once the wait is over."""
+    a, b = replicas
+    clean_peer.fault("429", count=1, key=support.PEER_KEYS[0], retry_after=2)
+    ask = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    # A meets the 429 on the first key (and answers from the second).
+    for _ in range(4):
+        r = httpx.post(f"{a.url}/v1/chat/completions", headers=HEADERS, json=ask, timeout=30, trust_env=False)
+        assert r.status_code == 200, r.text
+        if any(q.get("outcome") == "status 429" for q in clean_peer.requests()):
+            break
+    limited = [q for q in clean_peer.requests() if q.get("outcome") == "status 429"]
+    assert limited and limited[0]["key"] == support.PEER_KEYS[0]
+    seen = time.time()
+    time.sleep(0.1)
+    before = len(clean_peer.requests())
+    for _ in range(6):
+        r = httpx.post(f"{b.url}/v1/chat/completions", headers=HEADERS, json=ask, timeout=30, trust_env=False)
+        assert r.status_code == 200, r.text
+    during = clean_peer.requests()[before:]
+    assert len(during) == 6 and {q["key"] for q in during} == {support.PEER_KEYS[1]}, [q["key"] for q in during]
+    # Over: B takes turns with the first key again.
+    time.sleep(max(0.0, seen + 2.2 - time.time()))
+    before = len(clean_peer.requests())
+    for _ in range(6):
+        r = httpx.post(f"{b.url}/v1/chat/completions", headers=HEADERS, json=ask, timeout=30, trust_env=False)
+        assert r.status_code == 200, r.text
+    assert support.PEER_KEYS[0] in {q["key"] for q in clean_peer.requests()[before:]}

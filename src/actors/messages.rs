@@ -94,6 +94,11 @@ pub struct ModelCooldown {
     pub until: Instant,
 }
 
+/// A cool-down another replica saw (see [`crate::cluster`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SharedCooldown(pub crate::cluster::Cooldown);
+
 /// A turn of a conversation succeeded on a session: later turns with
 /// `key` prefer it.
 #[derive(Message)]

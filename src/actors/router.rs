@@ -13,7 +13,8 @@ use tokio::sync::oneshot;
 
 use super::messages::{
     Acquire, AcquireError, Busy, Lease, ModelCooldown, Register, Release, Remember, Reset,
-    ResetSession, Retire, SessionId, SessionInfo, SessionState, SetModels, Snapshot, StateChanged,
+    ResetSession, Retire, SessionId, SessionInfo, SessionState, SetModels, SharedCooldown,
+    Snapshot, StateChanged,
 };
 use super::session::Session;
 use super::tickets::{claim, Offer, Ticket, Tickets};
@@ -106,6 +107,8 @@ pub struct Router {
     listening: Arc<AtomicBool>,
     /// Idle sessions handlers may lease without asking (see [`Tickets`]).
     tickets: Arc<Tickets>,
+    /// Replicas told of this one's cool-downs, if any.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Conversations remembered by default, and for how long.
@@ -130,7 +133,14 @@ impl Router {
             turn: std::cell::Cell::new(0),
             listening: Arc::new(AtomicBool::new(false)),
             tickets: Arc::default(),
+            cluster: None,
         }
+    }
+
+    /// Publishes this replica's cool-downs to the other replicas.
+    pub fn with_cluster(mut self, cluster: Option<Arc<crate::cluster::Cluster>>) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     /// The tickets this Router issues, for the handlers.
@@ -501,19 +511,16 @@ impl Handler<Remember> for Router {
     }
 }
 
-impl Handler<ModelCooldown> for Router {
-    type Result = ();
-
-    fn handle(&mut self, msg: ModelCooldown, ctx: &mut Self::Context) {
-        let Some(&slot) = self.index.get(&msg.id) else {
-            return;
-        };
+impl Router {
+    /// Cools `model` (the upstream name) down on the session in `slot`
+    /// until `until`; false if no route of that slot sends that model.
+    fn cool(&mut self, slot: usize, model: &str, until: Instant, ctx: &mut Context<Self>) -> bool {
         // The upstream limited its model name; every public name mapped to
         // it on this session cools down together.
         let mut any = false;
         for route in self.routes.values_mut().flatten() {
-            if route.slot == slot && route.upstream_model == msg.model {
-                route.cool_until = Some(msg.until);
+            if route.slot == slot && &*route.upstream_model == model {
+                route.cool_until = Some(until);
                 any = true;
             }
         }
@@ -521,11 +528,46 @@ impl Handler<ModelCooldown> for Router {
             self.tickets.clear();
             // Waiters may be served once the cool-down ends, and tickets
             // offer the session again.
-            let wait = msg.until.saturating_duration_since(Instant::now());
+            let wait = until.saturating_duration_since(Instant::now());
             ctx.run_later(wait, |act, ctx| {
                 act.tickets.clear();
                 act.drain_queue(ctx);
             });
+        }
+        any
+    }
+}
+
+impl Handler<ModelCooldown> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: ModelCooldown, ctx: &mut Self::Context) {
+        let Some(&slot) = self.index.get(&msg.id) else {
+            return;
+        };
+        if self.cool(slot, &msg.model, msg.until, ctx) {
+            if let Some(cluster) = &self.cluster {
+                let s = &self.slots[slot];
+                let wait = msg.until.saturating_duration_since(Instant::now());
+                cluster.publish_cooldown(&s.pool, &s.name, &msg.model, wait);
+            }
+        }
+    }
+}
+
+impl Handler<SharedCooldown> for Router {
+    type Result = ();
+
+    /// Another replica's cool-down: the same account (pool and account
+    /// name) of this replica's configuration cools down too.
+    fn handle(&mut self, msg: SharedCooldown, ctx: &mut Self::Context) {
+        let cd = msg.0;
+        let until = Instant::now() + Duration::from_millis(cd.wait_ms);
+        let slots: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| *self.slots[i].pool == *cd.pool && *self.slots[i].name == *cd.account)
+            .collect();
+        for slot in slots {
+            self.cool(slot, &cd.model, until, ctx);
         }
     }
 }

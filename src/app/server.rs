@@ -177,13 +177,20 @@ pub async fn serve(
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
     };
-    let router = Router::new(cfg.server.max_queue).with_models(
-        cfg.pools
-            .iter()
-            .flat_map(|p| p.models.iter().map(|m| Arc::from(m.public.as_str()))),
-    );
+    let cluster = crate::cluster::Cluster::start(&cfg.cluster);
+    let router = Router::new(cfg.server.max_queue)
+        .with_models(
+            cfg.pools
+                .iter()
+                .flat_map(|p| p.models.iter().map(|m| Arc::from(m.public.as_str()))),
+        )
+        .with_cluster(cluster.clone());
     let tickets = router.tickets();
     let (router, router_later) = Deferred::new(router);
+    if let Some(c) = &cluster {
+        let router = router.clone();
+        c.on_cooldown(move |cd| router.do_send(crate::actors::messages::SharedCooldown(cd)));
+    }
     let (placement, placed) = Placement::new(
         workers,
         Box::new(move || {
@@ -205,7 +212,7 @@ pub async fn serve(
         tickets,
         shutdown_rx,
         crate::upstream::registry::speaks,
-        crate::cluster::Cluster::start(&cfg.cluster),
+        cluster,
     ));
     // Starts every pool once the workers run, and later applies reloads.
     let (reloader, mut reloader_later) = Deferred::new(Reloader::new(

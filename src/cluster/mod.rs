@@ -17,7 +17,11 @@
 //!   their expiry (Redis's own clock, so replicas' clocks do not matter);
 //!   a script drops the expired ones and adds a hold if there is room, in
 //!   one round trip. A replica renews its holds every third of `lease_ttl`,
-//!   so a replica that dies (even by SIGKILL) leaves them for at most that.
+//!   so a replica that dies (even by SIGKILL) leaves them for at most that;
+//! - cool-downs: a model an upstream rate-limited on an account (a 429 with
+//!   `Retry-After`) is published on a channel; every replica's Router
+//!   withdraws it at once ([`Cluster::publish_cooldown`],
+//!   [`Cluster::on_cooldown`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -57,6 +61,19 @@ for i, k in ipairs(KEYS) do
 end
 return 0
 ";
+
+/// A model cooling down on an account, as replicas tell each other.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Cooldown {
+    /// The replica that saw it.
+    pub replica: String,
+    pub pool: String,
+    pub account: String,
+    /// The model name sent upstream.
+    pub model: String,
+    /// For how long, from when it is read.
+    pub wait_ms: u64,
+}
 
 /// What [`Cluster::lease`] found.
 #[derive(Debug)]
@@ -118,6 +135,7 @@ pub(crate) struct Cluster {
     /// This replica's holds: name → the account's key, for renewal.
     held: Mutex<HashMap<String, String>>,
     next_hold: AtomicU64,
+    client: redis::Client,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -158,7 +176,7 @@ impl Cluster {
             .set_response_timeout(Some(cfg.timeout))
             .set_max_delay(Duration::from_secs(5))
             .set_number_of_retries(1);
-        let conn = match ConnectionManager::new_lazy_with_config(client, config) {
+        let conn = match ConnectionManager::new_lazy_with_config(client.clone(), config) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "cluster: no Redis connection manager: running as one process");
@@ -177,11 +195,89 @@ impl Cluster {
             renew: redis::Script::new(RENEW),
             held: Mutex::new(HashMap::new()),
             next_hold: AtomicU64::new(0),
+            client,
         });
         tracing::info!(replica = %cluster.replica, "cluster: sharing state through Redis");
         tokio::spawn(health(Arc::downgrade(&cluster)));
         tokio::spawn(renew(Arc::downgrade(&cluster)));
         Some(cluster)
+    }
+
+    fn cooldown_channel(&self) -> String {
+        self.key(&["cooldowns"])
+    }
+
+    /// Tells the other replicas that `model` cools down on an account.
+    pub(crate) fn publish_cooldown(
+        self: &Arc<Self>,
+        pool: &str,
+        account: &str,
+        model: &str,
+        wait: Duration,
+    ) {
+        let msg = Cooldown {
+            replica: self.replica.clone(),
+            pool: pool.to_owned(),
+            account: account.to_owned(),
+            model: model.to_owned(),
+            wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        };
+        let Ok(payload) = serde_json::to_string(&msg) else {
+            return;
+        };
+        let (cluster, channel) = (self.clone(), self.cooldown_channel());
+        tokio::spawn(async move {
+            cluster
+                .run("publish a cool-down", |mut conn| async move {
+                    redis::cmd("PUBLISH")
+                        .arg(&channel)
+                        .arg(&payload)
+                        .query_async::<i64>(&mut conn)
+                        .await
+                })
+                .await
+        });
+    }
+
+    /// Calls `apply` with every cool-down another replica publishes, from
+    /// a task that resubscribes (with backoff) whenever Redis goes away.
+    pub(crate) fn on_cooldown(self: &Arc<Self>, apply: impl Fn(Cooldown) + Send + 'static) {
+        let cluster = Arc::downgrade(self);
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            let mut pause = Duration::from_millis(100);
+            loop {
+                let Some(c) = cluster.upgrade() else {
+                    return;
+                };
+                let (client, channel, me) =
+                    (c.client.clone(), c.cooldown_channel(), c.replica.clone());
+                drop(c);
+                let subscribed = async {
+                    let mut pubsub = client.get_async_pubsub().await?;
+                    pubsub.subscribe(&channel).await?;
+                    redis::RedisResult::Ok(pubsub)
+                };
+                match subscribed.await {
+                    Ok(pubsub) => {
+                        pause = Duration::from_millis(100);
+                        let mut messages = pubsub.into_on_message();
+                        while let Some(m) = messages.next().await {
+                            match serde_json::from_slice::<Cooldown>(m.get_payload_bytes()) {
+                                Ok(cd) if cd.replica != me => apply(cd),
+                                Ok(_) => {}
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "cluster: unreadable cool-down message")
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cluster: cool-down channel unavailable"),
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        });
     }
 
     fn ttl_ms(&self) -> u64 {
