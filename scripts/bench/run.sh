@@ -12,6 +12,10 @@
 #                client of a Chat Completions upstream: both translations)
 #   messages     the same pool, asked through /v1/messages (an Anthropic
 #                client: the other translating path, for comparison)
+#   cluster      a second troupe, the same pool, with [cluster] pointing at a
+#                redis-server of its own on loopback (each request takes and
+#                gives back a concurrency hold in Redis): against `troupe`,
+#                what sharing state costs
 #
 # first with one request in flight (added latency p50/p99), then under
 # concurrency (requests/s, troupe as a share of the nginx hop, and each
@@ -47,7 +51,8 @@
 # chunk a second per stream), STREAM_SECONDS (60: length of each answer),
 # AFTER (60), CLIENTS (1).
 #
-# The latency part needs wrk and nginx (apt-get install wrk nginx-light).
+# The latency part needs wrk, nginx and redis-server
+# (apt-get install wrk nginx-light redis-server).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 DURATION="${DURATION:-3}"
@@ -97,8 +102,12 @@ fi
 TMP="$(mktemp -d)"
 chmod 755 "$TMP" # nginx workers run as another user when started by root
 TROUPE_PID=""
+CLUSTER_PID=""
+REDIS_PID=""
 cleanup() {
     [ -n "$TROUPE_PID" ] && kill "$TROUPE_PID" 2>/dev/null || true
+    [ -n "$CLUSTER_PID" ] && kill "$CLUSTER_PID" 2>/dev/null || true
+    [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null || true
     for n in upstream hop; do
         [ -f "$TMP/$n.pid" ] && kill "$(cat "$TMP/$n.pid")" 2>/dev/null || true
     done
@@ -188,6 +197,20 @@ ADDR="$(sed -n 's/^listening on //p' "$TMP/out" | head -n1)"
 [ -n "$ADDR" ] || { echo "gateway did not start:"; cat "$TMP/err"; exit 1; }
 for _ in $(seq 1 50); do curl -fs "$ADDR/readyz" >/dev/null && break; sleep 0.1; done
 
+# The same gateway as one replica of a cluster, with a Redis of its own.
+REDIS_PORT="$(free_port)"
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$TMP" >/dev/null &
+REDIS_PID=$!
+for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+sed "s|^data_dir = .*|data_dir = \"$TMP/data2\"|" "$TMP/troupe.toml" > "$TMP/cluster.toml"
+printf '\n[cluster]\nredis_url = "redis://127.0.0.1:%s/0"\n' "$REDIS_PORT" >> "$TMP/cluster.toml"
+RUST_LOG=warn "$BIN" serve --config "$TMP/cluster.toml" > "$TMP/out2" 2> "$TMP/err2" &
+CLUSTER_PID=$!
+for _ in $(seq 1 100); do grep -q listening "$TMP/out2" 2>/dev/null && break; sleep 0.1; done
+ADDR2="$(sed -n 's/^listening on //p' "$TMP/out2" | head -n1)"
+[ -n "$ADDR2" ] || { echo "clustered gateway did not start:"; cat "$TMP/err2"; exit 1; }
+for _ in $(seq 1 50); do curl -fs "$ADDR2/readyz" | grep -q '"redis":"up"' && break; sleep 0.1; done
+
 cat > "$TMP/post.lua" <<'LUA'
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -234,7 +257,7 @@ ALL_CPUS="0-$(( $(nproc) - 1 ))"
 pids_of() { # upstream | proxies: the processes (nginx master and workers)
     case $1 in
         upstream) echo "$(cat "$TMP/upstream.pid") $(pgrep -P "$(cat "$TMP/upstream.pid")")" ;;
-        proxies) echo "$TROUPE_PID $(cat "$TMP/hop.pid") $(pgrep -P "$(cat "$TMP/hop.pid")")" ;;
+        proxies) echo "$TROUPE_PID $CLUSTER_PID $REDIS_PID $(cat "$TMP/hop.pid") $(pgrep -P "$(cat "$TMP/hop.pid")")" ;;
     esac
 }
 pin() { # cpus for the upstream [cpus for the proxies]
@@ -247,12 +270,21 @@ url_of() {
         direct) echo "http://127.0.0.1:$UP_PORT" ;;
         hop) echo "http://127.0.0.1:$HOP_PORT" ;;
         troupe | responses | messages) echo "$ADDR" ;;
+        cluster) echo "$ADDR2" ;;
     esac
 }
 last() { awk '{print $NF}' <<<"${R[$1]}"; }
 # CPU time (user + system, all threads) of a proxy: troupe, or the hop's
 # nginx worker.
-proxy_pid() { if [ "$1" = hop ]; then pgrep -P "$(cat "$TMP/hop.pid")" | head -n1; else echo "$TROUPE_PID"; fi; }
+proxy_pid() {
+    case $1 in
+        hop) pgrep -P "$(cat "$TMP/hop.pid")" | head -n1 ;;
+        cluster) echo "$CLUSTER_PID" ;;
+        *) echo "$TROUPE_PID" ;;
+    esac
+}
+# The clustered gateway's CPU time includes its Redis's.
+cpu_of() { if [ "$1" = cluster ]; then echo $(( $(cpu_ticks "$CLUSTER_PID") + $(cpu_ticks "$REDIS_PID") )); else cpu_ticks "$(proxy_pid "$1")"; fi; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 us_per_request() { # ticks before, ticks after, req/s
     awk -v a="$1" -v b="$2" -v r="$3" -v d="$DURATION" -v hz="$(getconf CLK_TCK)" 'BEGIN{ if (r > 0) print (b-a)*1000000/hz/(r*d); else print 0 }'
@@ -265,6 +297,7 @@ wrk -t1 -c4 -d1s -s "$TMP/post.lua" "$ADDR/v1/chat/completions" >/dev/null
 wrk -t1 -c4 -d1s -s "$TMP/responses.lua" "$ADDR/v1/responses" >/dev/null
 wrk -t1 -c4 -d1s -s "$TMP/messages.lua" "$ADDR/v1/messages" >/dev/null
 wrk -t1 -c4 -d1s -s "$TMP/post.lua" "http://127.0.0.1:$HOP_PORT/v1/chat/completions" >/dev/null
+wrk -t1 -c4 -d1s -s "$TMP/post.lua" "$ADDR2/v1/chat/completions" >/dev/null
 
 read -r steal0 total0 <<<"$(steal_ticks)"
 ERRORS=""
@@ -272,7 +305,7 @@ declare -A R
 note_errors() { [ "$2" = none ] || ERRORS+="$1: $2 "; }
 for round in $(seq 1 "$ROUNDS"); do
     pin 0
-    for t in direct hop troupe responses messages; do
+    for t in direct hop troupe responses messages cluster; do
         read -r p50 p99 _ errs <<<"$(PIN="taskset -c 0" measure "$t" 1 1)"
         R[$t.p50]+="$p50 "; R[$t.p99]+="$p99 "; note_errors "$t c1 pinned" "$errs"
     done
@@ -290,12 +323,12 @@ for round in $(seq 1 "$ROUNDS"); do
         read -r p50 p99 _ errs <<<"$(measure "$t" 1 1)"
         R[$t.u50]+="$p50 "; R[$t.u99]+="$p99 "; note_errors "$t c1" "$errs"
     done
-    for t in direct hop troupe responses messages; do
-        [ "$t" = direct ] || cpu0="$(cpu_ticks "$(proxy_pid $t)")"
+    for t in direct hop troupe responses messages cluster; do
+        [ "$t" = direct ] || cpu0="$(cpu_of "$t")"
         read -r _ _ rps errs <<<"$(measure "$t" 2 "$CONNECTIONS")"
         R[$t.rps]+="$rps "; note_errors "$t c$CONNECTIONS" "$errs"
         # CPU time per request: steadier than req/s on a shared VM.
-        [ "$t" = direct ] || R[$t.cpu]+="$(us_per_request "$cpu0" "$(cpu_ticks "$(proxy_pid $t)")" "$rps") "
+        [ "$t" = direct ] || R[$t.cpu]+="$(us_per_request "$cpu0" "$(cpu_of "$t")" "$rps") "
     done
     # This round's figures, from measurements seconds apart.
     R[share]+="$(awk -v a="$(last troupe.rps)" -v b="$(last hop.rps)" 'BEGIN{print 100*a/b}') "
@@ -303,6 +336,7 @@ for round in $(seq 1 "$ROUNDS"); do
         R[add$k]+="$(diff_last troupe.p$k direct.p$k) "; R[hadd$k]+="$(diff_last hop.p$k direct.p$k) "
         R[uadd$k]+="$(diff_last troupe.u$k direct.u$k) "; R[huadd$k]+="$(diff_last hop.u$k direct.u$k) "
         R[radd$k]+="$(diff_last responses.p$k direct.p$k) "; R[madd$k]+="$(diff_last messages.p$k direct.p$k) "
+        R[cadd$k]+="$(diff_last cluster.p$k troupe.p$k) "
     done
     printf '  round %d: one in flight, added p50 %4.0f us (unpinned %4.0f us); troupe %6.0f req/s = %3.0f%% of the hop (%6.0f req/s)\n' \
         "$round" "$(last add50)" "$(last uadd50)" "$(last troupe.rps)" "$(last share)" "$(last hop.rps)"
@@ -319,6 +353,7 @@ printf '  %-10s p50 %6.0f us   p99 %6.0f us   added p50 %5.0f us, p99 %5.0f us\n
 printf '  %-10s p50 %6.0f us   p99 %6.0f us   added p50 %5.0f us, p99 %5.0f us   (budget: 150 us, 1000 us)\n' troupe "$(med troupe.p50)" "$(med troupe.p99)" "$(med add50)" "$(med add99)"
 printf '  %-10s p50 %6.0f us   p99 %6.0f us   added p50 %5.0f us, p99 %5.0f us   (/v1/responses: within 10%% of troupe)\n' responses "$(med responses.p50)" "$(med responses.p99)" "$(med radd50)" "$(med radd99)"
 printf '  %-10s p50 %6.0f us   p99 %6.0f us   added p50 %5.0f us, p99 %5.0f us   (/v1/messages, translated likewise)\n' messages "$(med messages.p50)" "$(med messages.p99)" "$(med madd50)" "$(med madd99)"
+printf '  %-10s p50 %6.0f us   p99 %6.0f us   over troupe: p50 %+5.0f us, p99 %+5.0f us   ([cluster] with Redis)\n' cluster "$(med cluster.p50)" "$(med cluster.p99)" "$(med cadd50)" "$(med cadd99)"
 echo "the same, unpinned:"
 printf '  %-10s p50 %6.0f us   p99 %6.0f us\n' direct "$(med direct.u50)" "$(med direct.u99)"
 printf '  %-10s p50 %6.0f us   p99 %6.0f us   added p50 %5.0f us, p99 %5.0f us\n' "nginx hop" "$(med hop.u50)" "$(med hop.u99)" "$(med huadd50)" "$(med huadd99)"
@@ -334,6 +369,7 @@ printf '  %-10s %7.0f req/s                                         %3.0f us of 
 printf '  %-10s %7.0f req/s   %3.0f%% of the nginx hop   (budget: 50%%)   %3.0f us of CPU per request\n' troupe "$(med troupe.rps)" "$(med share)" "$(med troupe.cpu)"
 printf '  %-10s %7.0f req/s                                         %3.0f us of CPU per request\n' responses "$(med responses.rps)" "$(med responses.cpu)"
 printf '  %-10s %7.0f req/s                                         %3.0f us of CPU per request\n' messages "$(med messages.rps)" "$(med messages.cpu)"
+printf '  %-10s %7.0f req/s                                         %3.0f us of CPU per request (troupe and its Redis)\n' cluster "$(med cluster.rps)" "$(med cluster.cpu)"
 echo "  by round: troupe's share $(span share) %; added p50 on CPU 0 $(span add50) us, unpinned $(span uadd50) us"
 echo
 echo "errors: ${ERRORS:-none}"
