@@ -53,6 +53,7 @@ pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 pub(crate) mod http;
+pub(crate) mod limits;
 pub(crate) mod metrics;
 pub(crate) mod protocol;
 pub(crate) mod store;

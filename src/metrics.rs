@@ -1,5 +1,5 @@
 //! Prometheus metrics. Labels are low-cardinality by construction: the
-//! frontend, a configured model or pool name, a status code, a state name,
+//! frontend, a configured model, pool or client key name, a status code, a state name,
 //! an event or error kind; never a client-chosen string.
 
 use std::sync::OnceLock;
@@ -43,6 +43,12 @@ pub struct Metrics {
     pub cluster_up: IntGauge,
     /// Cluster operations that fell back to this replica's own state.
     pub cluster_fallbacks: prometheus::IntCounter,
+    /// Requests by client key name (`server.api_keys`) and final status.
+    pub client_requests: IntCounterVec,
+    /// Tokens by client key name and direction.
+    pub client_tokens: IntCounterVec,
+    /// Requests a client key's limits refused, by name and limit.
+    pub client_refused: IntCounterVec,
 }
 
 /// Latency buckets from 1 ms to 5 min.
@@ -123,6 +129,21 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "Tasks that panicked, by where; the request got an error.",
         &["where"],
     )?;
+    let client_requests = counter(
+        "client_requests_total",
+        "Requests by client key name (server.api_keys) and status.",
+        &["client", "status"],
+    )?;
+    let client_tokens = counter(
+        "client_tokens_total",
+        "Tokens by client key name and direction.",
+        &["client", "direction"],
+    )?;
+    let client_refused = counter(
+        "client_refused_total",
+        "Requests refused by a client key's limits, by name and limit.",
+        &["client", "limit"],
+    )?;
     let tokenizer_busy =
         prometheus::IntCounter::new("tokenizer_busy_total", "Token counts refused: queue full.")?;
     registry.register(Box::new(tokenizer_busy.clone()))?;
@@ -165,6 +186,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
         tokenizer_busy,
         cluster_up,
         cluster_fallbacks,
+        client_requests,
+        client_tokens,
+        client_refused,
     })
 }
 

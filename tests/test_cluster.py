@@ -81,8 +81,17 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     r.stop()
 
 
+ADMIN = "adm-cluster"
+TEAM_KEY = "sk-cluster-team"
+TEAM_RPM = 5
+
+
 def cluster_config(tmp: Path, peer_url: str, redis_url: str, replica: str) -> str:
-    return support.gateway_config(tmp, peer_url) + (
+    keys = (f"api_keys = [{support.toml_str(GATEWAY_KEY)}, "
+            f'{{ key = "{TEAM_KEY}", name = "team", rpm = {TEAM_RPM} }}]\n'
+            f"admin_key = {support.toml_str(ADMIN)}")
+    text = support.gateway_config(tmp, peer_url).replace(f"api_keys = [{support.toml_str(GATEWAY_KEY)}]", keys)
+    return text + (
         "\n[cluster]\n"
         f"redis_url = {support.toml_str(redis_url)}\n"
         f"replica = {support.toml_str(replica)}\n"
@@ -93,7 +102,7 @@ def cluster_config(tmp: Path, peer_url: str, redis_url: str, replica: str) -> st
 @pytest.fixture(scope="module")
 def replicas(peer: PeerProc, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory):
     started = []
-    for name in ("a", "b"):
+    for name in ("a", "b", "c"):
         tmp = tmp_path_factory.mktemp(f"replica-{name}")
         gw = support.started(lambda: support.start_gateway(tmp, cluster_config(tmp, peer.url, redis_server.url, name)))
         started.append(gw)
@@ -128,15 +137,16 @@ def upstream_texts(peer: PeerProc) -> list[tuple[str, str]]:
 
 
 def test_readyz_names_the_replica_and_redis(replicas):
-    a, b = replicas
+    a, b, c = replicas
     assert cluster_state(a) == {"replica": "a", "redis": "up"}
     assert cluster_state(b) == {"replica": "b", "redis": "up"}
+    assert cluster_state(c) == {"replica": "c", "redis": "up"}
     assert metric(a, "troupe_cluster_redis_up") == 1
 
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_response_stored_on_one_replica_continues_on_another(replicas, clean_peer, stream):
-    a, b = replicas
+    a, b, c = replicas
     if stream:
         with httpx.stream("POST", f"{a.url}/v1/responses", headers=HEADERS, timeout=30, trust_env=False,
                           json={"model": "gpt-4o-mini", "input": "remember kiwi", "stream": True}) as r:
@@ -167,7 +177,7 @@ def test_a_response_stored_on_one_replica_continues_on_another(replicas, clean_p
 
 
 def test_reads_and_deletes_reach_every_replica(replicas):
-    a, b = replicas
+    a, b, c = replicas
     r = post(a, {"model": "demo", "input": "keep me"})
     rid = r.json()["id"]
     got = support.wait_for("B reads A's response",
@@ -190,7 +200,7 @@ def test_reads_and_deletes_reach_every_replica(replicas):
 
 
 def test_requests_never_fail_while_redis_is_down(replicas, redis_server):
-    a, b = replicas
+    a, b, c = replicas
     fallbacks = metric(a, "troupe_cluster_fallbacks_total")
     redis_server.stop()
     try:
@@ -224,17 +234,17 @@ def concurrency(peer: PeerProc) -> dict:
 
 
 def test_an_accounts_concurrency_holds_across_replicas(replicas, clean_peer):
-    """Each account has max_concurrency = 4. 24 slow streams at once, half
-    on each replica: the peer never sees more than 4 at once on a key
-    (without sharing, each replica would allow 4: 8), and every request is
+    """Each account has max_concurrency = 4. 24 slow streams at once, a
+    third on each replica: the peer never sees more than 4 at once on a key
+    (without sharing, each replica would allow 4: 12), and every request is
     answered."""
     import concurrent.futures
 
-    a, b = replicas
+    a, b, c = replicas
     clean_peer.fault("slow", count=24, seconds=0.05)
 
     def one(i: int) -> int:
-        gw = (a, b)[i % 2]
+        gw = (a, b, c)[i % 3]
         with httpx.stream("POST", f"{gw.url}/v1/chat/completions", headers=HEADERS, timeout=60, trust_env=False,
                           json={"model": "gpt-4o-mini", "stream": True,
                                 "messages": [{"role": "user", "content": f"hold {i}"}]}) as r:
@@ -258,10 +268,10 @@ def test_a_killed_replicas_holds_free_within_their_ttl(replicas, clean_peer, red
     replicas serve again within the ttl."""
     import threading
 
-    a, _ = replicas
-    text = cluster_config(tmp_path / "c", clean_peer.url, redis_server.url, "c") + 'lease_ttl = "2s"\n'
+    a, _, _ = replicas
+    text = cluster_config(tmp_path / "d", clean_peer.url, redis_server.url, "doomed") + 'lease_ttl = "2s"\n'
     c = gateway_factory(config_text=text)
-    support.wait_for("C reaches Redis", lambda: cluster_state(c).get("redis") == "up", timeout=15)
+    support.wait_for("the doomed replica reaches Redis", lambda: cluster_state(c).get("redis") == "up", timeout=15)
     clean_peer.fault("slow", count=8, seconds=1)
 
     def hold(i: int) -> None:
@@ -288,9 +298,10 @@ def test_a_killed_replicas_holds_free_within_their_ttl(replicas, clean_peer, red
 
 
 def test_a_429_on_one_replica_cools_the_account_down_on_the_others(replicas, clean_peer):
-    """A 429 with Retry-After for one key, seen by A: B stops sending that
-    key the model within 100 ms, and sends it again once the wait is over."""
-    a, b = replicas
+    """A 429 with Retry-After for one key, seen by A: B and C stop sending
+    that key the model within 100 ms, and send it again once the wait is
+    over."""
+    a, b, c = replicas
     clean_peer.fault("429", count=1, key=support.PEER_KEYS[0], retry_after=2)
     ask = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
     # A meets the 429 on the first key (and answers from the second).
@@ -304,15 +315,43 @@ def test_a_429_on_one_replica_cools_the_account_down_on_the_others(replicas, cle
     seen = time.time()
     time.sleep(0.1)
     before = len(clean_peer.requests())
-    for _ in range(6):
-        r = httpx.post(f"{b.url}/v1/chat/completions", headers=HEADERS, json=ask, timeout=30, trust_env=False)
+    for i in range(6):
+        gw = (b, c)[i % 2]
+        r = httpx.post(f"{gw.url}/v1/chat/completions", headers=HEADERS, json=ask, timeout=30, trust_env=False)
         assert r.status_code == 200, r.text
     during = clean_peer.requests()[before:]
     assert len(during) == 6 and {q["key"] for q in during} == {support.PEER_KEYS[1]}, [q["key"] for q in during]
-    # Over: B takes turns with the first key again.
+    # Over: B and C take turns with the first key again.
     time.sleep(max(0.0, seen + 2.2 - time.time()))
-    before = len(clean_peer.requests())
-    for _ in range(6):
-        r = httpx.post(f"{b.url}/v1/chat/completions", headers=HEADERS, json=ask, timeout=30, trust_env=False)
-        assert r.status_code == 200, r.text
-    assert support.PEER_KEYS[0] in {q["key"] for q in clean_peer.requests()[before:]}
+    for gw in (b, c):
+        before = len(clean_peer.requests())
+        for _ in range(4):
+            r = httpx.post(f"{gw.url}/v1/chat/completions", headers=HEADERS, json=ask, timeout=30, trust_env=False)
+            assert r.status_code == 200, r.text
+        assert support.PEER_KEYS[0] in {q["key"] for q in clean_peer.requests()[before:]}, gw.url
+
+
+def test_a_client_keys_limit_holds_across_replicas(replicas):
+    """The `team` key may send 5 requests a minute: spread over the three
+    replicas, the sixth is a 429 with Retry-After on whichever replica it
+    lands, in that replica's caller's protocol; the plain key is not
+    limited."""
+    team = {"authorization": f"Bearer {TEAM_KEY}"}
+    ask = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
+    for i in range(TEAM_RPM):
+        gw = replicas[i % 3]
+        r = httpx.post(f"{gw.url}/v1/chat/completions", headers=team, json=ask, timeout=30, trust_env=False)
+        assert r.status_code == 200, (gw.url, r.text)
+    for gw in replicas:
+        r = httpx.post(f"{gw.url}/v1/chat/completions", headers=team, json=ask, timeout=30, trust_env=False)
+        assert r.status_code == 429, (gw.url, r.text)
+        assert 1 <= int(r.headers["retry-after"]) <= 60 // TEAM_RPM
+        assert "team" in r.json()["error"]["message"]
+    a = httpx.post(f"{replicas[1].url}/v1/messages", headers={"x-api-key": TEAM_KEY, "anthropic-version": "2023-06-01"},
+                   json={**ask, "max_tokens": 20}, timeout=30, trust_env=False)
+    assert a.status_code == 429 and a.json()["error"]["type"] == "rate_limit_error"
+    for gw in replicas:
+        assert httpx.post(f"{gw.url}/v1/chat/completions", headers=HEADERS, json=ask, timeout=30,
+                          trust_env=False).status_code == 200
+    # Each replica counts what it refused.
+    assert all(metric(gw, 'troupe_client_refused_total{client="team",limit="rpm"}') >= 1 for gw in replicas)

@@ -69,6 +69,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .service(get("/", dashboard))
             .service(get("/events", live_events))
             .service(get("/sessions", sessions))
+            .service(get("/clients", clients))
             .service(post("/reload", reload))
             .service(get("/restarts", restarts))
             .service(post("/sessions/{pool}/{session}/reset", reset)),
@@ -202,6 +203,101 @@ async fn sessions(req: HttpRequest, state: web::Data<AdminState>) -> HttpRespons
         })),
         Err(_) => HttpResponse::ServiceUnavailable().finish(),
     }
+}
+
+/// `GET /admin/clients`: every client key by name (never the key), its
+/// limits, and what it used on this replica (`/metrics` has the same
+/// counters, for summing over replicas).
+async fn clients(
+    req: HttpRequest,
+    state: web::Data<AdminState>,
+    app: web::Data<crate::http::AppState>,
+) -> HttpResponse {
+    if let Some(resp) = state.refuse(&req) {
+        return resp;
+    }
+    let used = usage_by_client();
+    let catalog = app.catalog();
+    let list: Vec<_> = catalog
+        .auth
+        .clients()
+        .map(|c| {
+            let mut models: Option<Vec<&String>> = c.models.as_ref().map(|m| m.iter().collect());
+            if let Some(m) = &mut models {
+                m.sort();
+            }
+            let mut v = json!({
+                "name": &*c.name,
+                "limits": {
+                    "rpm": c.rpm,
+                    "tpm": c.tpm,
+                    "max_concurrency": c.max_concurrency,
+                    "models": models,
+                },
+                "requests": 0, "tokens_in": 0, "tokens_out": 0, "refused": {},
+            });
+            if let Some(u) = used.get(&*c.name) {
+                v["requests"] = json!(u.requests);
+                v["tokens_in"] = json!(u.tokens_in);
+                v["tokens_out"] = json!(u.tokens_out);
+                v["refused"] = json!(u.refused);
+            }
+            v
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({ "clients": list }))
+}
+
+#[derive(Default)]
+struct Used {
+    requests: u64,
+    tokens_in: u64,
+    tokens_out: u64,
+    refused: std::collections::BTreeMap<String, u64>,
+}
+
+/// This replica's counters per client key name, read off the metrics.
+fn usage_by_client() -> std::collections::HashMap<String, Used> {
+    use prometheus::core::Collector as _;
+    let mut out: std::collections::HashMap<String, Used> = Default::default();
+    let Some(m) = crate::metrics::get() else {
+        return out;
+    };
+    let label = |metric: &prometheus::proto::Metric, name: &str| {
+        metric
+            .get_label()
+            .iter()
+            .find(|l| l.name() == name)
+            .map(|l| l.value().to_owned())
+            .unwrap_or_default()
+    };
+    let each = |vec: &prometheus::IntCounterVec,
+                f: &mut dyn FnMut(&prometheus::proto::Metric, u64)| {
+        for family in vec.collect() {
+            for metric in family.get_metric() {
+                f(metric, metric.get_counter().get_value() as u64);
+            }
+        }
+    };
+    each(&m.client_requests, &mut |metric, n| {
+        out.entry(label(metric, "client")).or_default().requests += n;
+    });
+    each(&m.client_tokens, &mut |metric, n| {
+        let u = out.entry(label(metric, "client")).or_default();
+        if label(metric, "direction") == "in" {
+            u.tokens_in += n;
+        } else {
+            u.tokens_out += n;
+        }
+    });
+    each(&m.client_refused, &mut |metric, n| {
+        *out.entry(label(metric, "client"))
+            .or_default()
+            .refused
+            .entry(label(metric, "limit"))
+            .or_default() += n;
+    });
+    out
 }
 
 #[derive(Deserialize)]

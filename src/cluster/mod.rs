@@ -18,6 +18,9 @@
 //!   a script drops the expired ones and adds a hold if there is room, in
 //!   one round trip. A replica renews its holds every third of `lease_ttl`,
 //!   so a replica that dies (even by SIGKILL) leaves them for at most that;
+//! - client keys' limits (`rpm`, `tpm`, `max_concurrency`), checked in the
+//!   same script as the account's hold, on a request's first try, with
+//!   the answer's tokens charged when the hold is given back;
 //! - cool-downs: a model an upstream rate-limited on an account (a 429 with
 //!   `Retry-After`) is published on a channel; every replica's Router
 //!   withdraws it at once ([`Cluster::publish_cooldown`],
@@ -32,18 +35,68 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::ClusterConfig;
+use crate::limits::{Client, Limit, Refusal};
 use crate::support::sync::lock;
 
-/// Takes a hold on an account if it has room: KEYS[1] the account's holds,
-/// ARGV: max, ttl (ms), the hold's name. 1 if taken.
-const TAKE: &str = r"
+/// Takes a hold on an account if it has room and, on a request's first
+/// try, lets its client key in under its limits, in one round trip.
+/// KEYS[1] the account's holds; with a client part, KEYS[2..4] the key's
+/// request TAT, token TAT and holds (see [`crate::limits`]). ARGV: max,
+/// ttl (ms), the hold's name, then rpm, tpm, max_concurrency (0: none).
+/// Answers `{code, wait ms}`: -1 taken, 0 account full, 1 rpm, 2 tpm,
+/// 3 the key's concurrency. Nothing is written unless all of it fits.
+const ENTER: &str = r"
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local ttl = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
-  return 1
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  return {0, 0}
+end
+if #KEYS > 1 then
+  local rpm, tpm, cmax = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+  if cmax > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+    if redis.call('ZCARD', KEYS[4]) >= cmax then
+      return {3, 1000}
+    end
+  end
+  if tpm > 0 then
+    local owed = tonumber(redis.call('GET', KEYS[3]) or now)
+    if owed - now > 60000 then
+      return {2, math.ceil(owed - now - 60000)}
+    end
+  end
+  if rpm > 0 then
+    local tat = math.max(tonumber(redis.call('GET', KEYS[2]) or now), now) + 60000 / rpm
+    if tat - now > 60000 then
+      return {1, math.ceil(tat - now - 60000)}
+    end
+    redis.call('SET', KEYS[2], tostring(tat), 'PX', math.ceil(tat - now) + 1000)
+  end
+  if cmax > 0 then
+    redis.call('ZADD', KEYS[4], now + ttl, ARGV[3])
+    redis.call('PEXPIRE', KEYS[4], ttl)
+  end
+end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ttl)
+return {-1, 0}
+";
+
+/// Gives a hold back and charges a client key's tokens: KEYS the holds,
+/// then (a client key's) the token TAT; ARGV the hold's name, then the
+/// tokens and the key's tpm.
+const LEAVE: &str = r"
+redis.call('ZREM', KEYS[1], ARGV[1])
+if #KEYS > 1 then
+  local n, tpm = tonumber(ARGV[2]), tonumber(ARGV[3])
+  if n > 0 and tpm > 0 then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+    local tat = math.max(tonumber(redis.call('GET', KEYS[2]) or now), now) + n * 60000 / tpm
+    redis.call('SET', KEYS[2], tostring(tat), 'PX', math.ceil(tat - now) + 1000)
+  end
 end
 return 0
 ";
@@ -75,13 +128,16 @@ pub(crate) struct Cooldown {
     pub wait_ms: u64,
 }
 
-/// What [`Cluster::lease`] found.
+/// What [`Cluster::enter`] found.
 #[derive(Debug)]
 pub(crate) enum Grant {
-    /// Held across the cluster until the [`Held`] is dropped.
-    Held(Held),
+    /// Held across the cluster until the [`Held`] is dropped, with the
+    /// client key's part when it was asked for and the key is limited.
+    Held(Held, Option<ClientHeld>),
     /// The account runs its `max_concurrency` on the replicas together.
     Full,
+    /// The client key is over one of its limits, across the cluster.
+    Limited(Refusal),
     /// Redis did not answer in time: go on with this replica's own count.
     Local,
 }
@@ -97,25 +153,45 @@ pub(crate) struct Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        lock(&self.cluster.held).remove(&self.member);
-        let (cluster, key, member) = (
-            self.cluster.clone(),
+        let (key, member) = (
             std::mem::take(&mut self.key),
             std::mem::take(&mut self.member),
         );
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                cluster
-                    .run("give a hold back", |mut conn| async move {
-                        redis::cmd("ZREM")
-                            .arg(&key)
-                            .arg(&member)
-                            .query_async::<()>(&mut conn)
-                            .await
-                    })
-                    .await
-            });
-        }
+        self.cluster.forget(&member, &key);
+        self.cluster.clone().leave(key, member, None);
+    }
+}
+
+/// A request's place under its client key's limits, taken by its first
+/// try and kept for the whole request (a retry on another account keeps
+/// it); dropping it frees the key's concurrency slot and charges the
+/// answer's tokens.
+#[derive(Debug)]
+pub(crate) struct ClientHeld {
+    cluster: Arc<Cluster>,
+    holds: String,
+    tokens_key: String,
+    member: String,
+    tpm: u64,
+    tokens: u64,
+}
+
+impl ClientHeld {
+    /// The answer's tokens, charged to the key when dropped.
+    pub(crate) fn charge(&mut self, tokens: u64) {
+        self.tokens = tokens;
+    }
+}
+
+impl Drop for ClientHeld {
+    fn drop(&mut self) {
+        let (holds, member) = (
+            std::mem::take(&mut self.holds),
+            std::mem::take(&mut self.member),
+        );
+        self.cluster.forget(&member, &holds);
+        let charge = (std::mem::take(&mut self.tokens_key), self.tokens, self.tpm);
+        self.cluster.clone().leave(holds, member, Some(charge));
     }
 }
 
@@ -130,10 +206,12 @@ pub(crate) struct Cluster {
     conn: ConnectionManager,
     up: AtomicBool,
     lease_ttl: Duration,
-    take: redis::Script,
+    enter: redis::Script,
+    leave: redis::Script,
     renew: redis::Script,
-    /// This replica's holds: name → the account's key, for renewal.
-    held: Mutex<HashMap<String, String>>,
+    /// This replica's holds: name → the keys of the sets holding it
+    /// (the account's, and its client key's if limited), for renewal.
+    held: Mutex<HashMap<String, Vec<String>>>,
     next_hold: AtomicU64,
     client: redis::Client,
 }
@@ -191,7 +269,8 @@ impl Cluster {
             // Down until the first ping answers.
             up: AtomicBool::new(false),
             lease_ttl: cfg.lease_ttl,
-            take: redis::Script::new(TAKE),
+            enter: redis::Script::new(ENTER),
+            leave: redis::Script::new(LEAVE),
             renew: redis::Script::new(RENEW),
             held: Mutex::new(HashMap::new()),
             next_hold: AtomicU64::new(0),
@@ -285,31 +364,114 @@ impl Cluster {
     }
 
     /// A hold on one of `max` concurrent requests of account `account` of
-    /// pool `pool`, across the cluster.
-    pub(crate) async fn lease(self: &Arc<Self>, pool: &str, account: &str, max: u32) -> Grant {
+    /// pool `pool`, across the cluster; with `client` (a request's first
+    /// try), also its key's limits, checked in the same round trip.
+    pub(crate) async fn enter(
+        self: &Arc<Self>,
+        pool: &str,
+        account: &str,
+        max: u32,
+        client: Option<&Client>,
+    ) -> Grant {
         let key = self.key(&["conc", pool, account]);
         let n = self.next_hold.fetch_add(1, Ordering::Relaxed);
         let member = format!("{}:{n}", self.replica);
-        let (take, ttl) = (&self.take, self.ttl_ms());
-        let taken = self
-            .run("take a concurrency hold", |mut conn| {
-                let mut call = take.key(&key);
-                call.arg(max).arg(ttl).arg(&member);
-                async move { call.invoke_async::<i64>(&mut conn).await }
+        let mut call = self.enter.key(&key);
+        call.arg(max).arg(self.ttl_ms()).arg(&member);
+        let client = client.filter(|c| c.limited());
+        if let Some(c) = client {
+            call.key(self.key(&["client", &c.name, "rate"]))
+                .key(self.key(&["client", &c.name, "tokens"]))
+                .key(self.key(&["client", &c.name, "conc"]))
+                .arg(c.rpm.unwrap_or(0))
+                .arg(c.tpm.unwrap_or(0))
+                .arg(c.max_concurrency.unwrap_or(0));
+        }
+        let answer = self
+            .run("take a concurrency hold", |mut conn| async move {
+                call.invoke_async::<(i64, u64)>(&mut conn).await
             })
             .await;
-        match taken {
-            Some(1) => {
-                lock(&self.held).insert(member.clone(), key.clone());
-                Grant::Held(Held {
-                    cluster: self.clone(),
-                    key,
-                    member,
-                })
+        let Some((code, wait_ms)) = answer else {
+            return Grant::Local;
+        };
+        let refused = |c: &Client, limit| {
+            Grant::Limited(Refusal {
+                client: c.name.clone(),
+                limit,
+                retry_after: Duration::from_millis(wait_ms.max(1)),
+            })
+        };
+        match (code, client) {
+            (-1, _) => {
+                let client = client.map(|c| {
+                    let holds = self.key(&["client", &c.name, "conc"]);
+                    if c.max_concurrency.is_some() {
+                        self.remember(&member, &holds);
+                    }
+                    ClientHeld {
+                        cluster: self.clone(),
+                        holds,
+                        tokens_key: self.key(&["client", &c.name, "tokens"]),
+                        member: member.clone(),
+                        tpm: c.tpm.unwrap_or(0),
+                        tokens: 0,
+                    }
+                });
+                self.remember(&member, &key);
+                Grant::Held(
+                    Held {
+                        cluster: self.clone(),
+                        key,
+                        member,
+                    },
+                    client,
+                )
             }
-            Some(_) => Grant::Full,
-            None => Grant::Local,
+            (1, Some(c)) => refused(c, Limit::Requests(c.rpm.unwrap_or(0))),
+            (2, Some(c)) => refused(c, Limit::Tokens(c.tpm.unwrap_or(0))),
+            (3, Some(c)) => refused(c, Limit::Concurrency(c.max_concurrency.unwrap_or(0))),
+            _ => Grant::Full,
         }
+    }
+
+    /// Keeps `member` of set `key` renewed while it is held.
+    fn remember(&self, member: &str, key: &str) {
+        lock(&self.held)
+            .entry(member.to_owned())
+            .or_default()
+            .push(key.to_owned());
+    }
+
+    /// Stops renewing `member` of set `key`.
+    fn forget(&self, member: &str, key: &str) {
+        let mut held = lock(&self.held);
+        if let Some(keys) = held.get_mut(member) {
+            keys.retain(|k| k != key);
+            if keys.is_empty() {
+                held.remove(member);
+            }
+        }
+    }
+
+    /// Gives `member` of set `key` back, off the request's path, and
+    /// charges a client key's tokens (`charge`: its token TAT, the tokens
+    /// and its tpm).
+    fn leave(self: Arc<Self>, key: String, member: String, charge: Option<(String, u64, u64)>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let mut call = self.leave.key(&key);
+            call.arg(&member);
+            if let Some((tokens_key, tokens, tpm)) = &charge {
+                call.key(tokens_key).arg(tokens).arg(tpm);
+            }
+            self.run("give a hold back", |mut conn| async move {
+                call.invoke_async::<()>(&mut conn).await
+            })
+            .await
+        });
     }
 
     pub(crate) fn replica(&self) -> &str {
@@ -402,7 +564,7 @@ async fn renew(cluster: std::sync::Weak<Cluster>) {
         };
         let holds: Vec<(String, String)> = lock(&c.held)
             .iter()
-            .map(|(m, k)| (m.clone(), k.clone()))
+            .flat_map(|(m, keys)| keys.iter().map(|k| (m.clone(), k.clone())))
             .collect();
         if holds.is_empty() {
             continue;

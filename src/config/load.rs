@@ -242,6 +242,57 @@ fn resolve_files(cfg: &mut Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Client keys: none empty, names unique, limits above zero.
+fn validate_keys(keys: &[crate::config::ApiKey]) -> Result<(), ConfigError> {
+    let mut names = std::collections::HashSet::new();
+    for (i, k) in keys.iter().enumerate() {
+        let at = |field: &str| format!("server.api_keys[{i}]{field}");
+        if k.key.expose().is_empty() {
+            return Err(invalid(at(""), "keys must not be empty"));
+        }
+        if let Some(name) = &k.name {
+            let ok = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !ok {
+                return Err(invalid(
+                    at(".name"),
+                    "1 to 64 of letters, digits, `-`, `_` and `.`",
+                ));
+            }
+            if name.starts_with("key-") || !names.insert(name.clone()) {
+                return Err(invalid(
+                    at(".name"),
+                    format!(
+                        "`{name}` is taken (names are unique and `key-<n>` names unnamed keys)"
+                    ),
+                ));
+            }
+        }
+        if k.rpm == Some(0) {
+            return Err(invalid(
+                at(".rpm"),
+                "must be at least 1 (leave it out for no limit)",
+            ));
+        }
+        if k.tpm == Some(0) {
+            return Err(invalid(
+                at(".tpm"),
+                "must be at least 1 (leave it out for no limit)",
+            ));
+        }
+        if k.max_concurrency == Some(0) {
+            return Err(invalid(
+                at(".max_concurrency"),
+                "must be at least 1 (leave it out for no limit)",
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn validate(cfg: &mut Config, check: KindCheck) -> Result<(), ConfigError> {
     let Ok(listen) = cfg.server.listen.parse::<SocketAddr>() else {
         return Err(invalid(
@@ -274,9 +325,7 @@ fn validate(cfg: &mut Config, check: KindCheck) -> Result<(), ConfigError> {
     if cfg.server.body_limit.0 == 0 {
         return Err(invalid("server.body_limit", "must be more than 0"));
     }
-    if cfg.server.api_keys.iter().any(|k| k.expose().is_empty()) {
-        return Err(invalid("server.api_keys", "keys must not be empty"));
-    }
+    validate_keys(&cfg.server.api_keys)?;
     let sup = &cfg.supervisor;
     if sup.backoff_multiplier < 1.0 || !sup.backoff_multiplier.is_finite() {
         return Err(invalid(

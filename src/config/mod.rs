@@ -8,6 +8,6 @@ mod schema;
 
 pub use load::{from_value, invalid, load, read_secret, ConfigError, KindCheck};
 pub use schema::{
-    AccountConfig, ByteSize, ClusterConfig, Config, LogFormat, ModelMapping, PoolConfig,
+    AccountConfig, ApiKey, ByteSize, ClusterConfig, Config, LogFormat, ModelMapping, PoolConfig,
     ResponsesConfig, Secret, ServerConfig, SupervisorConfig, SupervisorOverrides,
 };

@@ -89,8 +89,9 @@ impl Default for ResponsesConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: String,
-    /// Keys clients must present; empty means no auth.
-    pub api_keys: Vec<Secret>,
+    /// Keys clients must present; empty means no auth. Each is a plain
+    /// string or a table with a name and limits ([`ApiKey`]).
+    pub api_keys: Vec<ApiKey>,
     pub admin_key: Option<Secret>,
     pub admin_key_file: Option<PathBuf>,
     /// When set, `GET /metrics` needs `Authorization: Bearer <metrics_key>`.
@@ -337,6 +338,75 @@ impl<'de> Deserialize<'de> for ModelMapping {
             public: public.to_owned(),
             upstream: upstream.to_owned(),
         })
+    }
+}
+
+/// A client key of `server.api_keys`: a plain string, or a table that
+/// names it and limits what it may use (across the cluster, with one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKey {
+    pub key: Secret,
+    /// Shown in `/metrics` and the admin API; `key-<n>` (1-based) if absent.
+    pub name: Option<String>,
+    /// Requests per minute.
+    pub rpm: Option<u32>,
+    /// Tokens (prompt and answer) per minute.
+    pub tpm: Option<u64>,
+    /// Requests running at once.
+    pub max_concurrency: Option<u32>,
+    /// The public model names it may use; absent: all of them.
+    pub models: Option<Vec<String>>,
+}
+
+impl ApiKey {
+    pub fn plain(key: impl Into<String>) -> Self {
+        ApiKey {
+            key: Secret::new(key),
+            name: None,
+            rpm: None,
+            tpm: None,
+            max_concurrency: None,
+            models: None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ApiKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            key: Secret,
+            name: Option<String>,
+            rpm: Option<u32>,
+            tpm: Option<u64>,
+            max_concurrency: Option<u32>,
+            models: Option<Vec<String>>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Plain(Secret),
+            Table(Table),
+        }
+        match Either::deserialize(d) {
+            Ok(Either::Plain(key)) => Ok(ApiKey {
+                key,
+                ..ApiKey::plain("")
+            }),
+            Ok(Either::Table(t)) => Ok(ApiKey {
+                key: t.key,
+                name: t.name,
+                rpm: t.rpm,
+                tpm: t.tpm,
+                max_concurrency: t.max_concurrency,
+                models: t.models,
+            }),
+            Err(_) => Err(serde::de::Error::custom(
+                "each key is a string, or a table with `key` and optionally `name`, `rpm`, \
+                 `tpm`, `max_concurrency`, `models`",
+            )),
+        }
     }
 }
 

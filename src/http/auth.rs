@@ -4,18 +4,64 @@
 use actix_web::HttpRequest;
 use subtle::ConstantTimeEq as _;
 
-use super::error::ApiError;
-use crate::config::Secret;
+use std::sync::Arc;
 
-/// The keys clients may present; empty means no auth.
+use super::error::ApiError;
+use crate::config::{ApiKey, Secret};
+use crate::limits::Client;
+
+/// The keys clients may present, each with who it is; empty means no auth.
 #[derive(Debug, Clone, Default)]
 pub struct Auth {
-    keys: Vec<Secret>,
+    keys: Vec<(Secret, Arc<Client>)>,
 }
 
 impl Auth {
+    /// Keys without names or limits (`/metrics`).
     pub fn new(keys: Vec<Secret>) -> Self {
-        Auth { keys }
+        Auth::of_clients(
+            &keys
+                .into_iter()
+                .map(|k| ApiKey::plain(k.expose()))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    /// `server.api_keys`.
+    pub fn of_clients(keys: &[ApiKey]) -> Self {
+        Auth {
+            keys: keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (k.key.clone(), Arc::new(Client::of(i, k))))
+                .collect(),
+        }
+    }
+
+    /// Accepts the request and says whose key it presents (`None` when no
+    /// key is needed), or answers 401.
+    pub(crate) fn client(&self, req: &HttpRequest) -> Result<Option<Arc<Client>>, ApiError> {
+        if self.keys.is_empty() {
+            return Ok(None);
+        }
+        Self::presented(req)
+            .and_then(|given| self.find(given))
+            .map(|i| Some(self.keys[i].1.clone()))
+            .ok_or(ApiError::Unauthorized)
+    }
+
+    /// The index of `given` among the keys, compared in constant time
+    /// with every key (no early exit that would tell which one came close).
+    fn find(&self, given: &str) -> Option<usize> {
+        use subtle::ConditionallySelectable as _;
+        let mut found = subtle::Choice::from(0);
+        let mut at = 0u64;
+        for (i, (key, _)) in self.keys.iter().enumerate() {
+            let eq = key.expose().as_bytes().ct_eq(given.as_bytes());
+            at.conditional_assign(&(i as u64), eq);
+            found |= eq;
+        }
+        bool::from(found).then_some(at as usize)
     }
 
     /// The key a request presents, if any.
@@ -36,22 +82,16 @@ impl Auth {
 
     /// Accepts the request or answers 401.
     pub fn check(&self, req: &HttpRequest) -> Result<(), ApiError> {
-        if self.keys.is_empty() {
-            return Ok(());
-        }
-        match Self::presented(req) {
-            Some(given) if self.accepts(given) => Ok(()),
-            _ => Err(ApiError::Unauthorized),
-        }
+        self.client(req).map(drop)
     }
 
-    /// Whether `given` is one of the keys, compared in constant time with
-    /// every key (no early exit that would tell which one came close).
+    /// Whether `given` is one of the keys.
     pub fn accepts(&self, given: &str) -> bool {
-        let mut ok = subtle::Choice::from(0);
-        for key in &self.keys {
-            ok |= key.expose().as_bytes().ct_eq(given.as_bytes());
-        }
-        bool::from(ok)
+        self.find(given).is_some()
+    }
+
+    /// Every configured client, in configuration order.
+    pub(crate) fn clients(&self) -> impl Iterator<Item = &Arc<Client>> {
+        self.keys.iter().map(|(_, c)| c)
     }
 }

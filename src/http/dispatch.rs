@@ -16,8 +16,9 @@ use crate::actors::router::Router;
 use crate::actors::tickets::Tickets;
 use crate::actors::{Lease, SessionId};
 use crate::canonical::{Answer, ChatEvent, ChatRequest, ErrorKind, UpstreamError};
-use crate::cluster::{Cluster, Grant, Held};
+use crate::cluster::{ClientHeld, Cluster, Grant, Held};
 use crate::config::ServerConfig;
+use crate::limits::{Limiter, LocalPass};
 
 /// Events buffered in a request's mailbox before the upstream waits.
 pub const MAILBOX: usize = 64;
@@ -36,6 +37,26 @@ pub struct Dispatcher {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Replicas sharing accounts' concurrency, if any.
     pub cluster: Option<Arc<Cluster>>,
+    /// Client keys' limits on this replica (alone, or while Redis is away).
+    pub limiter: Arc<Limiter>,
+}
+
+/// A request's place under its client key's limits, from its first try
+/// to its end; it is charged the answer's tokens and dropped when the
+/// request's trace finishes.
+#[derive(Debug)]
+pub enum Pass {
+    Local(LocalPass),
+    Shared(ClientHeld),
+}
+
+impl Pass {
+    pub fn charge(&mut self, tokens: u64) {
+        match self {
+            Pass::Local(p) => p.charge(tokens),
+            Pass::Shared(p) => p.charge(tokens),
+        }
+    }
 }
 
 /// An answer that has begun: the lease keeps the session slot, `head` holds
@@ -114,26 +135,48 @@ impl Dispatcher {
     /// account whose `max_concurrency` the replicas already run together
     /// is given back and asked again, after a short pause, until a slot
     /// frees or the queue timeout passes. With Redis out of reach the
-    /// lease holds on this replica alone.
+    /// lease holds on this replica alone. The request's first try also
+    /// takes its place under its client key's limits (`trace.pass`), in
+    /// the same round trip.
     async fn acquire_shared(
         &self,
         model: &Arc<str>,
         exclude: Option<SessionId>,
         affinity: Option<u64>,
+        trace: &mut Trace,
     ) -> Result<(Lease, Option<Held>), ApiError> {
+        let pending = match (&trace.client, &trace.pass) {
+            (Some(c), None) if c.limited() => Some(c.clone()),
+            _ => None,
+        };
         let Some(cluster) = &self.cluster else {
+            if let Some(c) = pending {
+                trace.pass = Some(Pass::Local(self.limiter.admit(&c)?));
+            }
             return Ok((self.acquire(model, exclude, affinity).await?, None));
         };
         let give_up = tokio::time::Instant::now() + self.server.queue_timeout;
         let mut pause = std::time::Duration::from_millis(2);
         loop {
             let lease = self.acquire(model, exclude, affinity).await?;
+            let client = pending.as_deref();
             match cluster
-                .lease(&lease.pool, &lease.session_name, lease.max)
+                .enter(&lease.pool, &lease.session_name, lease.max, client)
                 .await
             {
-                Grant::Held(held) => return Ok((lease, Some(held))),
-                Grant::Local => return Ok((lease, None)),
+                Grant::Held(held, pass) => {
+                    if let Some(p) = pass {
+                        trace.pass = Some(Pass::Shared(p));
+                    }
+                    return Ok((lease, Some(held)));
+                }
+                Grant::Local => {
+                    if let Some(c) = &pending {
+                        trace.pass = Some(Pass::Local(self.limiter.admit(c)?));
+                    }
+                    return Ok((lease, None));
+                }
+                Grant::Limited(refusal) => return Err(refusal.into()),
                 Grant::Full => drop(lease),
             }
             if tokio::time::Instant::now() + pause >= give_up {
@@ -161,7 +204,10 @@ impl Dispatcher {
     ) -> Result<Result<Opened, (SessionId, UpstreamError)>, ApiError> {
         let affinity = req.conversation.and_then(|c| c.route_key());
         let asked = Instant::now();
-        let (lease, shared) = match self.acquire_shared(model, attempts.exclude, affinity).await {
+        let (lease, shared) = match self
+            .acquire_shared(model, attempts.exclude, affinity, trace)
+            .await
+        {
             Ok(l) => {
                 trace.queued(asked.elapsed());
                 l

@@ -60,12 +60,34 @@ pub enum ApiError {
     Forbidden(String),
     #[error("the request body did not arrive within {0}s (server.body_timeout)")]
     BodyTimeout(u64),
+    /// A client key over one of its limits (`server.api_keys`).
+    #[error(
+        "the API key `{}` is over its limit of {}; retry in {} s",
+        .0.client, .0.limit, retry_secs(.0.retry_after)
+    )]
+    KeyLimited(crate::limits::Refusal),
     #[error("the gateway has too many open connections (server.max_connections); retry later")]
     TooManyConnections,
     /// A bug: a task failed where no error was expected (it is logged and
     /// counted in `troupe_task_failures_total`).
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// Whole seconds to wait, at least one (what `Retry-After` carries).
+fn retry_secs(d: std::time::Duration) -> u64 {
+    d.as_millis().div_ceil(1000).max(1) as u64
+}
+
+impl From<crate::limits::Refusal> for ApiError {
+    fn from(r: crate::limits::Refusal) -> Self {
+        if let Some(m) = crate::metrics::get() {
+            m.client_refused
+                .with_label_values(&[&r.client, r.limit.label()])
+                .inc();
+        }
+        ApiError::KeyLimited(r)
+    }
 }
 
 impl From<DecodeError> for ApiError {
@@ -99,7 +121,9 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::QueueTimeout { .. } | ApiError::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::QueueTimeout { .. } | ApiError::QueueFull | ApiError::KeyLimited(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Upstream(e) => upstream_status(e),
@@ -133,6 +157,7 @@ impl ApiError {
             | ApiError::Overloaded(_)
             | ApiError::TooManyConnections => Some(1),
             ApiError::Upstream(e) => e.retry_after.map(|d| d.as_secs().max(1)),
+            ApiError::KeyLimited(r) => Some(retry_secs(r.retry_after)),
             _ => None,
         }
     }
@@ -209,6 +234,7 @@ impl ApiError {
             ApiError::Unavailable(_) => ("server_error".into(), s("service_unavailable"), None),
             ApiError::RequestTimeout(_) => ("server_error".into(), s("timeout"), None),
             ApiError::Overloaded(_) => ("rate_limit_error".into(), s("rate_limit_exceeded"), None),
+            ApiError::KeyLimited(_) => ("rate_limit_error".into(), s("rate_limit_exceeded"), None),
             ApiError::UnsupportedMediaType(_) => (
                 "invalid_request_error".into(),
                 s("unsupported_media_type"),

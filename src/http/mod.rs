@@ -73,7 +73,7 @@ impl Catalog {
         }
         let model_names = models.iter().map(|m| m.id.clone()).collect();
         Catalog {
-            auth: Auth::new(cfg.server.api_keys.clone()),
+            auth: Auth::of_clients(&cfg.server.api_keys),
             metrics_auth: Auth::new(cfg.server.metrics_key.iter().cloned().collect()),
             models,
             model_names,
@@ -113,6 +113,7 @@ impl AppState {
                 retry_budget: cfg.supervisor.retry_budget,
                 shutdown,
                 cluster: cluster.clone(),
+                limiter: Arc::default(),
             },
             catalog: Arc::new(ArcSwap::from_pointee(Catalog::new(cfg, speaks))),
             started: unix_now(),
@@ -158,7 +159,7 @@ pub async fn accept(
     decode: fn(&[u8]) -> Result<ChatRequest, crate::protocol::DecodeError>,
     trace: &mut Trace,
 ) -> Result<Arc<ChatRequest>, ApiError> {
-    let chat = read_request(req, payload, state, wire, decode, |c| c).await?;
+    let chat = read_request(req, payload, state, wire, decode, |c| c, trace).await?;
     admit(req, state, chat, trace)
 }
 
@@ -171,8 +172,9 @@ pub async fn read_request<T: Send + 'static>(
     wire: Wire,
     decode: fn(&[u8]) -> Result<T, crate::protocol::DecodeError>,
     chat_of: fn(&mut T) -> &mut ChatRequest,
+    trace: &mut Trace,
 ) -> Result<T, ApiError> {
-    state.catalog().auth.check(req)?;
+    trace.client = state.catalog().auth.client(req)?;
     body::require_json(req)?;
     let server = &state.dispatcher.server;
     let body = body::read_body(req, payload, server.body_limit.0, server.body_timeout)
@@ -212,6 +214,13 @@ pub fn admit(
 ) -> Result<Arc<ChatRequest>, ApiError> {
     crate::canonical::fault::maybe_panic(&chat, "handler");
     state.check_model(&chat.model)?;
+    if let Some(c) = trace.client.as_ref().filter(|c| !c.may_use(&chat.model)) {
+        return Err(ApiError::Forbidden(format!(
+            "the API key `{}` may not use the model `{}` (server.api_keys models)",
+            c.name,
+            guard::echo(&chat.model)
+        )));
+    }
     trace.model = Some(chat.model.clone());
     let header = req
         .headers()

@@ -114,6 +114,7 @@ async fn run(
         Wire::OpenAiResponses,
         decode_request,
         |d| &mut d.0,
+        trace,
     )
     .await?;
     let owner = owner(req);

@@ -31,6 +31,11 @@ pub struct Trace {
     first_byte: Option<Instant>,
     pub attempts: u32,
     pub usage: Option<Usage>,
+    /// Whose key the request presented (`None` when keyless).
+    pub client: Option<Arc<crate::limits::Client>>,
+    /// The request's place under its key's limits, given back (with the
+    /// answer's tokens) when the trace finishes.
+    pub pass: Option<super::dispatch::Pass>,
     /// Recording is this trace's duty (false once handed to a stream).
     armed: bool,
 }
@@ -59,6 +64,8 @@ impl Trace {
             first_byte: None,
             attempts: 0,
             usage: None,
+            client: None,
+            pass: None,
             armed: true,
         }
     }
@@ -119,6 +126,8 @@ impl Trace {
             first_byte: self.first_byte,
             attempts: self.attempts,
             usage: self.usage,
+            client: self.client.clone(),
+            pass: self.pass.take(),
             armed: true,
         }
     }
@@ -147,6 +156,13 @@ impl Trace {
         }
         self.armed = false;
         self.upstream_end();
+        let tokens = self
+            .usage
+            .as_ref()
+            .map_or(0, |u| u64::from(u.prompt_total()) + u64::from(u.output));
+        if let Some(mut pass) = self.pass.take() {
+            pass.charge(tokens);
+        }
         let total = self.start.elapsed();
         let overhead = total.saturating_sub(self.upstream);
         let ttft = self.first_byte.map(|t| t.duration_since(self.start));
@@ -162,6 +178,19 @@ impl Trace {
             m.overhead
                 .with_label_values(&[self.frontend])
                 .observe(overhead.as_secs_f64());
+            if let Some(c) = &self.client {
+                m.client_requests
+                    .with_label_values(&[&c.name, status])
+                    .inc();
+                if let Some(u) = &self.usage {
+                    m.client_tokens
+                        .with_label_values(&[&c.name, "in"])
+                        .inc_by(u64::from(u.prompt_total()));
+                    m.client_tokens
+                        .with_label_values(&[&c.name, "out"])
+                        .inc_by(u64::from(u.output));
+                }
+            }
             if let Some(t) = ttft {
                 m.first_token
                     .with_label_values(&[self.frontend])
