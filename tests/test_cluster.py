@@ -86,11 +86,43 @@ TEAM_KEY = "sk-cluster-team"
 TEAM_RPM = 5
 
 
-def cluster_config(tmp: Path, peer_url: str, redis_url: str, replica: str) -> str:
+OD_SCRIPT = support.TESTS_DIR / "peers" / "ondemand_peer.py"
+OD_KEYS = ("od-key-1", "od-key-2")
+
+
+class OnDemandPeer(PeerProc):
+    """The fake OnDemand API: it numbers the queries each upstream session
+    has seen in its answers (``ondemand reply #N to: ...``)."""
+
+    def queries(self) -> list[dict]:
+        return [r for r in self.requests() if r["path"].endswith("/query")]
+
+
+@pytest.fixture(scope="module")
+def ondemand() -> Iterator[OnDemandPeer]:
+    with support.running(lambda: support.script_peer(OnDemandPeer, "ondemand-peer", OD_SCRIPT,
+                                                     "--keys", ",".join(OD_KEYS))) as proc:
+        yield proc
+
+
+def ondemand_pool(url: str) -> str:
+    return f"""
+[[pools]]
+name = "ondemand"
+kind = "ondemand"
+base_url = {support.toml_str(url.rstrip("/") + "/chat/v1")}
+models = ["gpt-4o"]
+max_concurrency = 4
+{support.accounts_toml([("od1", OD_KEYS[0]), ("od2", OD_KEYS[1])])}"""
+
+
+def cluster_config(tmp: Path, peer_url: str, redis_url: str, replica: str, ondemand_url: str | None = None) -> str:
     keys = (f"api_keys = [{support.toml_str(GATEWAY_KEY)}, "
             f'{{ key = "{TEAM_KEY}", name = "team", rpm = {TEAM_RPM} }}]\n'
             f"admin_key = {support.toml_str(ADMIN)}")
     text = support.gateway_config(tmp, peer_url).replace(f"api_keys = [{support.toml_str(GATEWAY_KEY)}]", keys)
+    if ondemand_url:
+        text += ondemand_pool(ondemand_url)
     return text + (
         "\n[cluster]\n"
         f"redis_url = {support.toml_str(redis_url)}\n"
@@ -100,11 +132,13 @@ def cluster_config(tmp: Path, peer_url: str, redis_url: str, replica: str) -> st
 
 
 @pytest.fixture(scope="module")
-def replicas(peer: PeerProc, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory):
+def replicas(peer: PeerProc, ondemand: OnDemandPeer, redis_server: RedisServer,
+             tmp_path_factory: pytest.TempPathFactory):
     started = []
     for name in ("a", "b", "c"):
         tmp = tmp_path_factory.mktemp(f"replica-{name}")
-        gw = support.started(lambda: support.start_gateway(tmp, cluster_config(tmp, peer.url, redis_server.url, name)))
+        text = cluster_config(tmp, peer.url, redis_server.url, name, ondemand.url)
+        gw = support.started(lambda: support.start_gateway(tmp, text))
         started.append(gw)
     for gw in started:
         support.wait_for(f"{gw.url} reaches Redis", lambda: cluster_state(gw).get("redis") == "up", timeout=15)
@@ -355,3 +389,65 @@ def test_a_client_keys_limit_holds_across_replicas(replicas):
                           trust_env=False).status_code == 200
     # Each replica counts what it refused.
     assert all(metric(gw, 'troupe_client_refused_total{client="team",limit="rpm"}') >= 1 for gw in replicas)
+
+
+def chat(gw, messages: list[dict], stream: bool = False, **headers: str) -> str:
+    body = {"model": "gpt-4o", "messages": messages, "stream": stream}
+    if not stream:
+        r = httpx.post(f"{gw.url}/v1/chat/completions", headers={**HEADERS, **headers}, json=body, timeout=30,
+                       trust_env=False)
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["message"]["content"]
+    text = ""
+    with httpx.stream("POST", f"{gw.url}/v1/chat/completions", headers={**HEADERS, **headers}, json=body,
+                      timeout=30, trust_env=False) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                import json
+                for choice in json.loads(line[6:]).get("choices", []):
+                    text += choice.get("delta", {}).get("content") or ""
+    return text
+
+
+def test_a_stateful_conversation_continues_one_upstream_session_across_replicas(replicas, ondemand):
+    """Turns of one conversation go to A, B, C, A in turn: each continues
+    the same OnDemand session on the same account (the peer numbers the
+    queries a session has seen), with only the newest turn sent."""
+    ondemand.reset()
+    history = [{"role": "user", "content": "turn one"}]
+    for i, gw in enumerate([*replicas, replicas[0]]):
+        said = history[-1]["content"]
+        answer = chat(gw, history, stream=i % 2 == 1)
+        assert answer == f"ondemand reply #{i + 1} to: {said}", (gw.url, answer)
+        history += [{"role": "assistant", "content": answer}, {"role": "user", "content": f"turn {i + 2}"}]
+    queries = ondemand.queries()
+    assert len({q["session"] for q in queries}) == 1, queries
+    # A conversation named by the client continues the same way.
+    named = {"x-troupe-conversation": "cluster-named-1"}
+    for i, gw in enumerate(replicas):
+        assert chat(gw, [{"role": "user", "content": f"named {i}"}], **named) == f"ondemand reply #{i + 1} to: named {i}"
+    assert len({q["session"] for q in ondemand.queries()}) == 2
+
+
+def test_without_redis_a_conversation_stays_whole_on_its_replica(replicas, ondemand, redis_server):
+    """Redis down: a conversation still continues on the replica that holds
+    it (its own memory), and one that moves starts a new upstream session
+    with the whole conversation, never a wrong one."""
+    a, b, _ = replicas
+    ondemand.reset()
+    redis_server.stop()
+    try:
+        support.wait_for("A notices", lambda: cluster_state(a).get("redis", "").startswith("down"), timeout=10)
+        history = [{"role": "user", "content": "alone one"}]
+        first = chat(a, history)
+        assert first == "ondemand reply #1 to: alone one"
+        history += [{"role": "assistant", "content": first}, {"role": "user", "content": "alone two"}]
+        assert chat(a, history) == "ondemand reply #2 to: alone two"
+        # On B, which cannot know: a new session that gets every turn.
+        moved = chat(b, history)
+        assert moved.startswith("ondemand reply #1 to: "), moved
+        assert "alone one" in moved and moved.endswith("alone two"), moved
+    finally:
+        redis_server.start()
+    support.wait_for("A sees Redis again", lambda: cluster_state(a).get("redis") == "up", timeout=15)

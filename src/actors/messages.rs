@@ -70,6 +70,8 @@ pub struct Register {
     pub priority: i32,
     /// Public model name and the name sent upstream.
     pub models: Vec<(Arc<str>, Arc<str>)>,
+    /// Its upstream keeps conversations (known once the session runs).
+    pub stateful: bool,
 }
 
 /// A session reports a change of state.
@@ -100,12 +102,16 @@ pub struct ModelCooldown {
 pub struct SharedCooldown(pub crate::cluster::Cooldown);
 
 /// A turn of a conversation succeeded on a session: later turns with
-/// `key` prefer it.
+/// `key` prefer it. A stateful session also says which upstream
+/// conversation holds it, for the other replicas (see [`crate::cluster`]).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Remember {
     pub key: u64,
     pub id: SessionId,
+    /// For stateful sessions: the upstream handle (if any) and whether it
+    /// means anything on another machine.
+    pub upstream: Option<(Option<String>, bool)>,
 }
 
 /// An operator clears a session's failures and cool-downs.
@@ -146,6 +152,9 @@ pub struct Acquire {
     pub exclude: Option<SessionId>,
     /// Conversation key: the session that served it is preferred.
     pub affinity: Option<u64>,
+    /// The account (pool, session name) that served the conversation on
+    /// another replica: preferred over this replica's memory.
+    pub prefer: Option<(Arc<str>, Arc<str>)>,
     pub reply: oneshot::Sender<Result<Lease, AcquireError>>,
 }
 
@@ -217,6 +226,21 @@ pub struct Chat {
     pub request: Arc<ChatRequest>,
     pub model: Arc<str>,
     pub reply: mpsc::Sender<ChatEvent>,
+    /// What the cluster knows of the conversation's upstream handle.
+    pub handle: Handle,
+}
+
+/// Where a stateful session finds a conversation's upstream handle.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Handle {
+    /// In its own memory (a single process, or nothing shared known).
+    #[default]
+    Local,
+    /// This one, from the replica that ran the last turn.
+    Use(String),
+    /// Another replica ran the last turn on a handle that lives only there
+    /// (or on another account): start afresh with the whole conversation.
+    Fresh,
 }
 
 /// How much work is under way: leases held and requests waiting for one.

@@ -142,6 +142,7 @@ impl PoolSupervisor {
                 .iter()
                 .map(|m| (Arc::from(m.public.as_str()), Arc::from(m.upstream.as_str())))
                 .collect(),
+            stateful: false,
         };
         self.started_count += 1;
         // Declared to the Router before it runs: a request failing over at

@@ -370,6 +370,10 @@ impl Handler<Register> for Router {
 
     fn handle(&mut self, msg: Register, ctx: &mut Self::Context) {
         self.tickets.clear();
+        if msg.stateful && msg.addr.is_some() {
+            self.tickets
+                .mark_stateful(msg.models.iter().map(|(public, _)| public.clone()));
+        }
         if let Some(&slot) = self.index.get(&msg.id) {
             // A declared session started, or the watchdog re-created a dead
             // session actor.
@@ -432,6 +436,17 @@ impl Handler<Acquire> for Router {
         if let Some(err) = self.hopeless(&msg.model, msg.exclude) {
             let _ = msg.reply.send(Err(err));
             return;
+        }
+        if let (Some(key), Some((pool, name))) = (msg.affinity, &msg.prefer) {
+            // Another replica served the conversation's last turn: its
+            // account wins over what this replica remembers.
+            let slot = self
+                .slots
+                .iter()
+                .find(|s| s.pool == *pool && s.name == *name && s.addr.is_some());
+            if let Some(s) = slot {
+                self.affinity.put(key, (s.id, Instant::now()));
+            }
         }
         let picked = self.pick(&msg.model, msg.exclude, msg.affinity);
         // A first attempt without a conversation to follow: the next ones
@@ -501,13 +516,25 @@ impl Handler<SetModels> for Router {
 }
 
 impl Handler<Remember> for Router {
-    type Result = ();
+    /// Resolves once the other replicas can see the turn too.
+    type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, msg: Remember, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Remember, _: &mut Self::Context) -> Self::Result {
         self.affinity.put(msg.key, (msg.id, Instant::now()));
         if self.affinity.len() > self.affinity_cap {
             self.affinity.pop_lru();
         }
+        if let (Some(cluster), Some((handle, portable))) = (&self.cluster, msg.upstream) {
+            if let Some(s) = self.index.get(&msg.id).map(|&i| &self.slots[i]) {
+                let (cluster, pool, name) = (cluster.clone(), s.pool.clone(), s.name.clone());
+                return Box::pin(async move {
+                    cluster
+                        .remember_conversation(msg.key, &pool, &name, handle, portable)
+                        .await
+                });
+            }
+        }
+        Box::pin(std::future::ready(()))
     }
 }
 

@@ -16,7 +16,8 @@ use rand::Rng as _;
 
 use super::credentials::CredentialStore;
 use super::messages::{
-    Chat, ModelCooldown, Register, Remember, Reset, Retire, SessionId, SessionState, StateChanged,
+    Chat, Handle, ModelCooldown, Register, Remember, Reset, Retire, SessionId, SessionState,
+    StateChanged,
 };
 use super::restart_log::{Cause, EventKind, RestartEvent, RestartLog};
 use super::router::Router;
@@ -35,6 +36,8 @@ pub struct Registration {
     pub max_concurrency: u32,
     pub priority: i32,
     pub models: Vec<(Arc<str>, Arc<str>)>,
+    /// Whether its upstream keeps conversations (set by the session).
+    pub stateful: bool,
 }
 
 impl Registration {
@@ -48,6 +51,7 @@ impl Registration {
             max_concurrency: self.max_concurrency,
             priority: self.priority,
             models: self.models.clone(),
+            stateful: self.stateful,
         }
     }
 }
@@ -116,12 +120,13 @@ struct Outcome {
 
 impl Session {
     pub fn new(
-        registration: Registration,
+        mut registration: Registration,
         upstream: Arc<dyn Upstream>,
         router: Addr<Router>,
         log: Addr<RestartLog>,
         policy: SupervisorConfig,
     ) -> Self {
+        registration.stateful = upstream.stateful();
         Session {
             id: registration.id,
             pool: registration.pool.clone(),
@@ -559,13 +564,15 @@ impl Handler<Chat> for Session {
         // rewritten into text, the answer's call blocks taken back out.
         let native_tools = self.upstream.native_tools();
         let emulating = !native_tools && tools::applies(&msg.request);
-        let handle = match conversation.and_then(|c| c.route_key()) {
-            Some(key) if stateful => lock(&self.conversations)
+        let handle = match (conversation.and_then(|c| c.route_key()), &msg.handle) {
+            (Some(_), Handle::Use(h)) if stateful => Some(h.clone()),
+            (Some(key), Handle::Local) if stateful => lock(&self.conversations)
                 .get(&key)
                 .filter(|(_, at)| at.elapsed() <= CONVERSATION_TTL)
                 .map(|(h, _)| h.clone()),
             _ => None,
         };
+        let portable = self.upstream.portable_handles();
         let (conversations, router, id) =
             (self.conversations.clone(), self.router.clone(), self.id);
         let upstream = self.upstream.clone();
@@ -620,14 +627,17 @@ impl Handler<Chat> for Session {
                         (None, false) => None,
                     });
                     if let Some((key, handle)) = remember {
-                        if let Some(h) = handle {
+                        if let Some(h) = &handle {
                             let mut kept = lock(&conversations);
-                            kept.put(key, (h, Instant::now()));
+                            kept.put(key, (h.clone(), Instant::now()));
                             if kept.len() > CONVERSATIONS {
                                 kept.pop_lru();
                             }
                         }
-                        router.do_send(Remember { key, id });
+                        let upstream = stateful.then_some((handle, portable));
+                        // Awaited: with a cluster, the next turn may come
+                        // to another replica as soon as this one ends.
+                        let _ = router.send(Remember { key, id, upstream }).await;
                     }
                     None
                 }

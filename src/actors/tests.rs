@@ -106,6 +106,7 @@ impl Rig {
             max_concurrency: 2,
             priority: 0,
             models: vec![(Arc::from("m"), Arc::from("m-up"))],
+            stateful: false,
         }
     }
 
@@ -141,6 +142,7 @@ impl Rig {
             model: Arc::from("m"),
             exclude: exclude.map(SessionId),
             affinity,
+            prefer: None,
             reply: tx,
         });
         rx
@@ -158,6 +160,7 @@ impl Rig {
             request: Arc::new(ChatRequest::default()),
             model: lease.upstream_model.clone(),
             reply: tx,
+            handle: Default::default(),
         });
         let mut err = None;
         while let Some(ev) = rx.recv().await {
@@ -411,6 +414,7 @@ async fn conversations_continue_on_their_session_and_upstream_thread() {
             request: req,
             model: lease.upstream_model.clone(),
             reply: tx,
+            handle: Default::default(),
         });
         while rx.recv().await.is_some() {}
         settle().await;

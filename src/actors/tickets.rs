@@ -80,6 +80,9 @@ pub(super) struct Ticket {
 #[derive(Default)]
 pub struct Tickets {
     by_model: RwLock<HashMap<Arc<str>, Ticket>>,
+    /// Models some running session keeps conversations upstream for: a
+    /// turn of theirs asks the cluster which account and handle hold it.
+    stateful: RwLock<std::collections::HashSet<Arc<str>>>,
 }
 
 /// Raises a slot's count if it is below `cap`.
@@ -92,6 +95,15 @@ pub(super) fn claim(count: &AtomicU32, cap: u32) -> bool {
 }
 
 impl Tickets {
+    /// Whether a session that keeps conversations upstream serves `model`.
+    pub fn is_stateful(&self, model: &str) -> bool {
+        read(&self.stateful).contains(model)
+    }
+
+    pub(super) fn mark_stateful(&self, models: impl IntoIterator<Item = Arc<str>>) {
+        write(&self.stateful).extend(models);
+    }
+
     /// A lease on an idle session of the ticket for `model`, if any.
     pub fn lease(&self, model: &str) -> Option<Lease> {
         let tickets = read(&self.by_model);

@@ -21,6 +21,10 @@
 //! - client keys' limits (`rpm`, `tpm`, `max_concurrency`), checked in the
 //!   same script as the account's hold, on a request's first try, with
 //!   the answer's tokens charged when the hold is given back;
+//! - conversations of stateful kinds: which account (and which upstream
+//!   thread or session, where that means anything from another machine)
+//!   holds a conversation, so its next turn continues there from any
+//!   replica ([`Cluster::remember_conversation`]);
 //! - cool-downs: a model an upstream rate-limited on an account (a 429 with
 //!   `Retry-After`) is published on a channel; every replica's Router
 //!   withdraws it at once ([`Cluster::publish_cooldown`],
@@ -127,6 +131,25 @@ pub(crate) struct Cooldown {
     /// For how long, from when it is read.
     pub wait_ms: u64,
 }
+
+/// Which account and upstream conversation hold a conversation, as the
+/// replica that ran its last turn wrote it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Conversation {
+    pub pool: String,
+    pub account: String,
+    pub replica: String,
+    /// The upstream handle (thread, session id), if the kind has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<String>,
+    /// Whether the handle means anything on another machine.
+    #[serde(default)]
+    pub portable: bool,
+}
+
+/// How long a conversation's record outlives its last turn (as sessions
+/// remember their own).
+const CONVERSATION_TTL_SECS: u64 = 3600;
 
 /// What [`Cluster::enter`] found.
 #[derive(Debug)]
@@ -433,6 +456,58 @@ impl Cluster {
             (3, Some(c)) => refused(c, Limit::Concurrency(c.max_concurrency.unwrap_or(0))),
             _ => Grant::Full,
         }
+    }
+
+    fn conversation_key(&self, key: u64) -> String {
+        self.key(&["conv", &format!("{key:016x}")])
+    }
+
+    /// Records that conversation `key` (already scoped by the client's API
+    /// key) continues on this account with this upstream handle.
+    pub(crate) async fn remember_conversation(
+        &self,
+        key: u64,
+        pool: &str,
+        account: &str,
+        handle: Option<String>,
+        portable: bool,
+    ) {
+        let record = Conversation {
+            pool: pool.to_owned(),
+            account: account.to_owned(),
+            replica: self.replica.clone(),
+            handle,
+            portable,
+        };
+        let Ok(value) = serde_json::to_string(&record) else {
+            return;
+        };
+        let key = self.conversation_key(key);
+        self.run("record a conversation", |mut conn| async move {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(&value)
+                .arg("EX")
+                .arg(CONVERSATION_TTL_SECS)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await;
+    }
+
+    /// The record of conversation `key`, if a replica wrote one (and Redis
+    /// answered in time).
+    pub(crate) async fn conversation(&self, key: u64) -> Option<Conversation> {
+        let key = self.conversation_key(key);
+        let raw = self
+            .run("look a conversation up", |mut conn| async move {
+                redis::cmd("GET")
+                    .arg(&key)
+                    .query_async::<Option<Vec<u8>>>(&mut conn)
+                    .await
+            })
+            .await??;
+        serde_json::from_slice(&raw).ok()
     }
 
     /// Keeps `member` of set `key` renewed while it is held.

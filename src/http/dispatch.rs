@@ -11,7 +11,7 @@ use tokio::time::timeout_at;
 
 use super::error::ApiError;
 use super::trace::Trace;
-use crate::actors::messages::{Acquire, Chat};
+use crate::actors::messages::{Acquire, Chat, Handle};
 use crate::actors::router::Router;
 use crate::actors::tickets::Tickets;
 use crate::actors::{Lease, SessionId};
@@ -85,6 +85,8 @@ struct Attempts {
     left: u32,
     exclude: Option<SessionId>,
     last: Option<UpstreamError>,
+    /// What the cluster knows of the conversation, once asked.
+    conversation: Option<Option<crate::cluster::Conversation>>,
 }
 
 impl Attempts {
@@ -107,6 +109,7 @@ impl Dispatcher {
         model: &Arc<str>,
         exclude: Option<SessionId>,
         affinity: Option<u64>,
+        prefer: Option<(Arc<str>, Arc<str>)>,
     ) -> Result<Lease, ApiError> {
         if exclude.is_none() && affinity.is_none() {
             if let Some(lease) = self.tickets.lease(model) {
@@ -118,6 +121,7 @@ impl Dispatcher {
             model: model.clone(),
             exclude,
             affinity,
+            prefer,
             reply: tx,
         });
         let wait = self.server.queue_timeout;
@@ -143,6 +147,7 @@ impl Dispatcher {
         model: &Arc<str>,
         exclude: Option<SessionId>,
         affinity: Option<u64>,
+        prefer: Option<(Arc<str>, Arc<str>)>,
         trace: &mut Trace,
     ) -> Result<(Lease, Option<Held>), ApiError> {
         let pending = match (&trace.client, &trace.pass) {
@@ -153,12 +158,14 @@ impl Dispatcher {
             if let Some(c) = pending {
                 trace.pass = Some(Pass::Local(self.limiter.admit(&c)?));
             }
-            return Ok((self.acquire(model, exclude, affinity).await?, None));
+            return Ok((self.acquire(model, exclude, affinity, prefer).await?, None));
         };
         let give_up = tokio::time::Instant::now() + self.server.queue_timeout;
         let mut pause = std::time::Duration::from_millis(2);
         loop {
-            let lease = self.acquire(model, exclude, affinity).await?;
+            let lease = self
+                .acquire(model, exclude, affinity, prefer.clone())
+                .await?;
             let client = pending.as_deref();
             match cluster
                 .enter(&lease.pool, &lease.session_name, lease.max, client)
@@ -204,8 +211,18 @@ impl Dispatcher {
     ) -> Result<Result<Opened, (SessionId, UpstreamError)>, ApiError> {
         let affinity = req.conversation.and_then(|c| c.route_key());
         let asked = Instant::now();
+        // A turn of a stateful conversation asks the cluster, once, which
+        // account and upstream handle the last turn used.
+        if let (Some(cluster), Some(key), None) = (&self.cluster, affinity, &attempts.conversation)
+        {
+            if self.tickets.is_stateful(model) {
+                attempts.conversation = Some(cluster.conversation(key).await);
+            }
+        }
+        let known = attempts.conversation.as_ref().and_then(Option::as_ref);
+        let prefer = known.map(|c| (Arc::from(c.pool.as_str()), Arc::from(c.account.as_str())));
         let (lease, shared) = match self
-            .acquire_shared(model, attempts.exclude, affinity, trace)
+            .acquire_shared(model, attempts.exclude, affinity, prefer, trace)
             .await
         {
             Ok(l) => {
@@ -220,10 +237,24 @@ impl Dispatcher {
         };
         let (tx, mut rx) = mpsc::channel(MAILBOX);
         trace.upstream_begin(&lease.pool, &lease.session_name);
+        let handle = match known {
+            None => Handle::Local,
+            Some(c) if *c.pool == *lease.pool && *c.account == *lease.session_name => {
+                match (&c.handle, &self.cluster) {
+                    (Some(h), Some(cl)) if c.portable || c.replica == cl.replica() => {
+                        Handle::Use(h.clone())
+                    }
+                    _ => Handle::Fresh,
+                }
+            }
+            // Its account is busy or gone here: a new upstream conversation.
+            Some(_) => Handle::Fresh,
+        };
         lease.session.do_send(Chat {
             request: req.clone(),
             model: lease.upstream_model.clone(),
             reply: tx,
+            handle,
         });
         let first_deadline =
             (tokio::time::Instant::now() + self.server.first_token_timeout).min(deadline);
@@ -278,6 +309,7 @@ impl Dispatcher {
             left: self.retry_budget,
             exclude: None,
             last: None,
+            conversation: None,
         };
         let deadline = tokio::time::Instant::now() + self.server.request_timeout;
         self.open_with(req, &mut attempts, deadline, trace).await
@@ -314,6 +346,7 @@ impl Dispatcher {
             left: self.retry_budget,
             exclude: None,
             last: None,
+            conversation: None,
         };
         let deadline = tokio::time::Instant::now() + self.server.request_timeout;
         loop {

@@ -78,6 +78,14 @@ pub trait Upstream: Send + Sync + 'static {
         false
     }
 
+    /// Whether a conversation handle means the same thing from another
+    /// machine (a thread or session id on the upstream server), so another
+    /// replica may continue it. Handles that live on this machine (a
+    /// CLI's local session, a local agent's session) do not.
+    fn portable_handles(&self) -> bool {
+        false
+    }
+
     /// Runs one turn of a conversation. `handle` is the upstream
     /// conversation (thread id, session id) the earlier turns used, when
     /// known; the returned handle is what the next turn continues.

@@ -122,6 +122,11 @@ impl Upstream for LangGraph {
         true
     }
 
+    /// Threads live on the LangGraph server.
+    fn portable_handles(&self) -> bool {
+        true
+    }
+
     async fn chat_turn(
         &self,
         req: &ChatRequest,

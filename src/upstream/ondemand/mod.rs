@@ -142,6 +142,11 @@ impl Upstream for OnDemand {
         true
     }
 
+    /// OnDemand's sessions live on its server, under the account's key.
+    fn portable_handles(&self) -> bool {
+        true
+    }
+
     async fn chat_turn(
         &self,
         req: &ChatRequest,
