@@ -451,3 +451,125 @@ def test_without_redis_a_conversation_stays_whole_on_its_replica(replicas, ondem
     finally:
         redis_server.start()
     support.wait_for("A sees Redis again", lambda: cluster_state(a).get("redis") == "up", timeout=15)
+
+
+def admin(gw, path: str) -> dict:
+    r = httpx.get(f"{gw.url}{path}", headers={"authorization": f"Bearer {ADMIN}"}, timeout=10, trust_env=False)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_the_admin_api_of_any_replica_lists_every_replicas_sessions(replicas):
+    def full(gw) -> dict | None:
+        body = admin(gw, "/admin/sessions")
+        return body if body.get("replicas") == ["a", "b", "c"] else None
+
+    for gw in replicas:
+        body = support.wait_for(f"{gw.url} sees the three replicas", lambda: full(gw), timeout=10)
+        by_replica: dict[str, set[str]] = {}
+        for s in body["sessions"]:
+            by_replica.setdefault(s["replica"], set()).add(f"{s['pool']}/{s['session']}")
+        # Every replica runs the same configuration: the same sessions, thrice.
+        assert set(by_replica) == {"a", "b", "c"}
+        assert len({frozenset(v) for v in by_replica.values()}) == 1, by_replica
+        assert {"peer/k1", "peer/k2", "ondemand/od1"} <= by_replica["a"]
+        assert body["cluster"] == {"replica": body["cluster"]["replica"], "redis": "up"}
+    # `troupe sessions` shows the replica column.
+    out = support.run_troupe(["sessions", "--url", replicas[0].url, "--admin-key", ADMIN])
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:3] == ["REPLICA", "POOL", "SESSION"]
+    assert {line.split()[0] for line in lines[1:]} == {"a", "b", "c"}
+
+
+def test_restarts_of_every_replica_in_one_stream(replicas, clean_peer):
+    """A session restart on B shows in A's `/admin/restarts`, marked as B's,
+    and each replica keeps its own restart log file as well."""
+    a, b, _ = replicas
+    clean_peer.fault("401", count=1000, key=support.PEER_KEYS[1])
+    ask = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    try:
+        def restarted_on_b() -> list[dict] | None:
+            httpx.post(f"{b.url}/v1/chat/completions", headers=HEADERS, json=ask, timeout=30, trust_env=False)
+            events = admin(a, "/admin/restarts?pool=peer&session=k2")["events"]
+            found = [e for e in events if e.get("replica") == "b" and e["event"] == "restart"]
+            return found or None
+
+        found = support.wait_for("B's restart in A's view", restarted_on_b, timeout=20)
+        assert found[-1]["cause"] == "auth"
+        own = (b.config_path.parent / "data" / "restarts.jsonl").read_text()
+        assert '"session":"k2"' in own
+    finally:
+        clean_peer.reset()
+        for gw in replicas:
+            admin_post = httpx.post(f"{gw.url}/admin/sessions/peer/k2/reset",
+                                    headers={"authorization": f"Bearer {ADMIN}"}, timeout=10, trust_env=False)
+            assert admin_post.status_code == 200
+
+
+def test_the_dashboard_shows_every_replica(replicas):
+    import shutil
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Chromium is missing (scripts/test.sh installs it)"
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--no-first-run",
+                                          "--disable-background-networking"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{replicas[1].url}/admin#key={ADMIN}")
+            for r in ("a", "b", "c"):
+                page.wait_for_selector(f"#sessions tr[data-replica='{r}'][data-session='peer/k1']", timeout=10_000)
+            assert "3 replica(s): a, b, c" in page.inner_text("#cluster")
+            # Only this replica's sessions can be reset from its page.
+            assert page.locator("#sessions tr[data-replica='b'] button").count() > 0
+            assert page.locator("#sessions tr[data-replica='a'] button").count() == 0
+        finally:
+            browser.close()
+
+
+def session_state(gw, replica: str, name: str) -> str:
+    for s in admin(gw, "/admin/sessions")["sessions"]:
+        if s["replica"] == replica and s["pool"] == "peer" and s["session"] == name:
+            return s["state"]
+    return "?"
+
+
+def test_an_open_circuit_on_one_replica_keeps_the_account_out_on_all(replicas, clean_peer):
+    """Three upstream failures in a row on key k1 open its circuit on A: B
+    and C stop sending it anything (every model) at once, and take it back
+    only when A's one trial request has passed."""
+    a, b, c = replicas
+    k1, k2 = support.PEER_KEYS[0], support.PEER_KEYS[1]
+    ask = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    clean_peer.fault("500", count=3, key=k1)
+
+    def opened() -> bool:
+        r = httpx.post(f"{a.url}/v1/chat/completions", headers=HEADERS, json=ask, timeout=30, trust_env=False)
+        assert r.status_code == 200, r.text  # retried on k2
+        return session_state(a, "a", "k1") == "cooling_down"
+
+    support.wait_for("A's circuit on k1 opens", opened, timeout=20)
+    time.sleep(0.1)
+    before = len(clean_peer.requests())
+    for i in range(6):
+        gw = (b, c)[i % 2]
+        r = httpx.post(f"{gw.url}/v1/chat/completions", headers=HEADERS, json=ask, timeout=30, trust_env=False)
+        assert r.status_code == 200, r.text
+    assert {q["key"] for q in clean_peer.requests()[before:]} == {k2}
+    # A's cool-down (5 s) ends; its trial request passes; then the others
+    # use k1 again.
+    def a_trusts_k1_again() -> bool:
+        httpx.post(f"{a.url}/v1/chat/completions", headers=HEADERS, json=ask, timeout=30, trust_env=False)
+        return session_state(a, "a", "k1") == "ready"
+
+    support.wait_for("A's trial on k1 passes", a_trusts_k1_again, timeout=20)
+    time.sleep(0.2)
+    for gw in (b, c):
+        before = len(clean_peer.requests())
+        for _ in range(4):
+            assert httpx.post(f"{gw.url}/v1/chat/completions", headers=HEADERS, json=ask, timeout=30,
+                              trust_env=False).status_code == 200
+        assert k1 in {q["key"] for q in clean_peer.requests()[before:]}, gw.url

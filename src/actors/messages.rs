@@ -96,6 +96,12 @@ pub struct ModelCooldown {
     pub until: Instant,
 }
 
+/// Redis is back: tell the other replicas again what they may have missed
+/// (this replica's cool-downs and accounts it took out).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resync;
+
 /// A cool-down another replica saw (see [`crate::cluster`]).
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -152,6 +152,8 @@ pub struct RestartLog {
     recent: VecDeque<RestartEvent>,
     recent_cap: usize,
     viewers: Vec<Recipient<Push>>,
+    /// Replicas sharing a restart stream, if any.
+    cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
 }
 
 impl RestartLog {
@@ -167,6 +169,7 @@ impl RestartLog {
             recent: VecDeque::with_capacity(recent_cap),
             recent_cap,
             viewers: Vec::new(),
+            cluster: None,
         };
         if let Err(e) = super::private_dir(dir) {
             tracing::error!(dir = %dir.display(), error = %e, "cannot create data_dir; restart log kept in memory only");
@@ -177,6 +180,15 @@ impl RestartLog {
         }
         log.reopen();
         log
+    }
+
+    /// Also adds every event to the cluster's capped restart stream.
+    pub(crate) fn with_cluster(
+        mut self,
+        cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
+    ) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     fn path(&self) -> PathBuf {
@@ -259,6 +271,12 @@ impl Handler<RestartEvent> for RestartLog {
         }
         tracing::info!(pool = %ev.pool, session = %ev.session, event = ev.event.as_str(), reason = %ev.reason, attempt = ev.attempt, backoff_ms = ev.backoff_ms, "session event");
         self.append(&ev);
+        if let Some(c) = &self.cluster {
+            if let Ok(serde_json::Value::Object(mut fields)) = serde_json::to_value(&ev) {
+                fields.insert("replica".into(), c.replica().into());
+                c.publish_restart(serde_json::Value::Object(fields).to_string());
+            }
+        }
         if !self.viewers.is_empty() {
             let mut msg = serde_json::json!({"type": "event"});
             if let (Ok(serde_json::Value::Object(fields)), Some(obj)) =

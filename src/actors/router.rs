@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use super::messages::{
     Acquire, AcquireError, Busy, Lease, ModelCooldown, Register, Release, Remember, Reset,
-    ResetSession, Retire, SessionId, SessionInfo, SessionState, SetModels, SharedCooldown,
+    ResetSession, Resync, Retire, SessionId, SessionInfo, SessionState, SetModels, SharedCooldown,
     Snapshot, StateChanged,
 };
 use super::session::Session;
@@ -34,6 +34,12 @@ struct Slot {
     models: Vec<Arc<str>>,
     last_error: Option<Arc<str>>,
     restarts: u32,
+    /// Another replica took the account out (its circuit opened, its
+    /// credentials were refused): not used here until then, or until that
+    /// replica's trial request passes.
+    out_until: Option<Instant>,
+    /// This replica told the others the account is out.
+    told_out: bool,
 }
 
 impl Slot {
@@ -47,6 +53,7 @@ impl Slot {
         !self.retiring
             && self.addr.is_some()
             && matches!(self.state, SessionState::Ready | SessionState::Trial)
+            && self.out_until.is_none_or(|t| t <= Instant::now())
     }
 
     /// Requests it may run at once now.
@@ -85,6 +92,14 @@ struct Waiter {
     affinity: Option<u64>,
     reply: oneshot::Sender<Result<Lease, AcquireError>>,
 }
+
+/// How long past the end of a cool-down the other replicas keep an account
+/// out, waiting for the trial request of the replica that cooled it; the
+/// trial's success lifts it sooner.
+const TRIAL_GRACE: Duration = Duration::from_secs(30);
+/// How long the other replicas keep out an account whose session gave up
+/// here (`failed`), unless it is revived sooner.
+const FAILED_OUT: Duration = Duration::from_secs(300);
 
 /// The one Router actor.
 pub struct Router {
@@ -407,6 +422,8 @@ impl Handler<Register> for Router {
             models: msg.models.into_iter().map(|(p, _)| p).collect(),
             last_error: None,
             restarts: 0,
+            out_until: None,
+            told_out: false,
         });
         self.drain_queue(ctx);
     }
@@ -424,6 +441,32 @@ impl Handler<StateChanged> for Router {
             s.state = msg.state;
             s.last_error = msg.last_error;
             s.restarts = msg.restarts;
+            if let Some(cluster) = &self.cluster {
+                // The other replicas keep the account out while it is out
+                // here, and through its one trial request: one trial in
+                // the cluster, not one per replica.
+                let out = match &s.state {
+                    SessionState::CoolingDown { until, .. } => Some(
+                        until
+                            .duration_since(std::time::SystemTime::now())
+                            .unwrap_or_default()
+                            + TRIAL_GRACE,
+                    ),
+                    SessionState::Failed { .. } => Some(FAILED_OUT),
+                    _ => None,
+                };
+                match out {
+                    Some(wait) => {
+                        s.told_out = true;
+                        cluster.publish_cooldown(&s.pool, &s.name, None, wait);
+                    }
+                    None if s.told_out && s.state == SessionState::Ready => {
+                        s.told_out = false;
+                        cluster.publish_cooldown(&s.pool, &s.name, None, Duration::ZERO);
+                    }
+                    None => {}
+                }
+            }
             self.drain_queue(ctx);
         }
     }
@@ -576,8 +619,47 @@ impl Handler<ModelCooldown> for Router {
             if let Some(cluster) = &self.cluster {
                 let s = &self.slots[slot];
                 let wait = msg.until.saturating_duration_since(Instant::now());
-                cluster.publish_cooldown(&s.pool, &s.name, &msg.model, wait);
+                cluster.publish_cooldown(&s.pool, &s.name, Some(&msg.model), wait);
             }
+        }
+    }
+}
+
+impl Handler<Resync> for Router {
+    type Result = ();
+
+    fn handle(&mut self, _: Resync, _: &mut Self::Context) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let now = Instant::now();
+        let mut told = 0;
+        for s in self.slots.iter().filter(|s| s.told_out) {
+            let wait = match &s.state {
+                SessionState::CoolingDown { until, .. } => {
+                    until
+                        .duration_since(std::time::SystemTime::now())
+                        .unwrap_or_default()
+                        + TRIAL_GRACE
+                }
+                SessionState::Failed { .. } => FAILED_OUT,
+                _ => TRIAL_GRACE,
+            };
+            cluster.publish_cooldown(&s.pool, &s.name, None, wait);
+            told += 1;
+        }
+        for r in self.routes.values().flatten() {
+            if let Some(until) = r.cool_until.filter(|t| *t > now) {
+                let s = &self.slots[r.slot];
+                cluster.publish_cooldown(&s.pool, &s.name, Some(&r.upstream_model), until - now);
+                told += 1;
+            }
+        }
+        if told > 0 {
+            tracing::info!(
+                told,
+                "cluster: told the other replicas this replica's cool-downs again"
+            );
         }
     }
 }
@@ -594,7 +676,24 @@ impl Handler<SharedCooldown> for Router {
             .filter(|&i| *self.slots[i].pool == *cd.pool && *self.slots[i].name == *cd.account)
             .collect();
         for slot in slots {
-            self.cool(slot, &cd.model, until, ctx);
+            if !cd.circuit {
+                self.cool(slot, &cd.model, until, ctx);
+                continue;
+            }
+            self.tickets.clear();
+            if cd.wait_ms == 0 {
+                self.slots[slot].out_until = None;
+                self.drain_queue(ctx);
+            } else {
+                self.slots[slot].out_until = Some(until);
+                ctx.run_later(
+                    until.saturating_duration_since(Instant::now()),
+                    |act, ctx| {
+                        act.tickets.clear();
+                        act.drain_queue(ctx);
+                    },
+                );
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 //! session states, the restart log, and resets. Nothing here ever shows a
 //! secret: sessions are described by pool, name, state and last error.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 mod events;
@@ -13,10 +14,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::actors::messages::{ResetSession, Snapshot};
-use crate::actors::restart_log::{Recent, RestartLog};
+use crate::actors::restart_log::{Recent, RestartEvent, RestartLog};
 use crate::actors::router::Router;
 use crate::actors::Reload;
 use crate::actors::{SessionInfo, SessionState};
+use crate::cluster::Cluster;
 use crate::config::Secret;
 use crate::http::auth::Auth;
 use crate::http::{get, post};
@@ -28,6 +30,8 @@ pub struct AdminState {
     /// `None` disables the admin API.
     pub auth: Option<Auth>,
     pub reloader: Option<Recipient<Reload>>,
+    /// Replicas whose sessions and restarts are shown with this one's.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl AdminState {
@@ -37,7 +41,14 @@ impl AdminState {
             log,
             auth: key.map(|k| Auth::new(vec![k])),
             reloader: None,
+            cluster: None,
         }
+    }
+
+    /// Shows every replica's sessions and restarts.
+    pub fn with_cluster(mut self, cluster: Option<Arc<Cluster>>) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     /// Enables `POST /admin/reload`.
@@ -193,16 +204,67 @@ async fn reload(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse 
     }
 }
 
+/// How often a replica publishes its sessions to the cluster, and how
+/// long they are shown after its last heartbeat.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+const HEARTBEAT_TTL: Duration = Duration::from_secs(6);
+
+/// Publishes this replica's sessions every [`HEARTBEAT`], for the other
+/// replicas' `/admin/sessions`.
+pub async fn heartbeat(router: Addr<Router>, cluster: Arc<Cluster>) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Ok(list) = router.send(Snapshot).await else {
+            return;
+        };
+        let list: Vec<_> = list.iter().map(session_json).collect();
+        if let Ok(text) = serde_json::to_string(&list) {
+            cluster.publish_sessions(text, HEARTBEAT_TTL).await;
+        }
+    }
+}
+
+/// `GET /admin/sessions`: this replica's sessions; with a cluster, every
+/// live replica's, each marked with its `replica` (this one's fresh, the
+/// others' as of their last heartbeat, at most 2 s old).
 async fn sessions(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
     if let Some(resp) = state.refuse(&req) {
         return resp;
     }
-    match state.router.send(Snapshot).await {
-        Ok(list) => HttpResponse::Ok().json(json!({
-            "sessions": list.iter().map(session_json).collect::<Vec<_>>()
-        })),
-        Err(_) => HttpResponse::ServiceUnavailable().finish(),
+    let Ok(list) = state.router.send(Snapshot).await else {
+        return HttpResponse::ServiceUnavailable().finish();
+    };
+    let mut sessions: Vec<_> = list.iter().map(session_json).collect();
+    let Some(cluster) = &state.cluster else {
+        return HttpResponse::Ok().json(json!({ "sessions": sessions }));
+    };
+    let me = cluster.replica();
+    for s in &mut sessions {
+        s["replica"] = json!(me);
     }
+    let mut replicas = vec![me.to_owned()];
+    let others = cluster.all_sessions().await;
+    for (replica, list) in others.iter().flatten() {
+        if replica == me {
+            continue;
+        }
+        replicas.push(replica.clone());
+        for mut s in list.as_array().cloned().unwrap_or_default() {
+            s["replica"] = json!(replica);
+            sessions.push(s);
+        }
+    }
+    replicas.sort();
+    HttpResponse::Ok().json(json!({
+        "sessions": sessions,
+        "replicas": replicas,
+        "cluster": {
+            "replica": me,
+            "redis": if others.is_some() { "up" } else { "down: showing this replica only" },
+        },
+    }))
 }
 
 /// `GET /admin/clients`: every client key by name (never the key), its
@@ -300,6 +362,9 @@ fn usage_by_client() -> std::collections::HashMap<String, Used> {
     out
 }
 
+/// The newest events `/admin/restarts` reads from the cluster's stream.
+const CLUSTER_RESTARTS: usize = 1000;
+
 #[derive(Deserialize)]
 struct RestartQuery {
     pool: Option<String>,
@@ -325,14 +390,40 @@ async fn restarts(
             }))
         }
     };
+    // With a cluster, every replica's events from the shared stream (this
+    // replica's own log when Redis does not answer).
+    if let Some(cluster) = &state.cluster {
+        if let Some(events) = cluster.restarts(CLUSTER_RESTARTS).await {
+            let events: Vec<_> = events
+                .into_iter()
+                .filter(|e| {
+                    let Ok(ev) = serde_json::from_value::<RestartEvent>(e.clone()) else {
+                        return false;
+                    };
+                    q.pool.as_deref().is_none_or(|p| p == ev.pool)
+                        && q.session.as_deref().is_none_or(|s| s == ev.session)
+                        && since.is_none_or(|t| ev.at().is_some_and(|at| at >= t))
+                })
+                .collect();
+            return HttpResponse::Ok().json(json!({ "events": events }));
+        }
+    }
     let Ok(events) = state.log.send(Recent).await else {
         return HttpResponse::ServiceUnavailable().finish();
     };
+    let me = state.cluster.as_ref().map(|c| c.replica());
     let events: Vec<_> = events
         .into_iter()
         .filter(|e| q.pool.as_deref().is_none_or(|p| p == e.pool))
         .filter(|e| q.session.as_deref().is_none_or(|s| s == e.session))
         .filter(|e| since.is_none_or(|t| e.at().is_some_and(|at| at >= t)))
+        .map(|e| {
+            let mut v = json!(e);
+            if let Some(me) = me {
+                v["replica"] = json!(me);
+            }
+            v
+        })
         .collect();
     HttpResponse::Ok().json(json!({ "events": events }))
 }

@@ -188,8 +188,15 @@ pub async fn serve(
     let tickets = router.tickets();
     let (router, router_later) = Deferred::new(router);
     if let Some(c) = &cluster {
-        let router = router.clone();
-        c.on_cooldown(move |cd| router.do_send(crate::actors::messages::SharedCooldown(cd)));
+        let router_cd = router.clone();
+        c.on_cooldown(move |cd| router_cd.do_send(crate::actors::messages::SharedCooldown(cd)));
+        let (c, router) = (c.clone(), router.clone());
+        actix_web::rt::spawn(async move {
+            loop {
+                c.returned().await;
+                router.do_send(crate::actors::messages::Resync);
+            }
+        });
     }
     let (placement, placed) = Placement::new(
         workers,
@@ -204,6 +211,7 @@ pub async fn serve(
         cfg.server.restart_log_files,
         RECENT_EVENTS,
     )
+    .with_cluster(cluster.clone())
     .start();
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let state = web::Data::new(AppState::new(
@@ -212,7 +220,7 @@ pub async fn serve(
         tickets,
         shutdown_rx,
         crate::upstream::registry::speaks,
-        cluster,
+        cluster.clone(),
     ));
     // Starts every pool once the workers run, and later applies reloads.
     let (reloader, mut reloader_later) = Deferred::new(Reloader::new(
@@ -230,9 +238,13 @@ pub async fn serve(
     });
     let router_busy = router.clone();
     let admin = web::Data::new(
-        AdminState::new(router, log.clone(), cfg.server.admin_key.clone())
-            .with_reloader(reloader.clone().recipient()),
+        AdminState::new(router.clone(), log.clone(), cfg.server.admin_key.clone())
+            .with_reloader(reloader.clone().recipient())
+            .with_cluster(cluster.clone()),
     );
+    if let Some(c) = cluster {
+        actix_web::rt::spawn(admin::heartbeat(router.clone(), c));
+    }
     actix_web::rt::spawn(reload_on_sighup(reloader));
     let (listener, closer) = listen_on(listen)?;
     let guard = web::Data::new(http::guard::Guard::new(&cfg.server));

@@ -157,16 +157,31 @@ pub fn sessions(url: &str, admin_key: Option<&str>, json: bool) -> Result<(), St
         }
         return Ok(());
     }
+    // A cluster's replicas each list their own sessions.
+    let clustered = list.iter().any(|s| s.get("replica").is_some());
+    let replica = |s: &serde_json::Value| {
+        if clustered {
+            format!("{:<14} ", s["replica"].as_str().unwrap_or("-"))
+        } else {
+            String::new()
+        }
+    };
     let _ = writeln!(
         out,
-        "{:<14} {:<14} {:<13} {:>9} {:>8}  LAST ERROR",
-        "POOL", "SESSION", "STATE", "LOAD", "RESTARTS"
+        "{}{:<14} {:<14} {:<13} {:>9} {:>8}  LAST ERROR",
+        if clustered { "REPLICA        " } else { "" },
+        "POOL",
+        "SESSION",
+        "STATE",
+        "LOAD",
+        "RESTARTS"
     );
     for s in &list {
         let load = format!("{}/{}", s["in_flight"], s["max_concurrency"]);
         let _ = writeln!(
             out,
-            "{:<14} {:<14} {:<13} {:>9} {:>8}  {}",
+            "{}{:<14} {:<14} {:<13} {:>9} {:>8}  {}",
+            replica(s),
             s["pool"].as_str().unwrap_or(""),
             s["session"].as_str().unwrap_or(""),
             s["state"].as_str().unwrap_or(""),

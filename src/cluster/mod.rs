@@ -130,6 +130,11 @@ pub(crate) struct Cooldown {
     pub model: String,
     /// For how long, from when it is read.
     pub wait_ms: u64,
+    /// The whole account is out (an open circuit, refused credentials, a
+    /// session that gave up), not one model: `model` is empty. A wait of 0
+    /// lifts it (the account's trial request passed).
+    #[serde(default)]
+    pub circuit: bool,
 }
 
 /// Which account and upstream conversation hold a conversation, as the
@@ -146,6 +151,9 @@ pub(crate) struct Conversation {
     #[serde(default)]
     pub portable: bool,
 }
+
+/// The cluster's restart stream keeps about this many events.
+const RESTART_STREAM_MAX: usize = 10_000;
 
 /// How long a conversation's record outlives its last turn (as sessions
 /// remember their own).
@@ -237,6 +245,8 @@ pub(crate) struct Cluster {
     held: Mutex<HashMap<String, Vec<String>>>,
     next_hold: AtomicU64,
     client: redis::Client,
+    /// Notified when Redis comes back after being away.
+    back: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -298,6 +308,7 @@ impl Cluster {
             held: Mutex::new(HashMap::new()),
             next_hold: AtomicU64::new(0),
             client,
+            back: tokio::sync::Notify::new(),
         });
         tracing::info!(replica = %cluster.replica, "cluster: sharing state through Redis");
         tokio::spawn(health(Arc::downgrade(&cluster)));
@@ -309,20 +320,22 @@ impl Cluster {
         self.key(&["cooldowns"])
     }
 
-    /// Tells the other replicas that `model` cools down on an account.
+    /// Tells the other replicas that `model` cools down on an account
+    /// (`model` `None`: the whole account is out, see [`Cooldown::circuit`]).
     pub(crate) fn publish_cooldown(
         self: &Arc<Self>,
         pool: &str,
         account: &str,
-        model: &str,
+        model: Option<&str>,
         wait: Duration,
     ) {
         let msg = Cooldown {
             replica: self.replica.clone(),
             pool: pool.to_owned(),
             account: account.to_owned(),
-            model: model.to_owned(),
+            model: model.unwrap_or_default().to_owned(),
             wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            circuit: model.is_none(),
         };
         let Ok(payload) = serde_json::to_string(&msg) else {
             return;
@@ -510,6 +523,122 @@ impl Cluster {
         serde_json::from_slice(&raw).ok()
     }
 
+    /// Publishes this replica's sessions (a JSON array), to expire unless
+    /// published again within `ttl`, and lists the replica by name.
+    pub(crate) async fn publish_sessions(&self, sessions: String, ttl: Duration) {
+        let key = self.key(&["sessions", &self.replica]);
+        let (replicas, me) = (self.key(&["replicas"]), self.replica.clone());
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        self.run("publish this replica's sessions", |mut conn| async move {
+            redis::pipe()
+                .atomic()
+                .cmd("SET")
+                .arg(&key)
+                .arg(&sessions)
+                .arg("PX")
+                .arg(ttl_ms)
+                .ignore()
+                .cmd("SADD")
+                .arg(&replicas)
+                .arg(&me)
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await;
+    }
+
+    /// Every live replica's published sessions, by replica name (this
+    /// one's too); `None` when Redis does not answer. Replicas whose
+    /// sessions expired (gone for longer than the heartbeat's ttl) are
+    /// dropped from the list.
+    pub(crate) async fn all_sessions(&self) -> Option<Vec<(String, serde_json::Value)>> {
+        let replicas_key = self.key(&["replicas"]);
+        let names: Vec<String> = self
+            .run("list replicas", |mut conn| {
+                let k = replicas_key.clone();
+                async move { redis::cmd("SMEMBERS").arg(&k).query_async(&mut conn).await }
+            })
+            .await?;
+        if names.is_empty() {
+            return Some(Vec::new());
+        }
+        let keys: Vec<String> = names.iter().map(|n| self.key(&["sessions", n])).collect();
+        let values: Vec<Option<Vec<u8>>> = self
+            .run("read replicas' sessions", |mut conn| async move {
+                redis::cmd("MGET").arg(&keys).query_async(&mut conn).await
+            })
+            .await?;
+        let mut out = Vec::new();
+        let mut gone = Vec::new();
+        for (name, value) in names.into_iter().zip(values) {
+            match value.and_then(|v| serde_json::from_slice(&v).ok()) {
+                Some(list) => out.push((name, list)),
+                None => gone.push(name),
+            }
+        }
+        if !gone.is_empty() {
+            self.run("forget gone replicas", |mut conn| async move {
+                redis::cmd("SREM")
+                    .arg(&replicas_key)
+                    .arg(&gone)
+                    .query_async::<()>(&mut conn)
+                    .await
+            })
+            .await;
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Some(out)
+    }
+
+    /// Adds a restart-log event (a JSON object) to the cluster's capped
+    /// stream, off the caller's path.
+    pub(crate) fn publish_restart(self: &Arc<Self>, event: String) {
+        let (cluster, key) = (self.clone(), self.key(&["restarts"]));
+        tokio::spawn(async move {
+            cluster
+                .run("add to the restart stream", |mut conn| async move {
+                    redis::cmd("XADD")
+                        .arg(&key)
+                        .arg("MAXLEN")
+                        .arg("~")
+                        .arg(RESTART_STREAM_MAX)
+                        .arg("*")
+                        .arg("event")
+                        .arg(&event)
+                        .query_async::<String>(&mut conn)
+                        .await
+                })
+                .await
+        });
+    }
+
+    /// The newest `count` events of every replica's restart log, oldest
+    /// first; `None` when Redis does not answer.
+    pub(crate) async fn restarts(&self, count: usize) -> Option<Vec<serde_json::Value>> {
+        let key = self.key(&["restarts"]);
+        let entries: redis::streams::StreamRangeReply = self
+            .run("read the restart stream", |mut conn| async move {
+                redis::cmd("XREVRANGE")
+                    .arg(&key)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(count)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        let mut events: Vec<serde_json::Value> = entries
+            .ids
+            .iter()
+            .filter_map(|e| e.get::<Vec<u8>>("event"))
+            .filter_map(|raw| serde_json::from_slice(&raw).ok())
+            .collect();
+        events.reverse();
+        Some(events)
+    }
+
     /// Keeps `member` of set `key` renewed while it is held.
     fn remember(&self, member: &str, key: &str) {
         lock(&self.held)
@@ -549,6 +678,12 @@ impl Cluster {
         });
     }
 
+    /// Resolves when Redis answers again after being away (or first
+    /// answers): what this replica knows is then worth telling again.
+    pub(crate) async fn returned(&self) {
+        self.back.notified().await;
+    }
+
     pub(crate) fn replica(&self) -> &str {
         &self.replica
     }
@@ -577,6 +712,7 @@ impl Cluster {
         if self.up.swap(up, Ordering::Relaxed) != up {
             if up {
                 tracing::info!(replica = %self.replica, "cluster: Redis is back; sharing state again");
+                self.back.notify_one();
             } else {
                 tracing::warn!(replica = %self.replica, why, "cluster: Redis unreachable; each replica uses its own state until it returns");
             }
