@@ -573,3 +573,51 @@ def test_an_open_circuit_on_one_replica_keeps_the_account_out_on_all(replicas, c
             assert httpx.post(f"{gw.url}/v1/chat/completions", headers=HEADERS, json=ask, timeout=30,
                               trust_env=False).status_code == 200
         assert k1 in {q["key"] for q in clean_peer.requests()[before:]}, gw.url
+
+
+def test_an_account_logs_in_and_refreshes_once_for_every_replica(redis_server, gateway_factory, tmp_path):
+    """Two replicas with one anonymous langfast account whose tokens live
+    8 s, and whose refresh tokens are single-use: the account signs up once
+    (the second replica takes the first one's login), is refreshed once
+    per lifetime (never twice with the same refresh token, which the
+    upstream would refuse), and both replicas keep answering with the new
+    token."""
+    import test_langfast as lf
+
+    peer = support.started(lambda: lf.start_peer(expires_in=8))
+    try:
+        gws = []
+        for name in ("la", "lb"):
+            text = lf.config(tmp_path / name, peer.url, accounts=1) + (
+                "\n[cluster]\n"
+                f"redis_url = {support.toml_str(redis_server.url)}\n"
+                f'replica = "{name}"\nkey_prefix = "lf:"\n')
+            gws.append(gateway_factory(config_text=text))
+        def ready(gw, name: str) -> bool:
+            mine = [x for x in lf.sessions(gw) if x.get("replica") == name]
+            return len(mine) == 1 and mine[0]["state"] == "ready"
+
+        for gw, name in zip(gws, ("la", "lb")):
+            support.wait_for(f"{gw.url} ready", lambda: ready(gw, name), timeout=20)
+        assert peer.stats()["signups"] == 1, peer.stats()
+
+        def ask(gw, text: str) -> str:
+            return support.make_client(gw.v1).chat.completions.create(
+                model=lf.MODEL, messages=[{"role": "user", "content": text}]).choices[0].message.content
+
+        assert ask(gws[0], "one") == lf.PREFIX + "one"
+        assert ask(gws[1], "two") == lf.PREFIX + "two"
+        # Refreshed about 1.6 s before expiry: once, by one replica.
+        support.wait_for("a refresh", lambda: peer.stats()["refreshes"] >= 1, timeout=15)
+        time.sleep(2.5)  # past the first token's expiry, and any second refresh
+        stats = peer.stats()
+        assert stats["refreshes"] == 1, stats
+        refused = [r for r in peer.requests() if r["path"].startswith("/auth/v1/token") and r["status"] != 200]
+        assert refused == [], refused
+        assert stats["signups"] == 1, stats
+        assert ask(gws[0], "three") == lf.PREFIX + "three"
+        assert ask(gws[1], "four") == lf.PREFIX + "four"
+        bearers = [r["bearer"] for r in lf.runs(peer)[-2:]]
+        assert bearers[0] == bearers[1], "both replicas use the refreshed token"
+    finally:
+        peer.cleanup()

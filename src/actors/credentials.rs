@@ -2,22 +2,133 @@
 //! process restarts (tokens, session ids), one JSON file per session under
 //! `data_dir/credentials/<pool>/<session>.json`, written atomically
 //! (temp file + rename) and readable by the owner only.
+//!
+//! With a cluster, an account's login state is also shared through Redis,
+//! and logging in or refreshing is done once for all replicas
+//! ([`CredentialStore::once`]): refresh tokens that rotate are never spent
+//! twice, and the replicas use one account rather than one each.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde_json::Value;
+
+use crate::canonical::UpstreamError;
+use crate::cluster::{Cluster, SharedCredentials};
+use crate::support::sync::lock;
+use crate::upstream::Upstream;
+
+/// Longest wait for another replica's login or refresh before doing it here.
+const LOGIN_WAIT: Duration = Duration::from_secs(30);
 
 /// Where a pool's sessions keep their credentials.
 #[derive(Debug, Clone)]
 pub struct CredentialStore {
     dir: PathBuf,
+    cluster: Option<Arc<Cluster>>,
+    /// The generation of shared login state each session holds.
+    held: Arc<Mutex<HashMap<String, u64>>>,
+}
+
+/// What [`CredentialStore::once`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Login {
+    /// Establishing: always runs (it also connects), but with the newest
+    /// shared login state, and under the lock when there is none yet.
+    Establish,
+    /// A refresh: skipped when another replica refreshed since.
+    Refresh,
 }
 
 impl CredentialStore {
     pub fn new(data_dir: &Path) -> Self {
         CredentialStore {
             dir: data_dir.join("credentials"),
+            cluster: None,
+            held: Arc::default(),
+        }
+    }
+
+    /// Shares login state with the other replicas.
+    pub(crate) fn with_cluster(mut self, cluster: Option<Arc<Cluster>>) -> Self {
+        self.cluster = cluster;
+        self
+    }
+
+    /// Runs `op` (an upstream's `establish` or `refresh`) for one session,
+    /// once across the cluster: the replica that takes the account's login
+    /// lock runs it and shares the result; the others wait for the lock to
+    /// go and take that result instead of logging in or refreshing again.
+    /// Alone, or with Redis away, it simply runs `op`.
+    pub(crate) async fn once<F, Fut>(
+        &self,
+        pool: &str,
+        session: &str,
+        upstream: &dyn Upstream,
+        what: Login,
+        op: F,
+    ) -> Result<bool, UpstreamError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<bool, UpstreamError>>,
+    {
+        let Some(cluster) = self
+            .cluster
+            .as_ref()
+            .filter(|_| upstream.shares_credentials())
+        else {
+            return op().await;
+        };
+        cluster.started().await;
+        let id = format!("{pool}/{session}");
+        let waited = tokio::time::Instant::now() + LOGIN_WAIT;
+        loop {
+            let held = lock(&self.held).get(&id).copied().unwrap_or(0);
+            let Some(shared) = cluster.credentials(pool, session).await else {
+                return op().await;
+            };
+            let newest = shared.as_ref().map_or(0, |s| s.gen);
+            let current = shared.as_ref().map(|s| s.value.clone());
+            if let Some(s) = shared.filter(|s| s.gen > held) {
+                if upstream.import_credentials(s.value) {
+                    lock(&self.held).insert(id.clone(), s.gen);
+                    tracing::info!(pool, session, "took the login state another replica shared");
+                    return match what {
+                        Login::Refresh => Ok(true),
+                        Login::Establish => op().await,
+                    };
+                }
+            }
+            let token = match cluster.lock_login(pool, session).await {
+                None => return op().await,
+                Some(Some(token)) => token,
+                Some(None) if tokio::time::Instant::now() < waited => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Some(None) => return op().await,
+            };
+            let result = op().await;
+            if result.is_ok() {
+                // Unchanged (an establish that reused them): nothing new to
+                // tell, and the others must not skip a refresh for it.
+                let value = upstream
+                    .export_credentials()
+                    .filter(|v| Some(v) != current.as_ref());
+                if let Some(value) = value {
+                    let gen = newest.max(held) + 1;
+                    cluster
+                        .store_credentials(pool, session, &SharedCredentials { gen, value })
+                        .await;
+                    lock(&self.held).insert(id.clone(), gen);
+                }
+            }
+            cluster.unlock_login(pool, session, &token).await;
+            return result;
         }
     }
 

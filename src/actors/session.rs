@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use actix::prelude::*;
 use rand::Rng as _;
 
-use super::credentials::CredentialStore;
+use super::credentials::{CredentialStore, Login};
 use super::messages::{
     Chat, Handle, ModelCooldown, Register, Remember, Reset, Retire, SessionId, SessionState,
     StateChanged,
@@ -228,21 +228,31 @@ impl Session {
                 tracing::info!(pool = %self.pool, session = %self.name, "reusing cached credentials");
             }
         }
-        let upstream = self.upstream.clone();
+        let (upstream, store) = (self.upstream.clone(), self.credentials.clone());
+        let (pool, name) = (self.pool.clone(), self.name.clone());
         ctx.wait(
-            async move { upstream.establish().await }
-                .into_actor(self)
-                .map(|res, act, ctx| match res {
-                    Ok(()) => {
-                        act.reviving = false;
-                        act.save_credentials();
-                        act.set_state(SessionState::Ready);
-                        act.schedule_refresh(ctx);
-                        act.watch_connection(ctx);
-                        tracing::info!(pool = %act.pool, session = %act.name, "session ready");
-                    }
-                    Err(e) => act.fault(e.to_string(), Cause::EstablishFailed, ctx),
-                }),
+            async move {
+                let establish = || async { upstream.establish().await.map(|()| true) };
+                match store {
+                    Some(s) => s
+                        .once(&pool, &name, &*upstream, Login::Establish, establish)
+                        .await
+                        .map(drop),
+                    None => upstream.establish().await,
+                }
+            }
+            .into_actor(self)
+            .map(|res, act, ctx| match res {
+                Ok(()) => {
+                    act.reviving = false;
+                    act.save_credentials();
+                    act.set_state(SessionState::Ready);
+                    act.schedule_refresh(ctx);
+                    act.watch_connection(ctx);
+                    tracing::info!(pool = %act.pool, session = %act.name, "session ready");
+                }
+                Err(e) => act.fault(e.to_string(), Cause::EstablishFailed, ctx),
+            }),
         );
     }
 
@@ -281,32 +291,48 @@ impl Session {
         });
     }
 
+    /// A refresh of this session's credentials: once across the cluster,
+    /// when there is one (see [`CredentialStore::once`]).
+    fn refresher(
+        &self,
+    ) -> impl std::future::Future<Output = Result<bool, UpstreamError>> + 'static {
+        let (upstream, store) = (self.upstream.clone(), self.credentials.clone());
+        let (pool, name) = (self.pool.clone(), self.name.clone());
+        async move {
+            match store {
+                Some(s) => {
+                    s.once(&pool, &name, &*upstream, Login::Refresh, || {
+                        upstream.refresh()
+                    })
+                    .await
+                }
+                None => upstream.refresh().await,
+            }
+        }
+    }
+
     /// One refresh at a time per account.
     fn refresh(&mut self, ctx: &mut Context<Self>, why: &'static str) {
         if self.refreshing || matches!(self.state, SessionState::Failed { .. }) {
             return;
         }
         self.refreshing = true;
-        let upstream = self.upstream.clone();
-        ctx.spawn(
-            async move { upstream.refresh().await }
-                .into_actor(self)
-                .map(move |res, act, ctx| {
-                    act.refreshing = false;
-                    match res {
-                        Ok(_) => {
-                            act.record(EventKind::Refresh, why, 0, None);
-                            act.save_credentials();
-                            act.schedule_refresh(ctx);
-                        }
-                        Err(e) => act.fault(
-                            format!("credential refresh failed: {e}"),
-                            Cause::RefreshFailed,
-                            ctx,
-                        ),
-                    }
-                }),
-        );
+        let refresh = self.refresher();
+        ctx.spawn(refresh.into_actor(self).map(move |res, act, ctx| {
+            act.refreshing = false;
+            match res {
+                Ok(_) => {
+                    act.record(EventKind::Refresh, why, 0, None);
+                    act.save_credentials();
+                    act.schedule_refresh(ctx);
+                }
+                Err(e) => act.fault(
+                    format!("credential refresh failed: {e}"),
+                    Cause::RefreshFailed,
+                    ctx,
+                ),
+            }
+        }));
     }
 
     /// The session cannot serve: restart it, or give up after too many
@@ -576,6 +602,7 @@ impl Handler<Chat> for Session {
         let (conversations, router, id) =
             (self.conversations.clone(), self.router.clone(), self.id);
         let upstream = self.upstream.clone();
+        let refresh = self.refresher();
         let model = msg.model.clone();
         let fut = async move {
             let (prepared, extractor) = if emulating {
@@ -595,7 +622,7 @@ impl Handler<Chat> for Session {
                 let mut result = turn(handle.as_deref()).await;
                 if matches!(&result, Err(e) if e.kind == ErrorKind::Auth) {
                     // One refresh and one retry; nothing reached the client yet.
-                    let r = upstream.refresh().await.map_err(|e| e.to_string());
+                    let r = refresh.await.map_err(|e| e.to_string());
                     if matches!(r, Ok(true)) {
                         result = turn(handle.as_deref()).await;
                     }

@@ -35,6 +35,8 @@ pub struct Reloader {
     arbiters: Arc<Vec<ArbiterHandle>>,
     catalog: Arc<ArcSwap<Catalog>>,
     modified: Option<SystemTime>,
+    /// Replicas sessions share login state with, if any.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Reloader {
@@ -55,7 +57,14 @@ impl Reloader {
             arbiters: Arc::new(Vec::new()),
             catalog,
             modified,
+            cluster: None,
         }
+    }
+
+    /// Sessions log in once across the cluster and share the result.
+    pub(crate) fn with_cluster(mut self, cluster: Option<Arc<crate::cluster::Cluster>>) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     /// The threads sessions are spread over (the HTTP workers').
@@ -71,7 +80,9 @@ impl Reloader {
             self.log.clone(),
             self.arbiters.clone(),
         )
-        .with_credentials(CredentialStore::new(&self.config.server.data_dir))
+        .with_credentials(
+            CredentialStore::new(&self.config.server.data_dir).with_cluster(self.cluster.clone()),
+        )
         .start();
         self.pools.insert(pool.name.clone(), addr);
     }

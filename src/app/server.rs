@@ -223,13 +223,16 @@ pub async fn serve(
         cluster.clone(),
     ));
     // Starts every pool once the workers run, and later applies reloads.
-    let (reloader, mut reloader_later) = Deferred::new(Reloader::new(
-        config_path,
-        cfg.clone(),
-        router.clone(),
-        log.clone(),
-        state.catalog.clone(),
-    ));
+    let (reloader, mut reloader_later) = Deferred::new(
+        Reloader::new(
+            config_path,
+            cfg.clone(),
+            router.clone(),
+            log.clone(),
+            state.catalog.clone(),
+        )
+        .with_cluster(cluster.clone()),
+    );
     actix_web::rt::spawn(async move {
         if let Ok(arbiters) = placed.await {
             reloader_later.actor_mut().place(arbiters);

@@ -152,6 +152,27 @@ pub(crate) struct Conversation {
     pub portable: bool,
 }
 
+/// An account's login state as the replica that last logged in or
+/// refreshed wrote it; `gen` counts those, so a replica takes only newer.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct SharedCredentials {
+    pub gen: u64,
+    pub value: serde_json::Value,
+}
+
+/// How long an account's login lock lives if its holder dies mid-login.
+const LOGIN_LOCK_MS: u64 = 30_000;
+/// How long shared login state is kept after its last write.
+const CREDENTIALS_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// Gives a login lock back only if it is still this holder's.
+const UNLOCK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
 /// The cluster's restart stream keeps about this many events.
 const RESTART_STREAM_MAX: usize = 10_000;
 
@@ -247,6 +268,9 @@ pub(crate) struct Cluster {
     client: redis::Client,
     /// Notified when Redis comes back after being away.
     back: tokio::sync::Notify,
+    /// True once the first health check is over (either way).
+    checked: AtomicBool,
+    first_check: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -309,6 +333,8 @@ impl Cluster {
             next_hold: AtomicU64::new(0),
             client,
             back: tokio::sync::Notify::new(),
+            checked: AtomicBool::new(false),
+            first_check: tokio::sync::Notify::new(),
         });
         tracing::info!(replica = %cluster.replica, "cluster: sharing state through Redis");
         tokio::spawn(health(Arc::downgrade(&cluster)));
@@ -639,6 +665,84 @@ impl Cluster {
         Some(events)
     }
 
+    /// The account's shared login state: `None` when Redis does not
+    /// answer, `Some(None)` when no replica wrote any.
+    pub(crate) async fn credentials(
+        &self,
+        pool: &str,
+        account: &str,
+    ) -> Option<Option<SharedCredentials>> {
+        let key = self.key(&["creds", pool, account]);
+        let raw = self
+            .run("read shared credentials", |mut conn| async move {
+                redis::cmd("GET")
+                    .arg(&key)
+                    .query_async::<Option<Vec<u8>>>(&mut conn)
+                    .await
+            })
+            .await?;
+        Some(raw.and_then(|r| serde_json::from_slice(&r).ok()))
+    }
+
+    pub(crate) async fn store_credentials(
+        &self,
+        pool: &str,
+        account: &str,
+        shared: &SharedCredentials,
+    ) {
+        let key = self.key(&["creds", pool, account]);
+        let Ok(value) = serde_json::to_vec(shared) else {
+            return;
+        };
+        self.run("write shared credentials", |mut conn| async move {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(&value)
+                .arg("EX")
+                .arg(CREDENTIALS_TTL_SECS)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await;
+    }
+
+    /// Takes the account's login lock: `None` when Redis does not answer,
+    /// `Some(None)` while another replica holds it, else the lock's token.
+    pub(crate) async fn lock_login(&self, pool: &str, account: &str) -> Option<Option<String>> {
+        let key = self.key(&["login", pool, account]);
+        let n = self.next_hold.fetch_add(1, Ordering::Relaxed);
+        let token = format!("{}:{n}", self.replica);
+        let taken = self
+            .run("take a login lock", |mut conn| {
+                let token = token.clone();
+                async move {
+                    redis::cmd("SET")
+                        .arg(&key)
+                        .arg(&token)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(LOGIN_LOCK_MS)
+                        .query_async::<Option<String>>(&mut conn)
+                        .await
+                }
+            })
+            .await?;
+        Some(taken.map(|_| token))
+    }
+
+    pub(crate) async fn unlock_login(&self, pool: &str, account: &str, token: &str) {
+        let key = self.key(&["login", pool, account]);
+        let script = redis::Script::new(UNLOCK);
+        self.run("give a login lock back", |mut conn| async move {
+            script
+                .key(&key)
+                .arg(token)
+                .invoke_async::<i64>(&mut conn)
+                .await
+        })
+        .await;
+    }
+
     /// Keeps `member` of set `key` renewed while it is held.
     fn remember(&self, member: &str, key: &str) {
         lock(&self.held)
@@ -676,6 +780,17 @@ impl Cluster {
             })
             .await
         });
+    }
+
+    /// Resolves once the first health check has told whether Redis is up
+    /// (at most a second or so after start): what a replica does once at
+    /// start (logging its accounts in) is worth doing with the cluster.
+    pub(crate) async fn started(&self) {
+        let first = self.first_check.notified();
+        if self.checked.load(Ordering::Acquire) {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), first).await;
     }
 
     /// Resolves when Redis answers again after being away (or first
@@ -813,6 +928,9 @@ async fn health(cluster: std::sync::Weak<Cluster>) {
             Ok(Ok(_)) => c.set_up(true, ""),
             Ok(Err(e)) => c.set_up(false, &e.to_string()),
             Err(_) => c.set_up(false, "no answer to PING"),
+        }
+        if !c.checked.swap(true, Ordering::AcqRel) {
+            c.first_check.notify_waiters();
         }
     }
 }

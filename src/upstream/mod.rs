@@ -52,6 +52,13 @@ pub trait Upstream: Send + Sync + 'static {
         None
     }
 
+    /// Whether replicas of a cluster share this kind's login state (an
+    /// account logged in or refreshed once, for all of them): kinds whose
+    /// login makes or rotates tokens.
+    fn shares_credentials(&self) -> bool {
+        false
+    }
+
     /// Takes back cached login state before `establish`; false if unusable.
     fn import_credentials(&self, _cached: serde_json::Value) -> bool {
         false

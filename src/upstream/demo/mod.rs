@@ -182,6 +182,11 @@ impl Upstream for Demo {
         Some(json!({"token": login.token, "expires_unix": expires}))
     }
 
+    /// Its simulated logins stand for real ones.
+    fn shares_credentials(&self) -> bool {
+        self.ttl.is_some()
+    }
+
     fn import_credentials(&self, cached: Value) -> bool {
         let (Some(token), Some(expires)) = (
             cached.get("token").and_then(Value::as_str),

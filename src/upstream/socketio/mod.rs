@@ -334,6 +334,11 @@ impl Upstream for SocketIo {
         }))
     }
 
+    /// Anonymous accounts sign up and rotate refresh tokens.
+    fn shares_credentials(&self) -> bool {
+        true
+    }
+
     fn import_credentials(&self, cached: Value) -> bool {
         let (Some(token), Some(user)) = (
             cached.get("access_token").and_then(Value::as_str),
