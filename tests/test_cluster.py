@@ -621,3 +621,32 @@ def test_an_account_logs_in_and_refreshes_once_for_every_replica(redis_server, g
         assert bearers[0] == bearers[1], "both replicas use the refreshed token"
     finally:
         peer.cleanup()
+
+
+def test_the_readmes_compose_example_is_a_valid_cluster(tmp_path):
+    """The README's docker-compose example: two replicas with distinct
+    names pointed at the same Redis, and environments the configuration
+    schema accepts (``troupe check`` with each replica's environment)."""
+    import re
+
+    import yaml
+
+    readme = (support.REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("## Running several replicas"):]
+    compose = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))
+    nginx = re.search(r"```nginx\n(.*?)```", section, re.S).group(1)
+    assert "proxy_buffering off" in nginx
+    replicas = {n: s for n, s in compose["services"].items() if n.startswith("troupe")}
+    assert len(replicas) == 2
+    names = {s["environment"]["TROUPE__CLUSTER__REPLICA"] for s in replicas.values()}
+    assert names == {"a", "b"}
+    urls = {s["environment"]["TROUPE__CLUSTER__REDIS_URL"] for s in replicas.values()}
+    assert len(urls) == 1
+    for name, service in replicas.items():
+        env = {k: str(v).replace("${REDIS_PASSWORD}", "pw") for k, v in service["environment"].items()}
+        env["TROUPE__SERVER__API_KEYS"] = "sk-one"
+        env["TROUPE__SERVER__DATA_DIR"] = str(tmp_path / name)
+        out = subprocess.run([str(support.troupe_bin()), "check", "--config",
+                              str(support.REPO_ROOT / "config" / "troupe.toml")],
+                             env={**env, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, (name, out.stdout, out.stderr)
