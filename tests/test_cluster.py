@@ -650,3 +650,64 @@ def test_the_readmes_compose_example_is_a_valid_cluster(tmp_path):
                               str(support.REPO_ROOT / "config" / "troupe.toml")],
                              env={**env, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, (name, out.stdout, out.stderr)
+
+
+def redis_cmd(port: int, *args: str):
+    """One command over RESP, for looking at what troupe wrote."""
+    payload = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(payload.encode())
+        f = s.makefile("rb")
+
+        def read():
+            line = f.readline().rstrip(b"\r\n")
+            kind, rest = line[:1], line[1:]
+            if kind in (b"+", b"-"):
+                return rest.decode()
+            if kind == b":":
+                return int(rest)
+            if kind == b"$":
+                n = int(rest)
+                return None if n < 0 else f.read(n + 2)[:-2].decode()
+            if kind == b"*":
+                return [read() for _ in range(int(rest))]
+            raise AssertionError(line)
+
+        return read()
+
+
+def test_a_hold_outlives_its_ttl_while_its_stream_runs(redis_server, clean_peer, gateway_factory, tmp_path):
+    """A stream longer than `lease_ttl` (1 s) keeps its hold on the account:
+    the replica renews it, so other replicas keep counting it; once the
+    stream ends the hold is given back at once."""
+    import threading
+
+    text = cluster_config(tmp_path / "r", clean_peer.url, redis_server.url, "renewer") + 'lease_ttl = "1s"\n'
+    text = text.replace('key_prefix = "t:"', 'key_prefix = "renew:"')
+    gw = gateway_factory(config_text=text)
+    support.wait_for("the replica reaches Redis", lambda: cluster_state(gw).get("redis") == "up", timeout=15)
+    clean_peer.fault("slow", count=1, seconds=0.6)
+    done = threading.Event()
+
+    def stream() -> None:
+        with httpx.stream("POST", f"{gw.url}/v1/chat/completions", headers=HEADERS, timeout=60, trust_env=False,
+                          json={"model": "gpt-4o-mini", "stream": True,
+                                "messages": [{"role": "user", "content": "a long answer please"}]}) as r:
+            for _ in r.iter_bytes():
+                pass
+        done.set()
+
+    t = threading.Thread(target=stream, daemon=True)
+    started = time.monotonic()
+    t.start()
+    support.wait_for("the hold", lambda: redis_cmd(redis_server.port, "KEYS", "renew:conc:peer:*"), timeout=10)
+    time.sleep(2.2)
+    assert not done.is_set(), "the stream should outlast two lease ttls"
+    held = redis_cmd(redis_server.port, "KEYS", "renew:conc:peer:*")
+    assert len(held) == 1, held
+    members = redis_cmd(redis_server.port, "ZRANGE", held[0], "0", "-1")
+    assert len(members) == 1 and members[0].startswith("renewer:"), members
+    t.join(timeout=30)
+    assert done.is_set() and time.monotonic() - started > 2.2
+    support.wait_for("the hold given back", lambda: not redis_cmd(redis_server.port, "KEYS", "renew:conc:peer:*"),
+                     timeout=2)

@@ -337,8 +337,8 @@ impl Cluster {
             first_check: tokio::sync::Notify::new(),
         });
         tracing::info!(replica = %cluster.replica, "cluster: sharing state through Redis");
-        tokio::spawn(health(Arc::downgrade(&cluster)));
-        tokio::spawn(renew(Arc::downgrade(&cluster)));
+        tokio::spawn(every(Arc::downgrade(&cluster), HEALTH_EVERY, health));
+        tokio::spawn(every(Arc::downgrade(&cluster), cfg.lease_ttl / 3, renew));
         Some(cluster)
     }
 
@@ -875,62 +875,60 @@ fn fallback() {
     }
 }
 
-/// Renews this replica's holds every third of their ttl.
-async fn renew(cluster: std::sync::Weak<Cluster>) {
-    let every = match cluster.upgrade() {
-        Some(c) => c.lease_ttl / 3,
-        None => return,
-    };
-    let mut tick = tokio::time::interval(every);
+/// Runs `f` on the cluster every `period` while the cluster link lives
+/// (the first run at once).
+async fn every<F, Fut>(cluster: std::sync::Weak<Cluster>, period: Duration, f: F)
+where
+    F: Fn(Arc<Cluster>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(c) = cluster.upgrade() else {
             return;
         };
-        let holds: Vec<(String, String)> = lock(&c.held)
-            .iter()
-            .flat_map(|(m, keys)| keys.iter().map(|k| (m.clone(), k.clone())))
-            .collect();
-        if holds.is_empty() {
-            continue;
-        }
-        let (script, ttl) = (&c.renew, c.ttl_ms());
-        c.run("renew concurrency holds", |mut conn| {
-            let mut call = script.prepare_invoke();
-            call.arg(ttl);
-            for (member, key) in &holds {
-                call.key(key).arg(member);
-            }
-            async move { call.invoke_async::<()>(&mut conn).await }
-        })
-        .await;
+        f(c).await;
     }
 }
 
-/// Pings Redis every [`HEALTH_EVERY`] while the cluster link lives.
-async fn health(cluster: std::sync::Weak<Cluster>) {
-    let mut tick = tokio::time::interval(HEALTH_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(c) = cluster.upgrade() else {
-            return;
-        };
-        let mut conn = c.conn.clone();
-        // A ping may wait for a reconnection: allow it the connect timeout.
-        let ping = tokio::time::timeout(
-            c.timeout.max(Duration::from_millis(500)),
-            redis::cmd("PING").query_async::<String>(&mut conn),
-        )
-        .await;
-        match ping {
-            Ok(Ok(_)) => c.set_up(true, ""),
-            Ok(Err(e)) => c.set_up(false, &e.to_string()),
-            Err(_) => c.set_up(false, "no answer to PING"),
+/// Renews this replica's holds (every third of their ttl).
+async fn renew(c: Arc<Cluster>) {
+    let holds: Vec<(String, String)> = lock(&c.held)
+        .iter()
+        .flat_map(|(m, keys)| keys.iter().map(|k| (m.clone(), k.clone())))
+        .collect();
+    if holds.is_empty() {
+        return;
+    }
+    let (script, ttl) = (&c.renew, c.ttl_ms());
+    c.run("renew concurrency holds", |mut conn| {
+        let mut call = script.prepare_invoke();
+        call.arg(ttl);
+        for (member, key) in &holds {
+            call.key(key).arg(member);
         }
-        if !c.checked.swap(true, Ordering::AcqRel) {
-            c.first_check.notify_waiters();
-        }
+        async move { call.invoke_async::<()>(&mut conn).await }
+    })
+    .await;
+}
+
+/// Pings Redis (every [`HEALTH_EVERY`]) to tell whether it is up.
+async fn health(c: Arc<Cluster>) {
+    let mut conn = c.conn.clone();
+    // A ping may wait for a reconnection: allow it more than an operation.
+    let ping = tokio::time::timeout(
+        c.timeout.max(Duration::from_millis(500)),
+        redis::cmd("PING").query_async::<String>(&mut conn),
+    )
+    .await;
+    match ping {
+        Ok(Ok(_)) => c.set_up(true, ""),
+        Ok(Err(e)) => c.set_up(false, &e.to_string()),
+        Err(_) => c.set_up(false, "no answer to PING"),
+    }
+    if !c.checked.swap(true, Ordering::AcqRel) {
+        c.first_check.notify_waiters();
     }
 }
