@@ -37,7 +37,10 @@
 //! of the Router and the sessions on the HTTP worker threads, and the
 //! reloader that applies a changed configuration without a restart);
 //! [`metrics`] and [`http::trace`] record every request; [`admin`] serves
-//! the admin API, the dashboard and its live feed. The `troupe` binary
+//! the admin API, the dashboard and its live feed; [`limits`] holds client
+//! keys to their limits; [`store`] keeps stored responses; [`cluster`] is
+//! what several replicas share through Redis (`[cluster]`), each piece
+//! with a fallback to the replica's own state. The `troupe` binary
 //! (`main.rs`, its subcommands in `src/cli/`) uses [`app`], [`config`],
 //! [`restart_log`] and [`session_names`]. [`support`] holds the few
 //! building blocks every folder may use (locks that survive a panic).

@@ -234,9 +234,34 @@ def test_reads_and_deletes_reach_every_replica(replicas):
 
 
 def test_requests_never_fail_while_redis_is_down(replicas, redis_server):
+    import threading
+
     a, b, c = replicas
     fallbacks = metric(a, "troupe_cluster_fallbacks_total")
+    # Clients keep asking every replica, through the stop and the start.
+    stop = threading.Event()
+    codes: list[int] = []
+    finished: list[float] = []
+
+    def load() -> None:
+        i = 0
+        while not stop.is_set() and i < 2000:
+            gw = replicas[i % 3]
+            body = {"model": "gpt-4o-mini" if i % 2 else "demo", "messages": [{"role": "user", "content": f"n{i}"}]}
+            try:
+                r = httpx.post(f"{gw.url}/v1/chat/completions", headers=HEADERS, json=body, timeout=30,
+                               trust_env=False)
+                codes.append(r.status_code)
+            except httpx.HTTPError:
+                codes.append(-1)
+            finished.append(time.monotonic())
+            i += 1
+
+    loader = threading.Thread(target=load, daemon=True)
+    loader.start()
+    time.sleep(0.3)
     redis_server.stop()
+    stopped = time.monotonic()
     try:
         support.wait_for("A notices Redis is down", lambda: cluster_state(a).get("redis", "").startswith("down"), timeout=10)
         assert metric(a, "troupe_cluster_redis_up") == 0
@@ -252,8 +277,14 @@ def test_requests_never_fail_while_redis_is_down(replicas, redis_server):
         # Ready all along: a replica without Redis still serves.
         assert httpx.get(f"{a.url}/readyz", timeout=5, trust_env=False).status_code == 200
     finally:
+        restarted = time.monotonic()
         redis_server.start()
     support.wait_for("A sees Redis again", lambda: cluster_state(a).get("redis") == "up", timeout=15)
+    time.sleep(0.3)
+    stop.set()
+    loader.join(timeout=60)
+    assert set(codes) == {200}, sorted(set(codes))
+    assert any(stopped < t < restarted for t in finished), "some of the load ran while Redis was down"
     assert metric(a, "troupe_cluster_redis_up") == 1
     assert "Redis is back" in a.stderr_text(200_000)
     # Shared again.
@@ -449,6 +480,7 @@ def test_without_redis_a_conversation_stays_whole_on_its_replica(replicas, ondem
         assert moved.startswith("ondemand reply #1 to: "), moved
         assert "alone one" in moved and moved.endswith("alone two"), moved
     finally:
+        restarted = time.monotonic()
         redis_server.start()
     support.wait_for("A sees Redis again", lambda: cluster_state(a).get("redis") == "up", timeout=15)
 
