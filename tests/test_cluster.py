@@ -743,3 +743,38 @@ def test_a_hold_outlives_its_ttl_while_its_stream_runs(redis_server, clean_peer,
     assert done.is_set() and time.monotonic() - started > 2.2
     support.wait_for("the hold given back", lambda: not redis_cmd(redis_server.port, "KEYS", "renew:conc:peer:*"),
                      timeout=2)
+
+
+def test_a_cli_conversation_moving_replica_sends_the_whole_conversation(redis_server, gateway_factory, tmp_path):
+    """A CLI's session lives on the machine that ran it: a turn that lands
+    on another replica never resumes it by id there (the record says whose
+    it is), it starts a new CLI session with the whole conversation."""
+    import test_cli as cli
+
+    state = tmp_path / "cli-state"
+    state.mkdir()
+    gws = []
+    for name in ("ca", "cb"):
+        text = cli.server_section(tmp_path / name) + cli.cli_pool("claude", "claude", ["claude"], state) + (
+            "\n[cluster]\n"
+            f"redis_url = {support.toml_str(redis_server.url)}\n"
+            f'replica = "{name}"\nkey_prefix = "cli:"\n')
+        gws.append(gateway_factory(config_text=text))
+
+    def ask(gw, messages: list[dict]) -> str:
+        r = httpx.post(f"{gw.url}/v1/chat/completions", headers=HEADERS, timeout=60, trust_env=False,
+                       json={"model": "claude", "messages": messages})
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["message"]["content"]
+
+    history = [{"role": "user", "content": "cli turn one"}]
+    a1 = ask(gws[0], history)
+    sid = a1.split("session=")[1].split()[0]
+    history += [{"role": "assistant", "content": a1}, {"role": "user", "content": "cli turn two"}]
+    # On the same replica it resumes (the CLI's own session, by id).
+    same = ask(gws[0], history)
+    assert f"turn=2 session={sid} " in same, same
+    # On the other replica: a new CLI session, given every turn.
+    moved = ask(gws[1], history)
+    assert "turn=1 " in moved and f"session={sid}" not in moved, moved
+    assert "cli turn one" in cli.calls(state)[-1][-1]
