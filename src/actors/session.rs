@@ -99,11 +99,47 @@ pub struct Session {
     cause: Cause,
     /// A revival's one try is under way: a fault now gives up at once.
     reviving: bool,
-    credentials: Option<CredentialStore>,
+    credentials: Option<Arc<CredentialStore>>,
     /// Conversation key → upstream conversation handle, for stateful kinds.
     /// Shared with running requests, which record their turn before the
     /// client sees the answer end, so an immediate next turn finds it.
     conversations: Arc<std::sync::Mutex<lru::LruCache<u64, (String, Instant)>>>,
+}
+
+/// A refresh of a session's credentials, made only when one is needed.
+struct Refresher {
+    upstream: Arc<dyn Upstream>,
+    store: Option<Arc<CredentialStore>>,
+    pool: Arc<str>,
+    name: Arc<str>,
+}
+
+/// A refresh under way.
+type Refreshing = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<bool, UpstreamError>> + Send>,
+>;
+
+impl Refresher {
+    /// The refresh: once across the cluster, when there is one (see
+    /// [`CredentialStore::once`]). Boxed: a request's future holds only a
+    /// pointer to it, not room for a refresh it will almost never make.
+    fn run(self) -> Refreshing {
+        Box::pin(async move {
+            let Refresher {
+                upstream,
+                store,
+                pool,
+                name,
+            } = self;
+            match store {
+                Some(s) => {
+                    s.once(&pool, &name, &*upstream, Login::Refresh, || upstream.refresh())
+                        .await
+                }
+                None => upstream.refresh().await,
+            }
+        })
+    }
 }
 
 /// Upstream conversations a session remembers, and for how long.
@@ -160,7 +196,7 @@ impl Session {
 
     /// Keeps the upstream's login state in `store` across restarts.
     pub fn with_credentials(mut self, store: Option<CredentialStore>) -> Self {
-        self.credentials = store;
+        self.credentials = store.map(Arc::new);
         self
     }
 
@@ -291,23 +327,14 @@ impl Session {
         });
     }
 
-    /// A refresh of this session's credentials: once across the cluster,
-    /// when there is one (see [`CredentialStore::once`]).
-    fn refresher(
-        &self,
-    ) -> impl std::future::Future<Output = Result<bool, UpstreamError>> + 'static {
-        let (upstream, store) = (self.upstream.clone(), self.credentials.clone());
-        let (pool, name) = (self.pool.clone(), self.name.clone());
-        async move {
-            match store {
-                Some(s) => {
-                    s.once(&pool, &name, &*upstream, Login::Refresh, || {
-                        upstream.refresh()
-                    })
-                    .await
-                }
-                None => upstream.refresh().await,
-            }
+    /// What a request needs to refresh this session's credentials, should
+    /// its upstream refuse them: a few reference counts, no future yet.
+    fn refresher(&self) -> Refresher {
+        Refresher {
+            upstream: self.upstream.clone(),
+            store: self.credentials.clone(),
+            pool: self.pool.clone(),
+            name: self.name.clone(),
         }
     }
 
@@ -317,7 +344,7 @@ impl Session {
             return;
         }
         self.refreshing = true;
-        let refresh = self.refresher();
+        let refresh = self.refresher().run();
         ctx.spawn(refresh.into_actor(self).map(move |res, act, ctx| {
             act.refreshing = false;
             match res {
@@ -622,7 +649,7 @@ impl Handler<Chat> for Session {
                 let mut result = turn(handle.as_deref()).await;
                 if matches!(&result, Err(e) if e.kind == ErrorKind::Auth) {
                     // One refresh and one retry; nothing reached the client yet.
-                    let r = refresh.await.map_err(|e| e.to_string());
+                    let r = refresh.run().await.map_err(|e| e.to_string());
                     if matches!(r, Ok(true)) {
                         result = turn(handle.as_deref()).await;
                     }
