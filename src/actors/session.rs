@@ -115,9 +115,8 @@ struct Refresher {
 }
 
 /// A refresh under way.
-type Refreshing = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<bool, UpstreamError>> + Send>,
->;
+type Refreshing =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, UpstreamError>> + Send>>;
 
 impl Refresher {
     /// The refresh: once across the cluster, when there is one (see
@@ -133,8 +132,10 @@ impl Refresher {
             } = self;
             match store {
                 Some(s) => {
-                    s.once(&pool, &name, &*upstream, Login::Refresh, || upstream.refresh())
-                        .await
+                    s.once(&pool, &name, &*upstream, Login::Refresh, || {
+                        upstream.refresh()
+                    })
+                    .await
                 }
                 None => upstream.refresh().await,
             }
