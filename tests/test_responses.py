@@ -358,6 +358,8 @@ def test_parse_sends_the_schema_upstream(rc, peers):
         ({"model": "demo", "input": "x", "temperature": 3}, "temperature"),
         ({"model": "demo", "input": "x", "text": {"format": {"type": "json_schema"}}}, "text.format.schema"),
         ({"model": "demo", "input": "x", "background": True}, "background"),
+        ({"model": "demo", "input": [{"role": "user", "content": "a"}, {"type": "item_reference", "id": "msg_1"}]},
+         "input[1].type"),
     ],
 )
 def test_bad_input_is_a_400_naming_the_field(http, body, param):
@@ -532,3 +534,65 @@ def test_namespaced_and_additional_tools_as_codex_sends_them(http, peers):
     r = http.post("/v1/responses", json=back)
     assert r.status_code == 200, r.text
     assert last_body(o_peer)["messages"][-2]["tool_calls"][0]["function"]["name"] == "multi_agent_v1__close_agent"
+
+
+# --------------------------------------------------------------------------
+# items beyond text
+
+
+def test_input_image_reaches_an_openai_upstream_as_an_image_part(rc, peers):
+    _, o_peer = peers
+    pixel = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+    r = rc.responses.create(model="gpt-4o-mini", input=[{"role": "user", "content": [
+        {"type": "input_text", "text": "what is in this picture?"},
+        {"type": "input_image", "image_url": pixel},
+    ]}])
+    assert r.status == "completed"
+    sent = last_body(o_peer)["messages"][-1]["content"]
+    assert {"type": "text", "text": "what is in this picture?"} in sent, sent
+    assert {"type": "image_url", "image_url": {"url": pixel}} in sent, sent
+
+
+def test_an_input_image_by_file_id_is_named_as_dropped(http, peers):
+    r = http.post("/v1/responses", json={"model": "gpt-4o-mini", "input": [{"role": "user", "content": [
+        {"type": "input_text", "text": "and this one?"},
+        {"type": "input_image", "file_id": "file-abc"},
+    ]}]})
+    assert r.status_code == 200, r.text
+    assert "input_image file_id parts" in r.headers.get(DROPPED, ""), r.headers
+
+
+def test_a_local_shell_call_and_its_output_go_upstream_as_a_tool_round(http, peers):
+    _, o_peer = peers
+    action = {"type": "exec", "command": ["ls", "-la"], "env": {}}
+    r = http.post("/v1/responses", json={"model": "gpt-4o-mini", "input": [
+        {"role": "user", "content": "list the files"},
+        {"type": "local_shell_call", "id": "lsh_1", "call_id": "call_sh1", "status": "completed", "action": action},
+        {"type": "local_shell_call_output", "call_id": "call_sh1", "output": "a.txt b.txt"},
+    ]})
+    assert r.status_code == 200, r.text
+    messages = last_body(o_peer)["messages"]
+    call = next(m for m in messages if m["role"] == "assistant")
+    assert call["tool_calls"][0]["id"] == "call_sh1"
+    assert call["tool_calls"][0]["function"]["name"] == "local_shell"
+    assert json.loads(call["tool_calls"][0]["function"]["arguments"]) == action
+    result = next(m for m in messages if m["role"] == "tool")
+    assert result["tool_call_id"] == "call_sh1" and "a.txt b.txt" in json.dumps(result["content"])
+    assert output_text(r.json()).endswith("saw tool result: a.txt b.txt")
+
+
+def test_input_items_pages_with_after(http, peers):
+    r = http.post("/v1/responses", json={"model": "demo", "input": [
+        {"role": "user", "content": "one"},
+        {"role": "user", "content": "two"},
+        {"role": "user", "content": "three"},
+    ]})
+    rid = r.json()["id"]
+    page = http.get(f"/v1/responses/{rid}/input_items", params={"order": "asc", "limit": 1}).json()
+    assert [i["content"][0]["text"] for i in page["data"]] == ["one"] and page["has_more"] is True
+    nxt = http.get(f"/v1/responses/{rid}/input_items",
+                   params={"order": "asc", "limit": 1, "after": page["last_id"]}).json()
+    assert [i["content"][0]["text"] for i in nxt["data"]] == ["two"]
+    assert_valid("ResponseItemList", nxt)
+    rest = http.get(f"/v1/responses/{rid}/input_items", params={"order": "asc", "after": nxt["last_id"]}).json()
+    assert [i["content"][0]["text"] for i in rest["data"]] == ["three"] and rest["has_more"] is False

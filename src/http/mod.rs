@@ -18,7 +18,6 @@ use std::collections::{HashMap, HashSet};
 
 use arc_swap::ArcSwap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -314,13 +313,7 @@ pub fn task_panicked(place: &'static str, panic: &(dyn std::any::Any + Send)) ->
     "the request failed inside the gateway (logged as a bug)".to_owned()
 }
 
-/// Seconds since the epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use crate::support::ids::unix_now;
 
 /// Registers every route: both protocols at `/v1`, each also under its
 /// own prefix (`/openai/v1`, `/anthropic/v1`). One scope per prefix, since

@@ -226,16 +226,7 @@ impl Trace {
     }
 }
 
-/// `prefix` and a random (v4) UUID in 32 lowercase hex digits: a response
-/// or request id.
-pub fn random_id(prefix: &str) -> String {
-    let mut buf = uuid::Uuid::encode_buffer();
-    let hex = uuid::Uuid::new_v4().simple().encode_lower(&mut buf);
-    let mut id = String::with_capacity(prefix.len() + hex.len());
-    id.push_str(prefix);
-    id.push_str(hex);
-    id
-}
+pub use crate::support::ids::random_id;
 
 /// `d` in milliseconds with three decimals (`12.345`), written without the
 /// float formatting machinery: this is on every response.

@@ -21,6 +21,7 @@ use crate::canonical::{
 };
 use crate::protocol::encoder::{CallOrder, CallRoute};
 use crate::protocol::{parse_json, DecodeError, EventEncoder};
+use crate::support::ids::{random_id, unix_now};
 
 /// Top-level fields the gateway honours whatever the upstream: the input,
 /// tools (built-in ones are named apart), storage and streaming.
@@ -881,7 +882,7 @@ fn items_of(answer: &Answer, req: &ChatRequest, echo: &Echo) -> Vec<Item> {
             (None, None) => None,
         };
         items.push(Item {
-            id: item_id("rs_"),
+            id: random_id("rs_"),
             slot: Slot::Reasoning {
                 text: answer.thinking.clone(),
                 encrypted,
@@ -891,7 +892,7 @@ fn items_of(answer: &Answer, req: &ChatRequest, echo: &Echo) -> Vec<Item> {
     }
     for data in &answer.redacted_thinking {
         items.push(Item {
-            id: item_id("rs_"),
+            id: random_id("rs_"),
             slot: Slot::Reasoning {
                 text: String::new(),
                 encrypted: Some(format!("{REDACTED_MARK}{data}")),
@@ -901,7 +902,7 @@ fn items_of(answer: &Answer, req: &ChatRequest, echo: &Echo) -> Vec<Item> {
     }
     if !answer.text.is_empty() || answer.tool_calls.is_empty() {
         items.push(Item {
-            id: item_id("msg_"),
+            id: random_id("msg_"),
             slot: Slot::Message {
                 text: answer.text.clone(),
             },
@@ -939,7 +940,7 @@ fn call_item(
         id.to_owned()
     };
     Item {
-        id: item_id(if custom { "ctc_" } else { "fc_" }),
+        id: random_id(if custom { "ctc_" } else { "fc_" }),
         slot: Slot::Call {
             index,
             call_id,
@@ -949,15 +950,6 @@ fn call_item(
             namespace,
         },
     }
-}
-
-fn item_id(prefix: &str) -> String {
-    let mut buf = uuid::Uuid::encode_buffer();
-    let hex = uuid::Uuid::new_v4().simple().encode_lower(&mut buf);
-    let mut id = String::with_capacity(prefix.len() + hex.len());
-    id.push_str(prefix);
-    id.push_str(hex);
-    id
 }
 
 /// What a response object needs besides its items.
@@ -1159,7 +1151,7 @@ pub fn stored_input(items: &[ItemIn]) -> Vec<ItemIn> {
                     "reasoning" => "rs_",
                     _ => "item_",
                 };
-                item.id = Some(item_id(prefix));
+                item.id = Some(random_id(prefix));
             }
             if kind == "message" {
                 if let Some(ContentIn::Text(t)) = &item.content {
@@ -1485,7 +1477,7 @@ impl StreamEncoder {
             ChatEvent::TextDelta(t) => {
                 if !matches!(self.open_kind(), Some(Slot::Message { .. })) {
                     let item = Item {
-                        id: item_id("msg_"),
+                        id: random_id("msg_"),
                         slot: Slot::Message {
                             text: String::new(),
                         },
@@ -1542,7 +1534,7 @@ impl StreamEncoder {
             ChatEvent::EncryptedReasoning(blob) => {
                 if !matches!(self.open_kind(), Some(Slot::Reasoning { .. })) {
                     let item = Item {
-                        id: item_id("rs_"),
+                        id: random_id("rs_"),
                         slot: Slot::Reasoning {
                             text: String::new(),
                             encrypted: None,
@@ -1565,7 +1557,7 @@ impl StreamEncoder {
             }
             ChatEvent::RedactedThinking(data) => {
                 let item = Item {
-                    id: item_id("rs_"),
+                    id: random_id("rs_"),
                     slot: Slot::Reasoning {
                         text: String::new(),
                         encrypted: Some(format!("{REDACTED_MARK}{data}")),
@@ -1618,7 +1610,7 @@ impl StreamEncoder {
             Some(Slot::Reasoning { sealed: false, .. })
         ) {
             let item = Item {
-                id: item_id("rs_"),
+                id: random_id("rs_"),
                 slot: Slot::Reasoning {
                     text: String::new(),
                     encrypted: None,
@@ -1708,13 +1700,6 @@ fn write_text_delta(item_id: &str, output_index: usize, delta: &str, seq: u64, o
     end_event(out, seq);
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 impl EventEncoder for StreamEncoder {
     fn usage(&self, req: &ChatRequest) -> Option<Usage> {
         Some(self.tally.finish(req))
@@ -1726,7 +1711,12 @@ impl EventEncoder for StreamEncoder {
 
     fn write_error(e: &UpstreamError, out: &mut BytesMut) {
         // No state left: a bare failed response.
-        let head = Head::new(item_id("resp_"), unix_now(), "", Arc::new(Echo::default()));
+        let head = Head::new(
+            random_id("resp_"),
+            unix_now(),
+            "",
+            Arc::new(Echo::default()),
+        );
         let json = response(&head, &[], Ending::Failed(e), &e.message, error_code(e));
         write_response_event("response.failed", &json, 0, out);
     }
