@@ -101,6 +101,21 @@ const TRIAL_GRACE: Duration = Duration::from_secs(30);
 /// here (`failed`), unless it is revived sooner.
 const FAILED_OUT: Duration = Duration::from_secs(300);
 
+/// How long the other replicas should keep out an account in `state` here,
+/// or `None` when it is usable.
+fn out_for(state: &SessionState) -> Option<Duration> {
+    match state {
+        SessionState::CoolingDown { until, .. } => Some(
+            until
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default()
+                + TRIAL_GRACE,
+        ),
+        SessionState::Failed { .. } => Some(FAILED_OUT),
+        _ => None,
+    }
+}
+
 /// The one Router actor.
 pub struct Router {
     slots: Vec<Slot>,
@@ -445,16 +460,7 @@ impl Handler<StateChanged> for Router {
                 // The other replicas keep the account out while it is out
                 // here, and through its one trial request: one trial in
                 // the cluster, not one per replica.
-                let out = match &s.state {
-                    SessionState::CoolingDown { until, .. } => Some(
-                        until
-                            .duration_since(std::time::SystemTime::now())
-                            .unwrap_or_default()
-                            + TRIAL_GRACE,
-                    ),
-                    SessionState::Failed { .. } => Some(FAILED_OUT),
-                    _ => None,
-                };
+                let out = out_for(&s.state);
                 match out {
                     Some(wait) => {
                         s.told_out = true;
@@ -635,16 +641,7 @@ impl Handler<Resync> for Router {
         let now = Instant::now();
         let mut told = 0;
         for s in self.slots.iter().filter(|s| s.told_out) {
-            let wait = match &s.state {
-                SessionState::CoolingDown { until, .. } => {
-                    until
-                        .duration_since(std::time::SystemTime::now())
-                        .unwrap_or_default()
-                        + TRIAL_GRACE
-                }
-                SessionState::Failed { .. } => FAILED_OUT,
-                _ => TRIAL_GRACE,
-            };
+            let wait = out_for(&s.state).unwrap_or(TRIAL_GRACE);
             cluster.publish_cooldown(&s.pool, &s.name, None, wait);
             told += 1;
         }
