@@ -17,7 +17,8 @@ use super::AppState;
 use crate::canonical::{Conversation, Wire};
 use crate::protocol::responses::wire::ItemIn;
 use crate::protocol::responses::{
-    completion_body, continue_from, decode_request, stored_input, Echo, Head, OnEnd, StreamEncoder,
+    completion_body, continue_from, decode_request, stored_input_json, Echo, Head, OnEnd,
+    StreamEncoder,
 };
 use crate::store::{Owner, Responses, Stored};
 
@@ -68,35 +69,35 @@ impl Saver {
     /// Stores the response: its body, and its output items as a JSON array.
     fn save(self, body: Vec<u8>, output: Vec<u8>) {
         // Serializing into memory cannot fail.
-        let input = serde_json::to_vec(&stored_input(&self.echo.input_items)).unwrap_or_default();
-        let before = match &self.earlier {
-            Some(stored) => join_arrays(&stored.conversation, &input),
-            None => input.clone(),
+        let input = stored_input_json(&self.echo.input_items);
+        let conversation = match &self.earlier {
+            Some(stored) => join_arrays(&[&stored.conversation, &input, &output]),
+            None => join_arrays(&[&input, &output]),
         };
         let stored = Stored {
             body,
             input,
-            conversation: join_arrays(&before, &output),
+            conversation,
         };
         self.store.put(self.owner, &self.id, stored);
     }
 }
 
-/// Two JSON arrays as one: `[a…]` and `[b…]` make `[a…,b…]`.
-fn join_arrays(a: &[u8], b: &[u8]) -> Vec<u8> {
-    let inner = |s: &[u8]| -> Vec<u8> {
+/// JSON arrays as one: `[a…]`, `[b…]` make `[a…,b…]`.
+fn join_arrays(arrays: &[&[u8]]) -> Vec<u8> {
+    fn inner(s: &[u8]) -> &[u8] {
         let s = s.trim_ascii();
         let s = s.strip_prefix(b"[").unwrap_or(s);
-        s.strip_suffix(b"]").unwrap_or(s).trim_ascii().to_vec()
-    };
-    let (a, b) = (inner(a), inner(b));
-    let mut out = Vec::with_capacity(a.len() + b.len() + 3);
-    out.push(b'[');
-    out.extend_from_slice(&a);
-    if !a.is_empty() && !b.is_empty() {
-        out.push(b',');
+        s.strip_suffix(b"]").unwrap_or(s).trim_ascii()
     }
-    out.extend_from_slice(&b);
+    let mut out = Vec::with_capacity(arrays.iter().map(|a| a.len() + 1).sum::<usize>() + 2);
+    out.push(b'[');
+    for a in arrays.iter().map(|a| inner(a)).filter(|a| !a.is_empty()) {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        out.extend_from_slice(a);
+    }
     out.push(b']');
     out
 }

@@ -144,28 +144,34 @@ pub fn check_ranges(
 }
 
 /// The top-level keys of a JSON object body whose values are not `null`
-/// (read as absent); values are skipped, not built. Empty for anything
-/// that is not an object.
-pub fn top_level_keys(body: &[u8]) -> Vec<Box<str>> {
+/// (read as absent), outside `always` and `also`; values are skipped, not
+/// built, and only the keys kept are copied. Empty for anything that is not
+/// an object.
+fn keys_outside(body: &[u8], always: &[&str], also: &[&str]) -> Vec<String> {
     use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
-    struct Keys;
-    impl<'de> Visitor<'de> for Keys {
-        type Value = Vec<Box<str>>;
+    struct Keys<'k> {
+        always: &'k [&'k str],
+        also: &'k [&'k str],
+    }
+    impl<'de> Visitor<'de> for Keys<'_> {
+        type Value = Vec<String>;
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("a JSON object")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut out = Vec::new();
             while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                if map.next_value::<Option<IgnoredAny>>()?.is_some() {
-                    out.push(Box::from(key.as_ref()));
+                let set = map.next_value::<Option<IgnoredAny>>()?.is_some();
+                let key = key.as_ref();
+                if set && !self.always.contains(&key) && !self.also.contains(&key) {
+                    out.push(key.to_owned());
                 }
             }
             Ok(out)
         }
     }
     serde_json::Deserializer::from_slice(body)
-        .deserialize_map(Keys)
+        .deserialize_map(Keys { always, also })
         .unwrap_or_default()
 }
 
@@ -232,13 +238,9 @@ fn names_outside(
 ) -> Vec<String> {
     // Read here, not with the request: only a request that crosses
     // protocols needs them.
-    let keys = top_level_keys(&native.body);
-    keys.iter()
-        .map(|k| &**k)
-        .filter(|k| !always.contains(k) && !also.contains(k))
-        .chain(req.untranslated.iter().map(String::as_str))
-        .map(str::to_owned)
-        .collect()
+    let mut out = keys_outside(&native.body, always, also);
+    out.extend(req.untranslated.iter().cloned());
+    out
 }
 
 /// A JSON object's members in their order, values kept as their text.

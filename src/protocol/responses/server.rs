@@ -5,11 +5,10 @@
 
 use std::sync::Arc;
 
-use std::fmt::Write as _;
-
 use bytes::{BufMut as _, BytesMut};
 use serde_json::{json, Value};
 
+use super::events;
 use super::wire::{
     ContentIn, EchoOut, EventOut, FormatIn, IncompleteOut, InputDetailsOut, ItemIn, ItemOut,
     OutputDetailsOut, OutputTextOut, PartIn, ReasoningOut, ResponseErrorOut, ResponseOut,
@@ -815,6 +814,17 @@ fn custom_input(arguments: &str) -> String {
 }
 
 impl Item {
+    /// Bytes of text the item holds (to size its JSON).
+    fn text_len(&self) -> usize {
+        match &self.slot {
+            Slot::Message { text } => text.len(),
+            Slot::Reasoning {
+                text, encrypted, ..
+            } => text.len() + encrypted.as_ref().map_or(0, String::len),
+            Slot::Call { arguments, .. } => arguments.len(),
+        }
+    }
+
     fn out<'a>(&'a self, done: bool, input: &'a str, encrypted_ok: bool) -> ItemOut<'a> {
         let status = if done { "completed" } else { "in_progress" };
         match &self.slot {
@@ -959,7 +969,7 @@ pub struct Head {
     pub created_at: u64,
     pub echo: Arc<Echo>,
     /// The echo's JSON members (see [`echo_json`]), made once.
-    echo_json: Arc<str>,
+    echo_json: Arc<[u8]>,
 }
 
 impl Head {
@@ -984,7 +994,7 @@ pub enum Ending<'a> {
 
 /// The request's echo in a response object: its JSON members, without the
 /// braces, made once per response.
-fn echo_json(echo: &Echo, model: &str) -> String {
+fn echo_json(echo: &Echo, model: &str) -> Vec<u8> {
     let e = echo;
     let out = EchoOut {
         instructions: e.instructions.as_deref(),
@@ -1010,18 +1020,15 @@ fn echo_json(echo: &Echo, model: &str) -> String {
         user: e.user.as_deref(),
         metadata: &e.metadata,
     };
-    // Serializing into memory cannot fail.
-    let json = serde_json::to_string(&out).unwrap_or_default();
-    json.strip_prefix('{')
-        .and_then(|j| j.strip_suffix('}'))
-        .unwrap_or_default()
-        .to_owned()
+    let mut json = Vec::with_capacity(320);
+    events::echo(&mut json, &out);
+    json
 }
 
-/// The response object of `items`, as JSON.
+/// The response object, as JSON; `output` is its items' JSON array.
 fn response(
     head: &Head,
-    items: &[ItemOut<'_>],
+    output: &[u8],
     ending: Ending<'_>,
     error_message: &str,
     error_code: &'static str,
@@ -1050,18 +1057,18 @@ fn response(
         completed_at: (status == "completed").then(unix_now),
         error,
         incomplete_details: incomplete,
-        output: items,
         usage,
     };
-    let mut out = Vec::with_capacity(256 + head.echo_json.len());
-    // Serializing into memory cannot fail.
-    let _ = serde_json::to_writer(&mut out, &body);
-    if out.last() == Some(&b'}') && !head.echo_json.is_empty() {
-        out.pop();
+    let mut out = Vec::with_capacity(256 + output.len() + head.echo_json.len());
+    events::response_head(&mut out, &body);
+    // The output items and the request's echo, already JSON, go in after.
+    out.extend_from_slice(b",\"output\":");
+    out.extend_from_slice(output);
+    if !head.echo_json.is_empty() {
         out.push(b',');
-        out.extend_from_slice(head.echo_json.as_bytes());
-        out.push(b'}');
+        out.extend_from_slice(&head.echo_json);
     }
+    out.push(b'}');
     out
 }
 
@@ -1069,30 +1076,59 @@ fn response(
 /// stored conversation keeps them.
 pub fn completion_body(answer: &Answer, req: &ChatRequest, head: &Head) -> (Vec<u8>, Vec<u8>) {
     let items = items_of(answer, req, &head.echo);
-    let inputs: Vec<String> = items.iter().map(input_of).collect();
-    let outs: Vec<ItemOut<'_>> = items
-        .iter()
-        .zip(&inputs)
-        .map(|(i, input)| i.out(true, input, head.echo.encrypted_reasoning))
-        .collect();
+    let (shown, kept) = both_items(&items, head.echo.encrypted_reasoning);
     let usage = answer.usage(req);
     let stop = answer.stop.unwrap_or(StopReason::End);
-    let bytes = response(head, &outs, Ending::Stopped(stop, &usage), "", "");
-    (bytes, kept_items(&items))
+    let bytes = response(head, &shown, Ending::Stopped(stop, &usage), "", "");
+    (bytes, kept)
 }
 
-/// Output items as a stored conversation keeps them (a JSON array):
-/// reasoning with its signature whether or not the client asked to see it,
-/// so a continued conversation hands it back.
-fn kept_items(items: &[Item]) -> Vec<u8> {
-    let inputs: Vec<String> = items.iter().map(input_of).collect();
-    let outs: Vec<ItemOut<'_>> = items
-        .iter()
-        .zip(&inputs)
-        .map(|(i, input)| i.out(true, input, true))
-        .collect();
-    // Serializing into memory cannot fail.
-    serde_json::to_vec(&outs).unwrap_or_default()
+/// The output items as a JSON array: `encrypted_ok` as the client asked
+/// in the response it gets; `true` for what a stored conversation keeps
+/// (reasoning with its signature whether or not the client asked to see
+/// it, so a continued conversation hands it back).
+fn items_json(items: &[Item], encrypted_ok: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + items.iter().map(Item::text_len).sum::<usize>());
+    out.push(b'[');
+    for (n, item) in items.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        match &item.slot {
+            // The commonest item, by hand (see events.rs).
+            Slot::Message { text } => events::message(&mut out, &item.id, Some(text)),
+            _ => {
+                let input = input_of(item);
+                // Serializing into memory cannot fail.
+                let _ = serde_json::to_writer(&mut out, &item.out(true, &input, encrypted_ok));
+            }
+        }
+    }
+    out.push(b']');
+    out
+}
+
+/// The output items for the client, and as a stored conversation keeps
+/// them: the same bytes unless the client did not ask for reasoning's
+/// encrypted content.
+fn both_items(items: &[Item], encrypted_ok: bool) -> (Vec<u8>, Vec<u8>) {
+    let shown = items_json(items, encrypted_ok);
+    let differs = !encrypted_ok
+        && items.iter().any(|i| {
+            matches!(
+                &i.slot,
+                Slot::Reasoning {
+                    encrypted: Some(_),
+                    ..
+                }
+            )
+        });
+    let kept = if differs {
+        items_json(items, true)
+    } else {
+        shown.clone()
+    };
+    (shown, kept)
 }
 
 /// Rebuilds `chat`'s conversation as the continuation of a stored one:
@@ -1138,42 +1174,97 @@ fn shift_index(param: &str, skip: usize) -> String {
 /// Input items as stored: each with an id and a status, message content as
 /// parts (the shape `GET /responses/{id}/input_items` lists).
 pub fn stored_input(items: &[ItemIn]) -> Vec<ItemIn> {
-    items
-        .iter()
-        .map(|item| {
-            let mut item = item.clone();
-            let kind = item.kind.get_or_insert_with(|| "message".into()).clone();
-            if item.id.is_none() {
-                let prefix = match kind.as_str() {
-                    "message" => "msg_",
-                    "function_call" => "fc_",
-                    "custom_tool_call" => "ctc_",
-                    "reasoning" => "rs_",
-                    _ => "item_",
+    items.iter().map(stored_item).collect()
+}
+
+/// One input item as it is stored (see [`stored_input`]).
+fn stored_item(item: &ItemIn) -> ItemIn {
+    let mut item = item.clone();
+    let kind = item.kind.get_or_insert_with(|| "message".into()).clone();
+    if item.id.is_none() {
+        let prefix = match kind.as_str() {
+            "message" => "msg_",
+            "function_call" => "fc_",
+            "custom_tool_call" => "ctc_",
+            "reasoning" => "rs_",
+            _ => "item_",
+        };
+        item.id = Some(random_id(prefix));
+    }
+    if kind == "message" {
+        if let Some(ContentIn::Text(t)) = &item.content {
+            let t = t.clone();
+            item.content = Some(ContentIn::Parts(vec![PartIn {
+                kind: text_part_of(item.role.as_deref()).into(),
+                text: Some(t),
+                ..PartIn::default()
+            }]));
+        }
+    }
+    if item.status.is_none() && kind != "reasoning" {
+        item.status = Some("completed".into());
+    }
+    item
+}
+
+/// The part a message's plain-text content becomes.
+fn text_part_of(role: Option<&str>) -> &'static str {
+    if role == Some("assistant") {
+        "output_text"
+    } else {
+        "input_text"
+    }
+}
+
+/// [`stored_input`] as a JSON array, as a stored response keeps it. A
+/// message of plain text (what a string `input` becomes, and the commonest
+/// item) is written by hand, as [`stored_item`] would make it.
+pub fn stored_input_json(items: &[ItemIn]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + items.len() * 128);
+    out.push(b'[');
+    for (n, item) in items.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        match item {
+            ItemIn {
+                kind,
+                id,
+                role,
+                content: Some(ContentIn::Text(text)),
+                status,
+                name: None,
+                call_id: None,
+                arguments: None,
+                input: None,
+                output: None,
+                summary: None,
+                encrypted_content: None,
+                action: None,
+                namespace: None,
+                tools: None,
+            } if kind.as_deref().is_none_or(|k| k == "message") => {
+                let id = match id {
+                    Some(id) => std::borrow::Cow::Borrowed(id.as_str()),
+                    None => std::borrow::Cow::Owned(random_id("msg_")),
                 };
-                item.id = Some(random_id(prefix));
+                events::stored_message(
+                    &mut out,
+                    &id,
+                    role.as_deref(),
+                    text_part_of(role.as_deref()),
+                    text,
+                    status.as_deref().unwrap_or("completed"),
+                );
             }
-            if kind == "message" {
-                if let Some(ContentIn::Text(t)) = &item.content {
-                    let t = t.clone();
-                    let part = if item.role.as_deref() == Some("assistant") {
-                        "output_text"
-                    } else {
-                        "input_text"
-                    };
-                    item.content = Some(ContentIn::Parts(vec![PartIn {
-                        kind: part.into(),
-                        text: Some(t),
-                        ..PartIn::default()
-                    }]));
-                }
+            _ => {
+                // Serializing into memory cannot fail.
+                let _ = serde_json::to_writer(&mut out, &stored_item(item));
             }
-            if item.status.is_none() && kind != "reasoning" {
-                item.status = Some("completed".into());
-            }
-            item
-        })
-        .collect()
+        }
+    }
+    out.push(b']');
+    out
 }
 
 /// A free-form call's input (empty for other items).
@@ -1243,7 +1334,7 @@ impl StreamEncoder {
             return;
         }
         self.started = true;
-        let json = response(&self.head, &[], Ending::Running, "", "");
+        let json = response(&self.head, b"[]", Ending::Running, "", "");
         write_response_event("response.created", &json, self.seq, out);
         write_response_event("response.in_progress", &json, self.seq + 1, out);
         self.seq += 2;
@@ -1271,44 +1362,47 @@ impl StreamEncoder {
     fn open_item(&mut self, item: Item, out: &mut BytesMut) {
         self.close(out);
         let output_index = self.items.len();
-        let added = item.out(false, "", false);
-        write_event(
-            &EventOut::ItemAdded {
-                output_index,
-                item: &added,
-            },
-            self.seq,
-            out,
-        );
-        self.seq += 1;
         match &item.slot {
-            Slot::Message { .. } => write_event(
-                &EventOut::PartAdded {
-                    item_id: &item.id,
-                    output_index,
-                    content_index: 0,
-                    part: OutputTextOut::new(""),
-                },
-                self.seq,
-                out,
-            ),
-            Slot::Reasoning { .. } => write_event(
-                &EventOut::SummaryPartAdded {
-                    item_id: &item.id,
-                    output_index,
-                    summary_index: 0,
-                    part: SummaryTextOut::new(""),
-                },
-                self.seq,
-                out,
-            ),
+            Slot::Message { .. } => {
+                events::message_item(out, output_index, &item.id, None, self.seq);
+                events::content_part(out, false, &item.id, output_index, "", self.seq + 1);
+                self.seq += 2;
+            }
+            Slot::Reasoning { .. } => {
+                let added = item.out(false, "", false);
+                write_event(
+                    &EventOut::ItemAdded {
+                        output_index,
+                        item: &added,
+                    },
+                    self.seq,
+                    out,
+                );
+                write_event(
+                    &EventOut::SummaryPartAdded {
+                        item_id: &item.id,
+                        output_index,
+                        summary_index: 0,
+                        part: SummaryTextOut::new(""),
+                    },
+                    self.seq + 1,
+                    out,
+                );
+                self.seq += 2;
+            }
             Slot::Call { .. } => {
-                self.items.push(item);
-                self.open = true;
-                return;
+                let added = item.out(false, "", false);
+                write_event(
+                    &EventOut::ItemAdded {
+                        output_index,
+                        item: &added,
+                    },
+                    self.seq,
+                    out,
+                );
+                self.seq += 1;
             }
         }
-        self.seq += 1;
         self.items.push(item);
         self.open = true;
     }
@@ -1331,25 +1425,12 @@ impl StreamEncoder {
         let id = &item.id;
         match &item.slot {
             Slot::Message { text } => {
-                put(
-                    &EventOut::TextDone {
-                        item_id: id,
-                        output_index,
-                        content_index: 0,
-                        text,
-                        logprobs: [],
-                    },
-                    out,
-                );
-                put(
-                    &EventOut::PartDone {
-                        item_id: id,
-                        output_index,
-                        content_index: 0,
-                        part: OutputTextOut::new(text),
-                    },
-                    out,
-                );
+                // All three by hand: the item is the whole answer's text.
+                events::output_text(out, true, id, output_index, text, self.seq);
+                events::content_part(out, true, id, output_index, text, self.seq + 1);
+                events::message_item(out, output_index, id, Some(text), self.seq + 2);
+                self.seq += 3;
+                return;
             }
             Slot::Reasoning { text, .. } => {
                 put(
@@ -1491,7 +1572,7 @@ impl StreamEncoder {
                 }) = self.items.last_mut()
                 {
                     text.push_str(t);
-                    write_text_delta(id, output_index, t, self.seq, out);
+                    events::output_text(out, false, id, output_index, t, self.seq);
                     self.seq += 1;
                 }
             }
@@ -1623,19 +1704,12 @@ impl StreamEncoder {
 
     /// The terminal event for `ending`, with every item.
     fn terminal(&mut self, ending: Ending<'_>, out: &mut BytesMut) {
-        let inputs: Vec<String> = self.items.iter().map(input_of).collect();
-        let encrypted = self.head.echo.encrypted_reasoning;
-        let outs: Vec<ItemOut<'_>> = self
-            .items
-            .iter()
-            .zip(&inputs)
-            .map(|(i, input)| i.out(true, input, encrypted))
-            .collect();
+        let (shown, kept) = both_items(&self.items, self.head.echo.encrypted_reasoning);
         let (message, code) = match ending {
             Ending::Failed(e) => (e.message.as_str(), error_code(e)),
             _ => ("", ""),
         };
-        let json = response(&self.head, &outs, ending, message, code);
+        let json = response(&self.head, &shown, ending, message, code);
         let name = match ending {
             Ending::Failed(_) => "response.failed",
             Ending::Stopped(r, _) if status_of(r).0 == "incomplete" => "response.incomplete",
@@ -1644,7 +1718,7 @@ impl StreamEncoder {
         write_response_event(name, &json, self.seq, out);
         self.seq += 1;
         if let Some(on_end) = self.on_end.take() {
-            on_end(json, kept_items(&self.items));
+            on_end(json, kept);
         }
     }
 }
@@ -1654,10 +1728,9 @@ fn write_event(ev: &EventOut<'_>, seq: u64, out: &mut BytesMut) {
     out.put_slice(b"event: ");
     out.put_slice(ev.name().as_bytes());
     out.put_slice(b"\ndata: ");
-    let mut w = out.writer();
     // Writing to memory cannot fail; serialization of these types cannot either.
-    let _ = serde_json::to_writer(&mut w, ev);
-    end_event(w.into_inner(), seq);
+    let _ = serde_json::to_writer(events::Writer(out), ev);
+    end_event(out, seq);
 }
 
 /// Ends an event's JSON object (written up to its closing brace) with its
@@ -1666,9 +1739,7 @@ fn end_event(out: &mut BytesMut, seq: u64) {
     if out.last() == Some(&b'}') {
         out.truncate(out.len() - 1);
     }
-    out.put_slice(b",\"sequence_number\":");
-    let _ = write!(out, "{seq}");
-    out.put_slice(b"}\n\n");
+    events::close(out, seq);
 }
 
 /// Writes a lifecycle event (`response.created`...) around the response
@@ -1682,21 +1753,6 @@ fn write_response_event(name: &str, response: &[u8], seq: u64, out: &mut BytesMu
     out.put_slice(b"\",\"response\":");
     out.put_slice(response);
     out.put_u8(b'}');
-    end_event(out, seq);
-}
-
-/// The commonest event by far, written without serde's machinery.
-fn write_text_delta(item_id: &str, output_index: usize, delta: &str, seq: u64, out: &mut BytesMut) {
-    out.reserve(delta.len() + item_id.len() + 160);
-    out.put_slice(b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"item_id\":\"");
-    // Item ids are troupe's own: letters, digits and `_`.
-    out.put_slice(item_id.as_bytes());
-    let _ = write!(
-        out,
-        "\",\"output_index\":{output_index},\"content_index\":0,\"delta\":"
-    );
-    let _ = serde_json::to_writer(out.writer(), delta);
-    out.put_slice(b",\"logprobs\":[]}");
     end_event(out, seq);
 }
 
@@ -1717,7 +1773,7 @@ impl EventEncoder for StreamEncoder {
             "",
             Arc::new(Echo::default()),
         );
-        let json = response(&head, &[], Ending::Failed(e), &e.message, error_code(e));
+        let json = response(&head, b"[]", Ending::Failed(e), &e.message, error_code(e));
         write_response_event("response.failed", &json, 0, out);
     }
 
@@ -1762,5 +1818,54 @@ impl EventEncoder for StreamEncoder {
         let usage = self.tally.finish(req);
         let stop = self.stop.unwrap_or(StopReason::End);
         self.terminal(Ending::Stopped(stop, &usage), out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_input_json_is_the_stored_items() {
+        let text = |kind: Option<&str>, role: Option<&str>, t: &str| ItemIn {
+            kind: kind.map(Into::into),
+            id: Some(format!("msg_{}", t.len())),
+            role: role.map(Into::into),
+            content: Some(ContentIn::Text(t.into())),
+            ..ItemIn::default()
+        };
+        let mut call = ItemIn {
+            kind: Some("function_call".into()),
+            id: Some("fc_1".into()),
+            name: Some("f".into()),
+            call_id: Some("call_1".into()),
+            arguments: Some("{}".into()),
+            ..ItemIn::default()
+        };
+        let items = vec![
+            text(Some("message"), Some("user"), "hi \"there\"\n"),
+            text(None, Some("assistant"), "ünï 🎉"),
+            text(None, None, "no role"),
+            ItemIn {
+                status: Some("incomplete".into()),
+                ..text(Some("message"), Some("developer"), "be brief")
+            },
+            call.clone(),
+        ];
+        let want = serde_json::to_string(&stored_input(&items)).unwrap();
+        assert_eq!(String::from_utf8(stored_input_json(&items)).unwrap(), want);
+        // Without ids, each item gets a new one of its kind.
+        call.id = None;
+        let fresh = vec![
+            ItemIn {
+                id: None,
+                ..text(None, Some("user"), "x")
+            },
+            call,
+        ];
+        let got: Vec<Value> = serde_json::from_slice(&stored_input_json(&fresh)).unwrap();
+        assert!(got[0]["id"].as_str().unwrap().starts_with("msg_"));
+        assert!(got[1]["id"].as_str().unwrap().starts_with("fc_"));
+        assert_eq!(got[0]["content"][0]["type"], "input_text");
     }
 }

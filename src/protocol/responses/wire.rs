@@ -210,8 +210,9 @@ pub struct FormatIn {
 }
 
 /// The response object, in bodies and in the stream's lifecycle events:
-/// what changes as the answer goes (this), then the request's echo
-/// ([`EchoOut`], serialized once per response).
+/// what changes as the answer goes (this), then its `output` items and the
+/// request's echo ([`EchoOut`], serialized once per response), both
+/// written after it as JSON already made.
 #[derive(Debug, Serialize)]
 pub struct ResponseOut<'a> {
     pub id: &'a str,
@@ -222,9 +223,9 @@ pub struct ResponseOut<'a> {
     pub completed_at: Option<u64>,
     pub error: Option<ResponseErrorOut<'a>>,
     pub incomplete_details: Option<IncompleteOut>,
-    pub output: &'a [ItemOut<'a>],
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<UsageOut>,
+    // `output` follows, written from its items' JSON.
 }
 
 /// The members of a response object that echo its request.
@@ -365,8 +366,9 @@ pub struct OutputDetailsOut {
 }
 
 /// The stream's item events. Every one carries `sequence_number`, added by
-/// the encoder around it; the lifecycle events (`response.created`...) and
-/// text deltas, the commonest, are written without these types.
+/// the encoder around it. The lifecycle events (`response.created`...) and
+/// a message item's events, the commonest, are written without these types
+/// (`events.rs`, held to them by its tests).
 #[derive(Debug, Serialize)]
 #[serde(tag = "type")]
 pub enum EventOut<'a> {
@@ -380,6 +382,7 @@ pub enum EventOut<'a> {
         output_index: usize,
         item: &'a ItemOut<'a>,
     },
+    #[cfg(test)]
     #[serde(rename = "response.content_part.added")]
     PartAdded {
         item_id: &'a str,
@@ -387,6 +390,7 @@ pub enum EventOut<'a> {
         content_index: usize,
         part: OutputTextOut<'a>,
     },
+    #[cfg(test)]
     #[serde(rename = "response.content_part.done")]
     PartDone {
         item_id: &'a str,
@@ -394,6 +398,7 @@ pub enum EventOut<'a> {
         content_index: usize,
         part: OutputTextOut<'a>,
     },
+    #[cfg(test)]
     #[serde(rename = "response.output_text.done")]
     TextDone {
         item_id: &'a str,
@@ -463,8 +468,11 @@ impl EventOut<'_> {
         match self {
             EventOut::ItemAdded { .. } => "response.output_item.added",
             EventOut::ItemDone { .. } => "response.output_item.done",
+            #[cfg(test)]
             EventOut::PartAdded { .. } => "response.content_part.added",
+            #[cfg(test)]
             EventOut::PartDone { .. } => "response.content_part.done",
+            #[cfg(test)]
             EventOut::TextDone { .. } => "response.output_text.done",
             EventOut::SummaryPartAdded { .. } => "response.reasoning_summary_part.added",
             EventOut::SummaryPartDone { .. } => "response.reasoning_summary_part.done",
