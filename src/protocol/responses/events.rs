@@ -6,38 +6,14 @@
 //!
 //! Through serde's `EventOut` each of these events cost about 5,000
 //! instructions (callgrind, `dist` build): the internally tagged enums and
-//! the generic writer, per field. Written here they cost a small part of
+//! the `bytes` writer, per field. Written here they cost a small part of
 //! that. The unit tests hold every one byte for byte to the serde form of
 //! the same event, which stays the reference; other items (reasoning, tool
 //! calls) still go through it.
 
-use std::io;
-
 use bytes::{BufMut, BytesMut};
 
 use super::wire::{EchoOut, ResponseOut};
-
-/// `io::Write` into a `BytesMut` with `write_all` as one copy (the
-/// `bytes` crate's writer goes through the default `write_all` loop).
-pub(super) struct Writer<'a>(pub(super) &'a mut BytesMut);
-
-impl io::Write for Writer<'_> {
-    #[inline]
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    #[inline]
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.0.extend_from_slice(buf);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 /// `s` as a JSON string, escaped exactly as serde_json escapes it: a
 /// string with nothing to escape (nearly every one) is copied as it is.
@@ -328,6 +304,18 @@ mod tests {
         )
     }
 
+    /// What `write` makes of `value`'s members, in braces, against serde's
+    /// form of it.
+    fn same_as_serde<T: serde::Serialize>(value: &T, open: bool, write: impl FnOnce(&mut Vec<u8>)) {
+        let mut got = if open { vec![b'{'] } else { Vec::new() };
+        write(&mut got);
+        got.push(b'}');
+        assert_eq!(
+            String::from_utf8(got).unwrap(),
+            serde_json::to_string(value).unwrap()
+        );
+    }
+
     fn written(f: impl FnOnce(&mut BytesMut)) -> String {
         let mut out = BytesMut::new();
         f(&mut out);
@@ -474,13 +462,7 @@ mod tests {
                     incomplete_details,
                     usage,
                 };
-                let mut got = Vec::new();
-                response_head(&mut got, &r);
-                got.push(b'}');
-                assert_eq!(
-                    String::from_utf8(got).unwrap(),
-                    serde_json::to_string(&r).unwrap()
-                );
+                same_as_serde(&r, false, |o| response_head(o, &r));
             }
         }
     }
@@ -520,13 +502,7 @@ mod tests {
                 user: full.then_some("user-1"),
                 metadata: if full { &metadata } else { &empty },
             };
-            let mut got = vec![b'{'];
-            echo(&mut got, &e);
-            got.push(b'}');
-            assert_eq!(
-                String::from_utf8(got).unwrap(),
-                serde_json::to_string(&e).unwrap()
-            );
+            same_as_serde(&e, true, |o| echo(o, &e));
         }
     }
 

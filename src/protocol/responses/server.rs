@@ -1362,40 +1362,28 @@ impl StreamEncoder {
     fn open_item(&mut self, item: Item, out: &mut BytesMut) {
         self.close(out);
         let output_index = self.items.len();
-        match &item.slot {
-            Slot::Message { .. } => {
-                events::message_item(out, output_index, &item.id, None, self.seq);
-                events::content_part(out, false, &item.id, output_index, "", self.seq + 1);
-                self.seq += 2;
-            }
-            Slot::Reasoning { .. } => {
-                let added = item.out(false, "", false);
-                write_event(
-                    &EventOut::ItemAdded {
-                        output_index,
-                        item: &added,
-                    },
-                    self.seq,
-                    out,
-                );
+        if let Slot::Message { .. } = &item.slot {
+            events::message_item(out, output_index, &item.id, None, self.seq);
+            events::content_part(out, false, &item.id, output_index, "", self.seq + 1);
+            self.seq += 2;
+        } else {
+            let added = item.out(false, "", false);
+            write_event(
+                &EventOut::ItemAdded {
+                    output_index,
+                    item: &added,
+                },
+                self.seq,
+                out,
+            );
+            self.seq += 1;
+            if let Slot::Reasoning { .. } = &item.slot {
                 write_event(
                     &EventOut::SummaryPartAdded {
                         item_id: &item.id,
                         output_index,
                         summary_index: 0,
                         part: SummaryTextOut::new(""),
-                    },
-                    self.seq + 1,
-                    out,
-                );
-                self.seq += 2;
-            }
-            Slot::Call { .. } => {
-                let added = item.out(false, "", false);
-                write_event(
-                    &EventOut::ItemAdded {
-                        output_index,
-                        item: &added,
                     },
                     self.seq,
                     out,
@@ -1729,7 +1717,7 @@ fn write_event(ev: &EventOut<'_>, seq: u64, out: &mut BytesMut) {
     out.put_slice(ev.name().as_bytes());
     out.put_slice(b"\ndata: ");
     // Writing to memory cannot fail; serialization of these types cannot either.
-    let _ = serde_json::to_writer(events::Writer(out), ev);
+    let _ = serde_json::to_writer(out.writer(), ev);
     end_event(out, seq);
 }
 
