@@ -1,9 +1,11 @@
 //! Wiring: starting the gateway and draining it on SIGTERM ([`server`]),
 //! putting the Router and the sessions on the HTTP worker threads
-//! ([`placement`]), and the root supervisor that starts the pools and
+//! ([`placement`]), what actix keeps of finished requests ([`pools`]), and
+//! the root supervisor that starts the pools and
 //! applies a changed configuration ([`reload`]).
 
 pub(crate) mod placement;
+mod pools;
 pub(crate) mod reload;
 pub mod server;
 

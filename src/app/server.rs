@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use actix_cors::Cors;
-use actix_service::{IntoServiceFactory as _, Service as _, ServiceFactoryExt as _};
+use actix_service::{IntoServiceFactory as _, ServiceFactoryExt as _};
 use actix_web::dev::AppConfig;
 use actix_web::{web, App};
 
@@ -125,56 +125,13 @@ fn cors(guard: &web::Data<http::guard::Guard>) -> Cors {
 /// Restart-log lines kept in memory for the admin API.
 const RECENT_EVENTS: usize = 1000;
 
-/// How often each HTTP worker thread runs the `release_memory` hook.
-const RELEASE_MEMORY_EVERY: Duration = Duration::from_secs(5);
-/// Every this many runs, the collection is forced (see
-/// [`support::memory::Hooks`]).
-const FORCE_EVERY: u32 = 6;
-
-/// Releases this thread's freed memory every [`RELEASE_MEMORY_EVERY`].
-async fn release_memory() {
-    let mut tick = tokio::time::interval(RELEASE_MEMORY_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut runs = 0u32;
-    loop {
-        tick.tick().await;
-        runs = runs.wrapping_add(1);
-        support::memory::release(runs % FORCE_EVERY == 0);
-    }
-}
-
-/// Gives a request's headers a map sized to them and their values one
-/// small buffer of their own.
-///
-/// actix-http parses header values as slices of the connection's 8 KiB read
-/// buffer into a map with room for 16 headers (about 6.7 KiB), and keeps up
-/// to 256 finished requests per worker in its pools, headers and all, until
-/// they are reused. After a burst of connections each pooled request pinned
-/// a read buffer and a large map, and the allocator pages around them stayed
-/// resident long after the load (RSS 30 s after 2,000 streams: 38.6 MiB
-/// with both, 31.3 with the buffers let go). Copied here, a pooled request
-/// holds a few hundred bytes.
-fn own_headers(req: &mut actix_http::Request) {
-    use actix_http::header::{HeaderMap, HeaderValue};
-    let headers = req.headers_mut();
-    let total: usize = headers.iter().map(|(_, v)| v.len()).sum();
-    let mut all = bytes::BytesMut::with_capacity(total);
-    let mut own = HeaderMap::with_capacity(headers.len_keys());
-    for (name, value) in headers.iter() {
-        all.extend_from_slice(value.as_bytes());
-        // Within the capacity reserved above: no new allocation.
-        let copy = HeaderValue::from_maybe_shared(all.split().freeze());
-        own.append(name.clone(), copy.unwrap_or_else(|_| value.clone()));
-    }
-    *headers = own;
-}
-
 /// Runs the gateway until it is told to stop.
 ///
-/// `release_memory`, if given, is run every few seconds on each HTTP worker
-/// thread: the binary passes its allocator's collection there, which hands
-/// memory freed after a load back to the OS (mimalloc does so lazily, on a
-/// thread's later allocations, so a worker gone quiet would keep it).
+/// `memory`, if given, is run every few seconds on each HTTP worker
+/// thread (see [`super::pools`]): the binary passes its allocator's
+/// collection there, which hands memory freed after a load back to the OS
+/// (mimalloc does so lazily, on a thread's later allocations, so a worker
+/// gone quiet would keep it).
 pub async fn serve(
     cfg: Config,
     config_path: std::path::PathBuf,
@@ -284,9 +241,6 @@ pub async fn serve(
     let local = listener.local_addr()?;
     let app = move || {
         placement.join();
-        if memory.is_some() {
-            actix_web::rt::spawn(release_memory());
-        }
         App::new()
             .app_data(state.clone())
             .app_data(admin.clone())
@@ -312,10 +266,10 @@ pub async fn serve(
             let app = app()
                 .into_factory()
                 .map_err(|e: actix_web::Error| e.error_response());
-            let app = actix_service::apply_fn_factory(app, |mut req: actix_http::Request, srv| {
-                own_headers(&mut req);
-                srv.call(req)
-            });
+            // actix-web's `AppConfig` only feeds URL generation and the
+            // host of requests without a `Host` header, neither used here.
+            let app = actix_service::map_config(app, |()| AppConfig::default());
+            let app = super::pools::upkept(app);
             actix_http::HttpService::build()
                 .keep_alive(idle_timeout)
                 // actix-web's defaults for these two.
@@ -336,9 +290,7 @@ pub async fn serve(
                 .expect(actix_service::fn_service(move |req| {
                     std::future::ready(http::body::expect_continue(req, body_limit))
                 }))
-                // actix-web's `AppConfig` only feeds URL generation and the
-                // host of requests without a `Host` header, neither used here.
-                .finish(actix_service::map_config(app, |()| AppConfig::default()))
+                .finish(app)
                 .tcp_auto_h2c()
         })?;
     tracing::info!(addr = %local, "listening");
