@@ -737,6 +737,36 @@ def test_idle_keepalive_connection_closed(gateway_factory):
     assert closed_after is not None, "an idle keep-alive connection was still open 3.5s later (idle_timeout = 1s)"
 
 
+def test_requests_across_the_pools_compaction(gateway_factory):
+    """Every 30 s (first 25 s after start) each worker replaces the finished
+    requests actix keeps for reuse by header-less ones (src/app/pools.rs). A
+    stream open across that and requests after it, which reuse the new
+    objects, must be whole: their headers (the key) read, their text intact."""
+    g = gateway_factory()
+    with g.http(timeout=120) as c:
+        # Finished requests with headers, some at once, for the pools to hold.
+        with ThreadPoolExecutor(16) as ex:
+            statuses = list(ex.map(lambda i: c.post(CHAT, json=chat_body(f"warm {i}")).status_code, range(64)))
+        assert statuses == [200] * 64
+        # 2 ms a word: over 30 s, across the first compaction.
+        said = " ".join(f"w{i}" for i in range(15_000))
+        started = time.monotonic()
+        r = stream_raw(c, CHAT, chat_body(said, stream=True))
+        took = time.monotonic() - started
+        assert r.status == 200 and r.transport_error is None and r.done, (r.status, r.transport_error)
+        text = "".join(ch["choices"][0]["delta"].get("content") or "" for ch in r.chunks() if ch.get("choices"))
+        assert text == DEMO_PREFIX + said
+        assert took > 26, f"the stream took {took:.1f} s: it did not span the first compaction"
+        with ThreadPoolExecutor(16) as ex:
+            answers = list(ex.map(lambda i: c.post(CHAT, json=chat_body(f"after {i}")), range(64)))
+        for i, a in enumerate(answers):
+            assert a.status_code == 200, a.text[:300]
+            assert a.json()["choices"][0]["message"]["content"] == f"{DEMO_PREFIX}after {i}"
+    # Without the key, still refused: the compacted requests hold no stale headers.
+    with g.http(auth=False) as c:
+        assert c.post(CHAT, json=chat_body()).status_code == 401
+
+
 # ==========================================================================
 # 4. Token counting that cannot hurt anyone
 

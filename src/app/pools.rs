@@ -14,7 +14,7 @@
 //! - [`own_headers`], on every request: a map and a buffer sized to the
 //!   request's headers, not slices of the connection's 8 KiB read buffer
 //!   and a map with room for 16 headers;
-//! - [`compact`], now and then on each worker: the pooled objects are
+//! - [`compact`], every 30 s on each worker: the pooled objects are
 //!   replaced by new ones without headers, allocated while the worker is
 //!   quiet (so they sit together in a few pages), and the old ones freed.
 
@@ -88,10 +88,7 @@ async fn upkeep<S: Service<Request>>(app: Weak<S>) {
 }
 
 /// Replaces what this worker's pools hold by new, header-less objects and
-/// frees the old ones. The pools are LIFO stacks that take a finished
-/// object only while they hold fewer than [`POOLED`]: taking every pooled
-/// object out, then as many new ones, and giving the new ones back first
-/// leaves the pools full of new objects and drops the old.
+/// frees the old ones (see [`renew`]).
 ///
 /// The app's requests are taken out by calls it never gets to run: actix-web
 /// takes a pooled request (or makes one) in `call` itself, and the request
@@ -100,22 +97,22 @@ async fn upkeep<S: Service<Request>>(app: Weak<S>) {
 /// its future.
 fn compact<S: Service<Request>>(app: &S) {
     // New heads first: the app's new requests take theirs from this pool.
-    renew_request_heads();
-    let old: Vec<S::Future> = (0..POOLED).map(|_| app.call(bare_request())).collect();
-    let new: Vec<S::Future> = (0..POOLED).map(|_| app.call(bare_request())).collect();
-    drop(new);
-    drop(old);
+    renew(Request::new, bare_request);
+    let call = || app.call(bare_request());
+    renew(call, call);
     // The old requests' heads went back to the head pool: renewed again.
-    renew_request_heads();
-    let old: Vec<Response<_>> = (0..POOLED).map(|_| Response::new(StatusCode::OK)).collect();
-    let new: Vec<Response<_>> = (0..POOLED).map(|_| bare_response()).collect();
-    drop(new);
-    drop(old);
+    renew(Request::new, bare_request);
+    renew(|| Response::new(StatusCode::OK), bare_response);
 }
 
-fn renew_request_heads() {
-    let old: Vec<Request> = (0..POOLED).map(|_| Request::new()).collect();
-    let new: Vec<Request> = (0..POOLED).map(|_| bare_request()).collect();
+/// Leaves one of actix's pools full of objects from `make` and frees what it
+/// held. The pools are LIFO stacks that take a finished object only while
+/// they hold fewer than [`POOLED`], and `take` takes a pooled object (or
+/// makes one when none is left): taking every pooled object out, then as
+/// many new ones, and giving the new ones back first does it.
+fn renew<T>(take: impl Fn() -> T, make: impl Fn() -> T) {
+    let old: Vec<T> = (0..POOLED).map(|_| take()).collect();
+    let new: Vec<T> = (0..POOLED).map(|_| make()).collect();
     drop(new);
     drop(old);
 }
