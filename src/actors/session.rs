@@ -633,9 +633,11 @@ impl Handler<Chat> for Session {
         let refresh = self.refresher();
         let model = msg.model.clone();
         let fut = async move {
+            // Boxed: the call's task keeps this for its whole life, and
+            // inline it would make every task, emulating or not, as large.
             let (prepared, extractor) = if emulating {
                 let (req, extractor) = tools::prepare(&msg.request);
-                (Some(req), extractor)
+                (Some(Box::new(req)), extractor)
             } else {
                 (None, None)
             };
@@ -692,7 +694,8 @@ impl Handler<Chat> for Session {
                         let upstream = stateful.then_some((handle, portable));
                         // Awaited: with a cluster, the next turn may come
                         // to another replica as soon as this one ends.
-                        let _ = router.send(Remember { key, id, upstream }).await;
+                        // Boxed, as the rare step it is (200 bytes).
+                        let _ = Box::pin(router.send(Remember { key, id, upstream })).await;
                     }
                     None
                 }

@@ -139,7 +139,9 @@ pub fn body<E: EventEncoder>(
                 .any(|ev| matches!(ev, ChatEvent::Usage(u) if u.prompt_total() > 0));
             if st.enc.counts_prompt_first() && !reported {
                 // Remembered in the request; the estimate if it cannot be made.
-                let _ = tokens::count_request(&st.req).await;
+                // Boxed, as the one-off it is: inline, every open stream
+                // would keep room for it.
+                let _ = Box::pin(tokens::count_request(&st.req)).await;
             }
             for ev in std::mem::take(&mut st.head) {
                 st.write(&ev);
@@ -203,12 +205,12 @@ pub fn body<E: EventEncoder>(
                     }
                 }
                 if st.whole {
-                    st.finish().await;
+                    Box::pin(st.finish()).await;
                 }
             }
             Wake::Event(None) => {
                 if st.enc.stopped() {
-                    st.finish().await;
+                    Box::pin(st.finish()).await;
                 } else {
                     st.fail(UpstreamError::new(
                         ErrorKind::SessionLost,

@@ -20,6 +20,7 @@ pub use registry::session_names;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures_util::future::Either;
 use tokio::sync::mpsc;
 
 use crate::canonical::{ChatEvent, ChatRequest, ErrorKind, UpstreamError};
@@ -160,29 +161,39 @@ impl EventSink {
 
     /// Sends one event; fails with [`ErrorKind::Cancelled`] when the client
     /// is gone, so the upstream call stops.
-    pub async fn send(&self, ev: ChatEvent) -> Result<(), UpstreamError> {
-        let Some(tools) = &self.tools else {
-            return self.deliver(ev).await;
-        };
-        let mut out = Vec::new();
-        crate::support::sync::lock(tools).event(ev, &mut out);
-        for ev in out {
-            self.deliver(ev).await?;
+    ///
+    /// Not an `async fn`: the tool layer's part runs when called, and the
+    /// future holds only one event and its wait for room. Every upstream
+    /// call's task holds one of these for its whole life, once per open
+    /// stream (as an `async fn` it was 584 bytes, the event held thrice).
+    pub fn send(
+        &self,
+        ev: ChatEvent,
+    ) -> impl std::future::Future<Output = Result<(), UpstreamError>> + Send + '_ {
+        match &self.tools {
+            None => Either::Left(self.deliver(ev)),
+            Some(tools) => {
+                let mut out = Vec::new();
+                crate::support::sync::lock(tools).event(ev, &mut out);
+                Either::Right(self.deliver_all(out))
+            }
         }
-        Ok(())
     }
 
     /// Ends an answer whose kind sent no `Stop`: text the tool layer still
     /// holds is delivered (nothing is cut silently).
-    pub(crate) async fn flush(&self) -> Result<(), UpstreamError> {
-        let Some(tools) = &self.tools else {
-            return Ok(());
-        };
+    pub(crate) fn flush(
+        &self,
+    ) -> impl std::future::Future<Output = Result<(), UpstreamError>> + Send + '_ {
         let mut out = Vec::new();
-        {
+        if let Some(tools) = &self.tools {
             crate::support::sync::lock(tools).finish(&mut out);
         }
-        for ev in out {
+        self.deliver_all(out)
+    }
+
+    async fn deliver_all(&self, events: Vec<ChatEvent>) -> Result<(), UpstreamError> {
+        for ev in events {
             self.deliver(ev).await?;
         }
         Ok(())
@@ -192,10 +203,16 @@ impl EventSink {
         if let (Some(t), ChatEvent::TextDelta(text)) = (&self.transcript, &ev) {
             crate::support::sync::lock(t).push_str(text);
         }
-        self.tx
-            .send(ev)
-            .await
-            .map_err(|_| UpstreamError::new(ErrorKind::Cancelled, "client went away"))
+        let gone = || UpstreamError::new(ErrorKind::Cancelled, "client went away");
+        // Room in the mailbox is the common case and needs no waiting; the
+        // wait for room (a slow client) is boxed, so that across the await
+        // the future holds a pointer rather than tokio's send future.
+        let wait = match self.tx.try_send(ev) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Full(ev)) => Box::pin(self.tx.send(ev)),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(gone()),
+        };
+        wait.await.map_err(|_| gone())
     }
 
     /// Sends without waiting; fails when the mailbox is full or closed.
@@ -305,6 +322,38 @@ pub struct Place<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_full_mailbox_waits_for_room_and_a_gone_client_cancels() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let sink = EventSink::new(tx).keeping_transcript();
+        sink.send(ChatEvent::TextDelta("one ".into()))
+            .await
+            .unwrap();
+        // The mailbox is full: the second send waits until the first is taken.
+        let second = sink.send(ChatEvent::TextDelta("two".into()));
+        tokio::pin!(second);
+        assert!(futures_util::poll!(second.as_mut()).is_pending());
+        assert!(matches!(rx.recv().await, Some(ChatEvent::TextDelta(t)) if t == "one "));
+        second.await.unwrap();
+        assert!(matches!(rx.recv().await, Some(ChatEvent::TextDelta(t)) if t == "two"));
+        assert_eq!(sink.transcript().as_deref(), Some("one two"));
+        // Full, then the client leaves while the send waits.
+        sink.send(ChatEvent::TextDelta("three".into()))
+            .await
+            .unwrap();
+        let waiting = sink.send(ChatEvent::TextDelta("four".into()));
+        drop(rx);
+        let err = waiting.await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Cancelled);
+        let err = sink.flush().await;
+        assert!(err.is_ok(), "nothing held, nothing to deliver");
+        let err = sink
+            .send(ChatEvent::TextDelta("five".into()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Cancelled);
+    }
 
     #[test]
     fn the_key_header_is_built_once_per_key_and_follows_a_rotated_file() {

@@ -261,32 +261,41 @@ pub(super) fn content_part(
     close(out, seq);
 }
 
-/// `response.output_text.delta` (`done == false`) or `.done`.
-pub(super) fn output_text(
+/// `response.output_text.done`.
+pub(super) fn output_text_done(
     out: &mut BytesMut,
-    done: bool,
     item_id: &str,
     output_index: usize,
     text: &str,
     seq: u64,
 ) {
-    let (name, member): (&str, &[u8]) = if done {
-        (
-            "response.output_text.done",
-            b",\"content_index\":0,\"text\":",
-        )
-    } else {
-        (
-            "response.output_text.delta",
-            b",\"content_index\":0,\"delta\":",
-        )
-    };
-    open(out, name, item_id.len() + text.len());
+    open(out, "response.output_text.done", item_id.len() + text.len());
     place(out, item_id, output_index);
-    out.put_slice(member);
+    out.put_slice(b",\"content_index\":0,\"text\":");
     string(out, text);
     out.put_slice(b",\"logprobs\":[]");
     close(out, seq);
+}
+
+/// What every `response.output_text.delta` event of one message item
+/// starts with, up to its `delta` member's value. Made once per item: a
+/// delta then costs one copy of it, its text and its sequence number.
+pub(super) fn delta_prefix(item_id: &str, output_index: usize) -> BytesMut {
+    let mut out = BytesMut::new();
+    open(&mut out, "response.output_text.delta", item_id.len());
+    place(&mut out, item_id, output_index);
+    out.put_slice(b",\"content_index\":0,\"delta\":");
+    out
+}
+
+/// A `response.output_text.delta` event, its start made by [`delta_prefix`].
+pub(super) fn text_delta(out: &mut BytesMut, prefix: &[u8], text: &str, seq: u64) {
+    out.reserve(prefix.len() + text.len() + 64);
+    out.put_slice(prefix);
+    string(out, text);
+    out.put_slice(b",\"logprobs\":[],\"sequence_number\":");
+    uint(out, seq);
+    out.put_slice(b"}\n\n");
 }
 
 #[cfg(test)]
@@ -403,7 +412,7 @@ mod tests {
                         },
                         seq,
                     ),
-                    written(|o| output_text(o, true, id, i, text, seq)),
+                    written(|o| output_text_done(o, id, i, text, seq)),
                 ),
             ];
             for (want, got) in cases {
@@ -509,7 +518,8 @@ mod tests {
     #[test]
     fn text_deltas_are_the_documented_shape() {
         for text in TEXTS {
-            let got = written(|o| output_text(o, false, "msg_1", 2, text, 9));
+            let prefix = delta_prefix("msg_1", 2);
+            let got = written(|o| text_delta(o, &prefix, text, 9));
             let data = got
                 .strip_prefix("event: response.output_text.delta\ndata: ")
                 .and_then(|d| d.strip_suffix("\n\n"))

@@ -1307,6 +1307,8 @@ pub struct StreamEncoder {
     failed: bool,
     tally: UsageTally,
     on_end: Option<OnEnd>,
+    /// The start of the open message item's text deltas.
+    delta_prefix: BytesMut,
 }
 
 impl StreamEncoder {
@@ -1326,6 +1328,7 @@ impl StreamEncoder {
             failed: false,
             tally: UsageTally::new(true),
             on_end,
+            delta_prefix: BytesMut::new(),
         }
     }
 
@@ -1363,6 +1366,7 @@ impl StreamEncoder {
         self.close(out);
         let output_index = self.items.len();
         if let Slot::Message { .. } = &item.slot {
+            self.delta_prefix = events::delta_prefix(&item.id, output_index);
             events::message_item(out, output_index, &item.id, None, self.seq);
             events::content_part(out, false, &item.id, output_index, "", self.seq + 1);
             self.seq += 2;
@@ -1414,7 +1418,7 @@ impl StreamEncoder {
         match &item.slot {
             Slot::Message { text } => {
                 // All three by hand: the item is the whole answer's text.
-                events::output_text(out, true, id, output_index, text, self.seq);
+                events::output_text_done(out, id, output_index, text, self.seq);
                 events::content_part(out, true, id, output_index, text, self.seq + 1);
                 events::message_item(out, output_index, id, Some(text), self.seq + 2);
                 self.seq += 3;
@@ -1553,14 +1557,13 @@ impl StreamEncoder {
                     };
                     self.open_item(item, out);
                 }
-                let output_index = self.items.len() - 1;
                 if let Some(Item {
-                    id,
                     slot: Slot::Message { text },
+                    ..
                 }) = self.items.last_mut()
                 {
                     text.push_str(t);
-                    events::output_text(out, false, id, output_index, t, self.seq);
+                    events::text_delta(out, &self.delta_prefix, t, self.seq);
                     self.seq += 1;
                 }
             }
