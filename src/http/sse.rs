@@ -38,6 +38,11 @@ struct State<E> {
     enc: E,
     req: Arc<ChatRequest>,
     keepalive: Duration,
+    /// What the next body chunk is written into. Each chunk is split off
+    /// and handed to actix, which copies it out at once; the next write
+    /// then takes the same memory back (`reserve` reclaims it), so a
+    /// stream keeps one buffer the size of its largest chunk. It starts
+    /// at a chunk's size (about 200 bytes): one of these per open stream.
     buf: BytesMut,
     /// The answer stopped, then its upstream failed: end it normally.
     whole: bool,
@@ -128,7 +133,7 @@ pub fn body<E: EventEncoder>(
         enc,
         req,
         keepalive,
-        buf: BytesMut::with_capacity(1024),
+        buf: BytesMut::with_capacity(256),
         whole: false,
     };
     let events = futures_util::stream::unfold(state, |mut st| async move {
