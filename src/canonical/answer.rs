@@ -52,12 +52,15 @@ impl Answer {
             ChatEvent::ThinkingSignature(s) => self.signature = Some(s),
             ChatEvent::RedactedThinking(d) => self.redacted_thinking.push(d),
             ChatEvent::EncryptedReasoning(d) => self.encrypted_reasoning = Some(d),
-            ChatEvent::ToolCallStart { index, id, name } => self.tool_calls.push(ToolCallAcc {
-                index,
-                id,
-                name,
-                arguments: String::new(),
-            }),
+            ChatEvent::ToolCallStart { index, call } => {
+                let super::event::ToolStart { id, name } = *call;
+                self.tool_calls.push(ToolCallAcc {
+                    index,
+                    id,
+                    name,
+                    arguments: String::new(),
+                })
+            }
             ChatEvent::ToolCallArgsDelta { index, json } => {
                 if let Some(call) = self.tool_calls.iter_mut().rev().find(|c| c.index == index) {
                     call.arguments.push_str(&json);
@@ -202,7 +205,7 @@ impl UsageTally {
         }
         let text = match ev {
             ChatEvent::TextDelta(t) | ChatEvent::ThinkingDelta(t) => t,
-            ChatEvent::ToolCallStart { name, .. } => name,
+            ChatEvent::ToolCallStart { call, .. } => &call.name,
             ChatEvent::ToolCallArgsDelta { json, .. } => json,
             _ => return,
         };
@@ -281,16 +284,8 @@ mod tests {
             ChatEvent::Start { model: "m".into() },
             ChatEvent::TextDelta("Hel".into()),
             ChatEvent::TextDelta("lo".into()),
-            ChatEvent::ToolCallStart {
-                index: 0,
-                id: "a".into(),
-                name: "f".into(),
-            },
-            ChatEvent::ToolCallStart {
-                index: 1,
-                id: "b".into(),
-                name: "g".into(),
-            },
+            ChatEvent::tool_call_start(0, "a".into(), "f".into()),
+            ChatEvent::tool_call_start(1, "b".into(), "g".into()),
             ChatEvent::ToolCallArgsDelta {
                 index: 0,
                 json: "{}".into(),

@@ -19,11 +19,12 @@ pub enum ChatEvent {
     /// The `encrypted_content` of the reasoning just streamed, from an
     /// OpenAI Responses upstream, to hand back verbatim next turn.
     EncryptedReasoning(String),
-    /// A tool call begins; `index` orders calls within one answer.
+    /// A tool call begins; `index` orders calls within one answer. Its id
+    /// and name are boxed: every mailbox slot is the size of the largest
+    /// variant (56 bytes with them inline, 32 now), and calls are few.
     ToolCallStart {
         index: u32,
-        id: String,
-        name: String,
+        call: Box<ToolStart>,
     },
     /// More JSON text of a tool call's arguments.
     ToolCallArgsDelta {
@@ -46,7 +47,21 @@ pub enum ChatEvent {
     Error(Box<UpstreamError>),
 }
 
+/// The id and name of a tool call that begins.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolStart {
+    pub id: String,
+    pub name: String,
+}
+
 impl ChatEvent {
+    pub fn tool_call_start(index: u32, id: String, name: String) -> Self {
+        ChatEvent::ToolCallStart {
+            index,
+            call: Box::new(ToolStart { id, name }),
+        }
+    }
+
     /// Events that may be held back before the first byte is committed to
     /// the client, so a failure right after them can still be retried.
     pub fn is_preamble(&self) -> bool {
@@ -193,3 +208,19 @@ impl std::fmt::Display for UpstreamError {
 }
 
 impl std::error::Error for UpstreamError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every slot of every open stream's mailbox is this size: a variant
+    /// that grows it should be boxed, as `ToolCallStart`'s call is.
+    #[test]
+    fn an_event_fits_in_four_words() {
+        assert!(
+            std::mem::size_of::<ChatEvent>() <= 32,
+            "{}",
+            std::mem::size_of::<ChatEvent>()
+        );
+    }
+}

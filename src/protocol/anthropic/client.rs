@@ -437,11 +437,11 @@ impl EventDecoder {
                 self.next_tool += 1;
                 self.tool_blocks.retain(|(block, _)| *block != index);
                 self.tool_blocks.push((index, tool));
-                out.push(ChatEvent::ToolCallStart {
-                    index: tool,
-                    id: b.id.unwrap_or_else(|| format!("toolu_{tool}")),
-                    name: b.name.unwrap_or_default(),
-                });
+                out.push(ChatEvent::tool_call_start(
+                    tool,
+                    b.id.unwrap_or_else(|| format!("toolu_{tool}")),
+                    b.name.unwrap_or_default(),
+                ));
                 // Streams start with `input: {}` and send the input as
                 // deltas; whole messages carry it here.
                 match b.input {
@@ -648,11 +648,7 @@ mod tests {
                 ChatEvent::ThinkingDelta("hmm".into()),
                 ChatEvent::ThinkingSignature("sig".into()),
                 ChatEvent::TextDelta("Hi".into()),
-                ChatEvent::ToolCallStart {
-                    index: 0,
-                    id: "t1".into(),
-                    name: "f".into()
-                },
+                ChatEvent::tool_call_start(0, "t1".into(), "f".into()),
                 ChatEvent::ToolCallArgsDelta {
                     index: 0,
                     json: "{\"a\":".into()
@@ -662,11 +658,7 @@ mod tests {
                     json: "1}".into()
                 },
                 ChatEvent::RedactedThinking("enc".into()),
-                ChatEvent::ToolCallStart {
-                    index: 1,
-                    id: "t2".into(),
-                    name: "g".into()
-                },
+                ChatEvent::tool_call_start(1, "t2".into(), "g".into()),
                 ChatEvent::Stop(StopReason::ToolUse),
                 ChatEvent::Usage(Usage {
                     output: 7,
@@ -720,11 +712,7 @@ mod tests {
             out,
             vec![
                 ChatEvent::TextDelta("Hi".into()),
-                ChatEvent::ToolCallStart {
-                    index: 0,
-                    id: "t1".into(),
-                    name: "f".into()
-                },
+                ChatEvent::tool_call_start(0, "t1".into(), "f".into()),
                 ChatEvent::ToolCallArgsDelta {
                     index: 0,
                     json: r#"{"a":[1]}"#.into()

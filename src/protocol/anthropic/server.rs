@@ -873,7 +873,8 @@ impl StreamEncoder {
                 );
                 self.close(out);
             }
-            ChatEvent::ToolCallStart { index, id, name } => {
+            ChatEvent::ToolCallStart { index, call } => {
+                let (id, name) = (&call.id, &call.name);
                 if self.calls.start(self.open_call(), *index, id, name) == CallRoute::Open {
                     self.tool_block(*index, id, name, out);
                 }
@@ -893,11 +894,7 @@ impl StreamEncoder {
                         // Arguments without a start: give the call a block
                         // (now, or held) rather than drop its input.
                         let name = String::new();
-                        let start = ChatEvent::ToolCallStart {
-                            index: *index,
-                            id,
-                            name,
-                        };
+                        let start = ChatEvent::tool_call_start(*index, id, name);
                         self.content(&start, out);
                         self.content(ev, out);
                     }
@@ -1358,11 +1355,7 @@ mod tests {
                 ChatEvent::ThinkingSignature("sig".into()),
                 ChatEvent::TextDelta("Hi".into()),
                 ChatEvent::TextDelta(" there".into()),
-                ChatEvent::ToolCallStart {
-                    index: 0,
-                    id: "t1".into(),
-                    name: "f".into(),
-                },
+                ChatEvent::tool_call_start(0, "t1".into(), "f".into()),
                 ChatEvent::ToolCallArgsDelta {
                     index: 0,
                     json: "{\"a\":".into(),
@@ -1371,11 +1364,7 @@ mod tests {
                     index: 0,
                     json: "1}".into(),
                 },
-                ChatEvent::ToolCallStart {
-                    index: 1,
-                    id: "t2".into(),
-                    name: "g".into(),
-                },
+                ChatEvent::tool_call_start(1, "t2".into(), "g".into()),
                 ChatEvent::Stop(StopReason::ToolUse),
                 ChatEvent::Usage(Usage {
                     output: 9,
@@ -1508,11 +1497,8 @@ mod tests {
 
     #[test]
     fn interleaved_tool_calls_become_contiguous_blocks() {
-        let start = |index: u32, id: &str| ChatEvent::ToolCallStart {
-            index,
-            id: id.into(),
-            name: "weather".into(),
-        };
+        let start =
+            |index: u32, id: &str| ChatEvent::tool_call_start(index, id.into(), "weather".into());
         let args = |index: u32, json: &str| ChatEvent::ToolCallArgsDelta {
             index,
             json: json.into(),

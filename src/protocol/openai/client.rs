@@ -316,11 +316,11 @@ impl ChunkDecoder {
                     };
                     if !self.started_calls.contains(&call.index) {
                         self.started_calls.push(call.index);
-                        out.push(ChatEvent::ToolCallStart {
-                            index: call.index,
-                            id: call.id.unwrap_or_else(|| format!("call_{}", call.index)),
-                            name: name.unwrap_or_default(),
-                        });
+                        out.push(ChatEvent::tool_call_start(
+                            call.index,
+                            call.id.unwrap_or_else(|| format!("call_{}", call.index)),
+                            name.unwrap_or_default(),
+                        ));
                     }
                     if let Some(a) = args.filter(|a| !a.is_empty()) {
                         out.push(ChatEvent::ToolCallArgsDelta {
@@ -433,11 +433,7 @@ mod tests {
             out,
             vec![
                 ChatEvent::TextDelta("Hi".into()),
-                ChatEvent::ToolCallStart {
-                    index: 0,
-                    id: "c".into(),
-                    name: "f".into()
-                },
+                ChatEvent::tool_call_start(0, "c".into(), "f".into()),
                 ChatEvent::ToolCallArgsDelta {
                     index: 0,
                     json: "{\"a\"".into()

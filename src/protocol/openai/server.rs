@@ -528,15 +528,15 @@ impl StreamEncoder {
                 },
                 None,
             ),
-            ChatEvent::ToolCallStart { index, id, name } => self.chunk(
+            ChatEvent::ToolCallStart { index, call } => self.chunk(
                 out,
                 DeltaOut {
                     tool_calls: Some([ToolCallDeltaOut {
                         index: *index,
-                        id: Some(id),
+                        id: Some(&call.id),
                         kind: Some("function"),
                         function: FunctionDeltaOut {
-                            name: Some(name),
+                            name: Some(&call.name),
                             arguments: "",
                         },
                     }]),
@@ -859,11 +859,7 @@ mod tests {
         for ev in [
             ChatEvent::Start { model: "x".into() },
             ChatEvent::TextDelta("Hi".into()),
-            ChatEvent::ToolCallStart {
-                index: 0,
-                id: "c".into(),
-                name: "f".into(),
-            },
+            ChatEvent::tool_call_start(0, "c".into(), "f".into()),
             ChatEvent::ToolCallArgsDelta {
                 index: 0,
                 json: "{}".into(),

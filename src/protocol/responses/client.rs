@@ -299,11 +299,11 @@ impl EventDecoder {
             }
             _ => item["name"].as_str().unwrap_or_default().to_owned(),
         };
-        out.push(ChatEvent::ToolCallStart {
+        out.push(ChatEvent::tool_call_start(
             index,
-            id: item["call_id"].as_str().unwrap_or_default().to_owned(),
+            item["call_id"].as_str().unwrap_or_default().to_owned(),
             name,
-        });
+        ));
     }
 
     /// More argument (or free-form input) text of a call.
@@ -558,11 +558,7 @@ mod tests {
                 ChatEvent::ThinkingDelta("hmm".into()),
                 ChatEvent::EncryptedReasoning("enc-1".into()),
                 ChatEvent::TextDelta("hi".into()),
-                ChatEvent::ToolCallStart {
-                    index: 0,
-                    id: "c1".into(),
-                    name: "f".into()
-                },
+                ChatEvent::tool_call_start(0, "c1".into(), "f".into()),
                 ChatEvent::ToolCallArgsDelta {
                     index: 0,
                     json: "{\"a\":".into()
@@ -571,11 +567,7 @@ mod tests {
                     index: 0,
                     json: "1}".into()
                 },
-                ChatEvent::ToolCallStart {
-                    index: 1,
-                    id: "c2".into(),
-                    name: "ns__apply_patch".into()
-                },
+                ChatEvent::tool_call_start(1, "c2".into(), "ns__apply_patch".into()),
                 ChatEvent::ToolCallArgsDelta {
                     index: 1,
                     json: "{\"input\":\"line \\\"1\\\"\\n".into()

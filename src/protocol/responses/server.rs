@@ -1639,7 +1639,8 @@ impl StreamEncoder {
                 self.open_item(item, out);
                 self.close(out);
             }
-            ChatEvent::ToolCallStart { index, id, name } => {
+            ChatEvent::ToolCallStart { index, call } => {
+                let (id, name) = (&call.id, &call.name);
                 if self.calls.start(self.open_call_index(), *index, id, name) == CallRoute::Open {
                     self.open_call(*index, id, name, out);
                 }
@@ -1654,11 +1655,7 @@ impl StreamEncoder {
                         // Arguments without a start: give the call an item
                         // (now, or held) rather than drop its input.
                         let name = String::new();
-                        let start = ChatEvent::ToolCallStart {
-                            index: *index,
-                            id,
-                            name,
-                        };
+                        let start = ChatEvent::tool_call_start(*index, id, name);
                         self.content(&start, out);
                         self.content(ev, out);
                     }

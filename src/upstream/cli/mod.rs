@@ -655,11 +655,8 @@ impl Out {
         } else {
             id.to_owned()
         };
-        self.events.push(ChatEvent::ToolCallStart {
-            index,
-            id,
-            name: name.to_owned(),
-        });
+        self.events
+            .push(ChatEvent::tool_call_start(index, id, name.to_owned()));
         self.events.push(ChatEvent::ToolCallArgsDelta {
             index,
             json: args.to_owned(),
@@ -715,7 +712,7 @@ mod tests {
         assert!(out
             .events
             .iter()
-            .any(|e| matches!(e, ChatEvent::ToolCallStart { name, .. } if name == "Bash")));
+            .any(|e| matches!(e, ChatEvent::ToolCallStart { call, .. } if call.name == "Bash")));
     }
 
     #[test]

@@ -262,11 +262,11 @@ impl Upstream for Demo {
                 sink.send(ChatEvent::Stop(stop)).await?;
             }
             Plan::Call { name, arguments } => {
-                sink.send(ChatEvent::ToolCallStart {
-                    index: 0,
-                    id: format!("call_demo_{}", name),
+                sink.send(ChatEvent::tool_call_start(
+                    0,
+                    format!("call_demo_{}", name),
                     name,
-                })
+                ))
                 .await?;
                 // Stream the arguments in pieces, as real models do.
                 let third = arguments.len().div_ceil(3).max(1);

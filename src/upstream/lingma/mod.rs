@@ -626,7 +626,7 @@ impl Turn<'_> {
         self.calls += 1;
         let id = format!("call_{}", uuid::Uuid::new_v4().simple());
         self.sink
-            .send(ChatEvent::ToolCallStart { index, id, name })
+            .send(ChatEvent::tool_call_start(index, id, name))
             .await?;
         self.sink
             .send(ChatEvent::ToolCallArgsDelta { index, json: args })

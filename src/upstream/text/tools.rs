@@ -302,16 +302,12 @@ impl Extractor {
             }
             // A call the kind reports itself (an agent's own tool event):
             // numbered after the calls taken from the text.
-            ChatEvent::ToolCallStart { index, id, name } => {
+            ChatEvent::ToolCallStart { index, call } => {
                 self.leading = None;
                 let ours = self.next_index;
                 self.next_index += 1;
                 self.passed.push((index, ours));
-                out.push(ChatEvent::ToolCallStart {
-                    index: ours,
-                    id,
-                    name,
-                });
+                out.push(ChatEvent::ToolCallStart { index: ours, call });
             }
             ChatEvent::ToolCallArgsDelta { index, json } => {
                 let index = self
@@ -416,11 +412,11 @@ impl Extractor {
         self.after_call = true;
         // Whitespace before the first call only separated it from nothing.
         self.leading = None;
-        out.push(ChatEvent::ToolCallStart {
+        out.push(ChatEvent::tool_call_start(
             index,
-            id: format!("call_{}", uuid::Uuid::new_v4().simple()),
+            format!("call_{}", uuid::Uuid::new_v4().simple()),
             name,
-        });
+        ));
         out.push(ChatEvent::ToolCallArgsDelta { index, json: args });
     }
 
@@ -564,9 +560,9 @@ mod tests {
         let mut out = Vec::new();
         for ev in events {
             match ev {
-                ChatEvent::ToolCallStart { index, id, name } => {
-                    assert!(id.starts_with("call_"), "{id}");
-                    names.insert(*index, name.clone());
+                ChatEvent::ToolCallStart { index, call } => {
+                    assert!(call.id.starts_with("call_"), "{}", call.id);
+                    names.insert(*index, call.name.clone());
                 }
                 ChatEvent::ToolCallArgsDelta { index, json } => {
                     out.push((*index, names[index].clone(), json.clone()))
@@ -770,11 +766,7 @@ mod tests {
             &mut out,
         );
         x.event(
-            ChatEvent::ToolCallStart {
-                index: 0,
-                id: "call_agent".into(),
-                name: "read_file".into(),
-            },
+            ChatEvent::tool_call_start(0, "call_agent".into(), "read_file".into()),
             &mut out,
         );
         x.event(
@@ -786,11 +778,7 @@ mod tests {
         );
         assert_eq!(
             out[2],
-            ChatEvent::ToolCallStart {
-                index: 1,
-                id: "call_agent".into(),
-                name: "read_file".into()
-            }
+            ChatEvent::tool_call_start(1, "call_agent".into(), "read_file".into())
         );
         assert_eq!(
             out[3],
