@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import socket
 import stat
 import string
@@ -1107,3 +1108,52 @@ def test_admin_events_key_as_bearer(admin_gw):
     assert out.status == 101, f"Bearer admin key refused: {out.status}"
     assert isinstance(out.first, dict) and out.first.get("type") in ("sessions", "event"), out.first
     assert ws_open(admin_gw, headers={"Authorization": "Bearer wrong"}).status == 401
+
+
+def test_a_slow_client_holds_back_its_own_upstream_and_loses_nothing(tmp_path):
+    """A client that stops reading fills its socket, then its mailbox: the
+    upstream call waits for room (its session still counts it in flight)
+    instead of running ahead or dropping words, and when the client reads
+    again every word arrives, once and in order, and the stream ends."""
+    admin = "admin-slow-client"
+    cfg = support.server_toml(tmp_path, admin) + "\n".join(
+        [
+            "",
+            "[[pools]]",
+            'name = "demo"',
+            'kind = "demo"',
+            'models = ["demo"]',
+            "sessions = 1",
+            'chunk_delay = "0ms"',
+            "",
+        ]
+    )
+    # About 10 MB of answer with no delay between words: far more than the
+    # socket buffers, actix's write buffer and the mailbox hold together.
+    text = " ".join(f"w{i}" for i in range(60_000))
+    body = json.dumps(chat_body(text, stream=True)).encode()
+    with support.running(lambda: support.start_gateway(tmp_path, cfg)) as g:
+        assert g.wait_ready(10), "the gateway never became ready"
+        host, port = g.url.removeprefix("http://").rsplit(":", 1)
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(60)
+            sock.connect((host, int(port)))
+            head = (
+                f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                f"Authorization: Bearer {GATEWAY_KEY}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            sock.sendall(head.encode() + body)
+            # Not reading: the upstream must be held back, not finished.
+            time.sleep(1.5)
+            held = [s["in_flight"] for s in support.session_list(g, admin)]
+            assert held == [1], f"in flight while the client does not read: {held}"
+            data = bytearray()
+            while chunk := sock.recv(1 << 20):
+                data += chunk
+    # Each body chunk is whole SSE events, so chunked framing never splits one.
+    deltas = re.findall(rb'"content":("(?:[^"\\]|\\.)*")', bytes(data))
+    answer = "".join(json.loads(d) for d in deltas)
+    assert answer == DEMO_PREFIX + text, f"{len(answer)} characters, ending {answer[-80:]!r}"
+    assert bytes(data).endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n"), bytes(data[-60:])

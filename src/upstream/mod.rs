@@ -163,9 +163,9 @@ impl EventSink {
     /// is gone, so the upstream call stops.
     ///
     /// Not an `async fn`: the tool layer's part runs when called, and the
-    /// future holds only one event and its wait for room. Every upstream
-    /// call's task holds one of these for its whole life, once per open
-    /// stream (as an `async fn` it was 584 bytes, the event held thrice).
+    /// wait for room is boxed (see `deliver`). Every upstream call's task
+    /// holds one of these futures for its whole life, one per open stream:
+    /// 280 bytes, against 584 as an `async fn` around tokio's send.
     pub fn send(
         &self,
         ev: ChatEvent,
