@@ -112,6 +112,18 @@ impl CredentialStore {
                 }
                 Some(None) => return op().await,
             };
+            // Another replica may have taken the lock, refreshed and let
+            // go between the read above and this lock: its result is the
+            // one to use, as a rotated refresh token spent twice is refused.
+            let changed = cluster
+                .credentials(pool, session)
+                .await
+                .flatten()
+                .is_some_and(|s| s.gen > newest);
+            if changed {
+                cluster.unlock_login(pool, session, &token).await;
+                continue;
+            }
             let result = op().await;
             if result.is_ok() {
                 // Unchanged (an establish that reused them): nothing new to
