@@ -209,6 +209,10 @@ impl UsageTally {
             ChatEvent::ToolCallArgsDelta { json, .. } => json,
             _ => return,
         };
+        if self.generated.capacity() == 0 {
+            // Room for a short answer at once, not a growth per delta.
+            self.generated.reserve(text.len().max(256));
+        }
         self.generated.push_str(text);
     }
 

@@ -67,12 +67,12 @@ struct Saver {
 
 impl Saver {
     /// Stores the response: its body, and its output items as a JSON array.
-    fn save(self, body: Vec<u8>, output: Vec<u8>) {
+    fn save(self, body: Vec<u8>, output: &[u8]) {
         // Serializing into memory cannot fail.
         let input = stored_input_json(&self.echo.input_items);
         let conversation = match &self.earlier {
-            Some(stored) => join_arrays(&[&stored.conversation, &input, &output]),
-            None => join_arrays(&[&input, &output]),
+            Some(stored) => join_arrays(&[&stored.conversation, &input, output]),
+            None => join_arrays(&[&input, output]),
         };
         let stored = Stored {
             body,
@@ -165,7 +165,7 @@ async fn run(
             |answer, c| {
                 let (body, output) = completion_body(answer, c, &head);
                 if let Some(s) = saver {
-                    s.save(body.clone(), output);
+                    s.save(body.clone(), &output);
                 }
                 body
             },

@@ -247,9 +247,14 @@ pub fn response<S>(stream: S) -> HttpResponse
 where
     S: Stream<Item = Result<Bytes, actix_web::Error>> + 'static,
 {
+    use actix_web::http::header::{HeaderName, HeaderValue, CACHE_CONTROL};
+    // Static names and values: nothing to parse or copy per response.
     HttpResponse::Ok()
-        .content_type("text/event-stream")
-        .insert_header(("Cache-Control", "no-cache"))
-        .insert_header(("X-Accel-Buffering", "no"))
+        .content_type(HeaderValue::from_static("text/event-stream"))
+        .insert_header((CACHE_CONTROL, HeaderValue::from_static("no-cache")))
+        .insert_header((
+            HeaderName::from_static("x-accel-buffering"),
+            HeaderValue::from_static("no"),
+        ))
         .streaming(stream)
 }

@@ -160,7 +160,7 @@ fn keys_outside(body: &[u8], always: &[&str], also: &[&str]) -> Vec<String> {
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut out = Vec::new();
-            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
                 let set = map.next_value::<Option<IgnoredAny>>()?.is_some();
                 let key = key.as_ref();
                 if set && !self.always.contains(&key) && !self.also.contains(&key) {
@@ -173,6 +173,29 @@ fn keys_outside(body: &[u8], always: &[&str], also: &[&str]) -> Vec<String> {
     serde_json::Deserializer::from_slice(body)
         .deserialize_map(Keys { always, also })
         .unwrap_or_default()
+}
+
+/// A key as the body holds it: borrowed unless it has escapes (serde's own
+/// `Cow` always copies, an allocation per key of every request).
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
 }
 
 /// The request fields a client set that the upstream it was sent to could
@@ -301,3 +324,14 @@ pub(crate) fn write_members(members: &Members<'_>) -> Vec<u8> {
 
 #[cfg(test)]
 mod proptests;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keys_outside_reads_plain_and_escaped_keys_and_skips_nulls() {
+        let body = br#"{"model":"m","a\u0062c":1,"seed":null,"x\"y":[{"k":2}],"top_p":0.5}"#;
+        let keys = super::keys_outside(body, &["model"], &["top_p"]);
+        assert_eq!(keys, ["abc", "x\"y"]);
+        assert!(super::keys_outside(b"[1]", &[], &[]).is_empty());
+    }
+}

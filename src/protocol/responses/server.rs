@@ -151,7 +151,7 @@ fn from_wire(w: ResponsesRequest) -> Result<Decoded, DecodeError> {
         Some(super::wire::Instructions::Items(items)) => {
             let mut text = String::new();
             for (i, item) in items.into_iter().enumerate() {
-                let at = format!("instructions[{i}]");
+                let at = || format!("instructions[{i}]");
                 let parts = message_parts(item.content, &at, &mut untranslated)?;
                 for p in parts {
                     if let ContentPart::Text(t) = p {
@@ -474,10 +474,14 @@ fn format_of(f: FormatIn) -> Result<(Option<Value>, Value), DecodeError> {
     }
 }
 
+/// Where an item or part is in the body (`input[3].content[0]`), spelled
+/// out only for an error: most requests have none.
+type At<'a> = &'a dyn Fn() -> String;
+
 /// Content parts of a message (or of a tool output).
 fn message_parts(
     content: Option<ContentIn>,
-    at: &str,
+    at: At<'_>,
     untranslated: &mut Vec<String>,
 ) -> Result<Vec<ContentPart>, DecodeError> {
     match content {
@@ -486,7 +490,7 @@ fn message_parts(
         Some(ContentIn::Parts(parts)) => {
             let mut out = Vec::with_capacity(parts.len());
             for (j, p) in parts.into_iter().enumerate() {
-                if let Some(part) = part(p, &format!("{at}.content[{j}]"), untranslated)? {
+                if let Some(part) = part(p, &|| format!("{}.content[{j}]", at()), untranslated)? {
                     out.push(part);
                 }
             }
@@ -497,14 +501,14 @@ fn message_parts(
 
 fn part(
     p: PartIn,
-    at: &str,
+    at: At<'_>,
     untranslated: &mut Vec<String>,
 ) -> Result<Option<ContentPart>, DecodeError> {
     match p.kind.as_str() {
         "input_text" | "output_text" | "text" | "summary_text" | "reasoning_text" => match p.text {
             Some(t) => Ok(Some(ContentPart::Text(t))),
             None => Err(DecodeError::new(
-                format!("{at}.text"),
+                format!("{}.text", at()),
                 "a text part needs `text`",
             )),
         },
@@ -522,7 +526,7 @@ fn part(
             Ok(None)
         }
         other => Err(DecodeError::new(
-            format!("{at}.type"),
+            format!("{}.type", at()),
             format!("content part type `{other}` is not supported"),
         )),
     }
@@ -564,12 +568,12 @@ fn messages_of(
 ) -> Result<Vec<Message>, DecodeError> {
     let mut messages: Vec<Message> = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
-        let at = format!("input[{i}]");
+        let at = || format!("input[{i}]");
         let kind = item.kind.as_deref().unwrap_or("message");
         let need = |v: &Option<String>, field: &str| {
             v.clone().ok_or_else(|| {
                 DecodeError::new(
-                    format!("{at}.{field}"),
+                    format!("{}.{field}", at()),
                     format!("a `{kind}` item needs `{field}`"),
                 )
             })
@@ -605,7 +609,7 @@ fn messages_of(
                     }
                     other => {
                         return Err(DecodeError::new(
-                            format!("{at}.role"),
+                            format!("{}.role", at()),
                             format!("role `{other}` is not one of user, assistant, system, developer"),
                         ))
                     }
@@ -643,7 +647,7 @@ fn messages_of(
                     None => Vec::new(),
                     Some(ContentIn::Text(t)) => vec![ContentPart::Text(t)],
                     Some(parts @ ContentIn::Parts(_)) => {
-                        message_parts(Some(parts), &format!("{at}.output"), untranslated)?
+                        message_parts(Some(parts), &|| format!("{}.output", at()), untranslated)?
                     }
                 };
                 messages.push(Message {
@@ -702,13 +706,13 @@ fn messages_of(
             }
             "item_reference" => {
                 return Err(DecodeError::new(
-                    format!("{at}.type"),
+                    format!("{}.type", at()),
                     "`item_reference` items are not supported: send the item, or use `previous_response_id`",
                 ))
             }
             other => {
                 return Err(DecodeError::new(
-                    format!("{at}.type"),
+                    format!("{}.type", at()),
                     format!("input item type `{other}` is not supported"),
                 ))
             }
@@ -1080,7 +1084,7 @@ pub fn completion_body(answer: &Answer, req: &ChatRequest, head: &Head) -> (Vec<
     let usage = answer.usage(req);
     let stop = answer.stop.unwrap_or(StopReason::End);
     let bytes = response(head, &shown, Ending::Stopped(stop, &usage), "", "");
-    (bytes, kept)
+    (bytes, kept.unwrap_or(shown))
 }
 
 /// The output items as a JSON array: `encrypted_ok` as the client asked
@@ -1109,9 +1113,9 @@ fn items_json(items: &[Item], encrypted_ok: bool) -> Vec<u8> {
 }
 
 /// The output items for the client, and as a stored conversation keeps
-/// them: the same bytes unless the client did not ask for reasoning's
-/// encrypted content.
-fn both_items(items: &[Item], encrypted_ok: bool) -> (Vec<u8>, Vec<u8>) {
+/// them when that differs (`None`: the same bytes), which is only when the
+/// client did not ask for reasoning's encrypted content.
+fn both_items(items: &[Item], encrypted_ok: bool) -> (Vec<u8>, Option<Vec<u8>>) {
     let shown = items_json(items, encrypted_ok);
     let differs = !encrypted_ok
         && items.iter().any(|i| {
@@ -1123,11 +1127,7 @@ fn both_items(items: &[Item], encrypted_ok: bool) -> (Vec<u8>, Vec<u8>) {
                 }
             )
         });
-    let kept = if differs {
-        items_json(items, true)
-    } else {
-        shown.clone()
-    };
+    let kept = differs.then(|| items_json(items, true));
     (shown, kept)
 }
 
@@ -1281,7 +1281,7 @@ fn input_of(item: &Item) -> String {
 
 /// Called once a streamed response has ended, with the response object
 /// and its output items as a stored conversation keeps them (JSON).
-pub type OnEnd = Box<dyn FnOnce(Vec<u8>, Vec<u8>)>;
+pub type OnEnd = Box<dyn FnOnce(Vec<u8>, &[u8])>;
 
 /// Encodes events as the Responses stream: `response.created` and
 /// `response.in_progress`, one output item per reasoning, text or tool-call
@@ -1338,6 +1338,9 @@ impl StreamEncoder {
         }
         self.started = true;
         let json = response(&self.head, b"[]", Ending::Running, "", "");
+        // Room for both events and the first item's: one allocation, not
+        // a growth per event.
+        out.reserve(2 * json.len() + 768);
         write_response_event("response.created", &json, self.seq, out);
         write_response_event("response.in_progress", &json, self.seq + 1, out);
         self.seq += 2;
@@ -1417,7 +1420,9 @@ impl StreamEncoder {
         let id = &item.id;
         match &item.slot {
             Slot::Message { text } => {
-                // All three by hand: the item is the whole answer's text.
+                // All three by hand: the item is the whole answer's text,
+                // in each of them (room made once).
+                out.reserve(3 * text.len() + 768);
                 events::output_text_done(out, id, output_index, text, self.seq);
                 events::content_part(out, true, id, output_index, text, self.seq + 1);
                 events::message_item(out, output_index, id, Some(text), self.seq + 2);
@@ -1552,7 +1557,8 @@ impl StreamEncoder {
                     let item = Item {
                         id: random_id("msg_"),
                         slot: Slot::Message {
-                            text: String::new(),
+                            // A short answer's room at once.
+                            text: String::with_capacity(t.len().max(256)),
                         },
                     };
                     self.open_item(item, out);
@@ -1706,7 +1712,7 @@ impl StreamEncoder {
         write_response_event(name, &json, self.seq, out);
         self.seq += 1;
         if let Some(on_end) = self.on_end.take() {
-            on_end(json, kept);
+            on_end(json, kept.as_deref().unwrap_or(&shown));
         }
     }
 }
