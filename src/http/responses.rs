@@ -71,14 +71,10 @@ impl Saver {
         // Serializing into memory cannot fail.
         let input = stored_input_json(&self.echo.input_items);
         let conversation = match &self.earlier {
-            Some(stored) => join_arrays(&[&stored.conversation, &input, output]),
+            Some(stored) => join_arrays(&[stored.conversation(), &input, output]),
             None => join_arrays(&[&input, output]),
         };
-        let stored = Stored {
-            body,
-            input,
-            conversation,
-        };
+        let stored = Stored::new(body, &input, &conversation);
         self.store.put(self.owner, &self.id, stored);
     }
 }
@@ -127,7 +123,7 @@ async fn run(
             .get(owner, prev)
             .await
             .ok_or_else(|| not_found(prev, Some("previous_response_id")))?;
-        let items: Vec<ItemIn> = serde_json::from_slice(&stored.conversation)
+        let items: Vec<ItemIn> = serde_json::from_slice(stored.conversation())
             .map_err(|e| ApiError::Internal(format!("a stored conversation is unreadable: {e}")))?;
         continue_from(&mut chat, &items, &echo)?;
         earlier = Some(stored);
@@ -184,7 +180,7 @@ pub async fn get(
     stored(&req, &state, &path, |s| {
         HttpResponse::Ok()
             .content_type("application/json")
-            .body(s.body.clone())
+            .body(bytes::Bytes::copy_from_slice(s.body()))
     })
     .await
 }
@@ -198,7 +194,7 @@ pub async fn input_items(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     stored(&req, &state, &path, |s| {
-        let mut items: Vec<Value> = serde_json::from_slice(&s.input).unwrap_or_default();
+        let mut items: Vec<Value> = serde_json::from_slice(s.input()).unwrap_or_default();
         // The API lists newest first unless asked otherwise.
         if query.order.as_deref() != Some("asc") {
             items.reverse();
