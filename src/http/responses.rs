@@ -67,7 +67,7 @@ struct Saver {
 
 impl Saver {
     /// Stores the response: its body, and its output items as a JSON array.
-    fn save(self, body: Vec<u8>, output: &[u8]) {
+    fn save(self, body: &[u8], output: &[u8]) {
         // Serializing into memory cannot fail.
         let input = stored_input_json(&self.echo.input_items);
         let conversation = match &self.earlier {
@@ -161,7 +161,7 @@ async fn run(
             |answer, c| {
                 let (body, output) = completion_body(answer, c, &head);
                 if let Some(s) = saver {
-                    s.save(body.clone(), &output);
+                    s.save(&body, &output);
                 }
                 body
             },

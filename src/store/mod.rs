@@ -34,17 +34,16 @@ pub struct Stored {
 }
 
 impl Stored {
-    /// `body` is kept as it is, the others copied after it.
-    pub fn new(mut body: Vec<u8>, input: &[u8], conversation: &[u8]) -> Self {
-        let input_at = body.len();
-        body.reserve_exact(input.len() + conversation.len());
-        body.extend_from_slice(input);
-        let conversation_at = body.len();
-        body.extend_from_slice(conversation);
+    /// The three documents copied into one buffer of their size.
+    pub fn new(body: &[u8], input: &[u8], conversation: &[u8]) -> Self {
+        let mut buf = Vec::with_capacity(body.len() + input.len() + conversation.len());
+        buf.extend_from_slice(body);
+        buf.extend_from_slice(input);
+        buf.extend_from_slice(conversation);
         Stored {
-            buf: body,
-            input_at,
-            conversation_at,
+            buf,
+            input_at: body.len(),
+            conversation_at: body.len() + input.len(),
         }
     }
 
@@ -287,7 +286,7 @@ impl Responses {
                     return None;
                 }
                 Some((Some(body), Some(input), Some(conversation), None)) => {
-                    return Some(Arc::new(Stored::new(body, &input, &conversation)));
+                    return Some(Arc::new(Stored::new(&body, &input, &conversation)));
                 }
                 _ => {}
             }
@@ -334,17 +333,17 @@ mod tests {
     use crate::config::ByteSize;
 
     fn stored(n: usize) -> Stored {
-        Stored::new(vec![b'x'; n], &[], &[])
+        Stored::new(&vec![b'x'; n], &[], &[])
     }
 
     #[test]
     fn a_stored_response_gives_back_its_three_documents() {
-        let s = Stored::new(b"{\"id\":1}".to_vec(), b"[1]", b"[1,2]");
+        let s = Stored::new(b"{\"id\":1}", b"[1]", b"[1,2]");
         assert_eq!(s.body(), b"{\"id\":1}");
         assert_eq!(s.input(), b"[1]");
         assert_eq!(s.conversation(), b"[1,2]");
         assert_eq!(s.bytes(), 8 + 3 + 5);
-        let empty = Stored::new(Vec::new(), b"", b"[]");
+        let empty = Stored::new(b"", b"", b"[]");
         assert!(empty.body().is_empty() && empty.input().is_empty());
         assert_eq!(empty.conversation(), b"[]");
     }

@@ -1281,7 +1281,7 @@ fn input_of(item: &Item) -> String {
 
 /// Called once a streamed response has ended, with the response object
 /// and its output items as a stored conversation keeps them (JSON).
-pub type OnEnd = Box<dyn FnOnce(Vec<u8>, &[u8])>;
+pub type OnEnd = Box<dyn FnOnce(&[u8], &[u8])>;
 
 /// Encodes events as the Responses stream: `response.created` and
 /// `response.in_progress`, one output item per reasoning, text or tool-call
@@ -1712,7 +1712,7 @@ impl StreamEncoder {
         write_response_event(name, &json, self.seq, out);
         self.seq += 1;
         if let Some(on_end) = self.on_end.take() {
-            on_end(json, kept.as_deref().unwrap_or(&shown));
+            on_end(&json, kept.as_deref().unwrap_or(&shown));
         }
     }
 }
