@@ -4,6 +4,7 @@
 //! the root supervisor that starts the pools and
 //! applies a changed configuration ([`reload`]).
 
+mod h2c;
 pub(crate) mod placement;
 mod pools;
 pub(crate) mod reload;

@@ -122,6 +122,39 @@ fn cors(guard: &web::Data<http::guard::Guard>) -> Cors {
         .max_age(3600)
 }
 
+/// The HTTP settings both protocols are served with (see [`super::h2c`]).
+fn http_settings<S>(
+    idle_timeout: Duration,
+    local: SocketAddr,
+    connections: &http::guard::Connections,
+    max_connections: usize,
+) -> actix_http::HttpServiceBuilder<actix_web::rt::net::TcpStream, S>
+where
+    S: actix_service::ServiceFactory<actix_http::Request, Config = ()>,
+    S::Error: Into<actix_http::Response<actix_web::body::BoxBody>> + 'static,
+    S::InitError: std::fmt::Debug,
+    <S::Service as actix_service::Service<actix_http::Request>>::Future: 'static,
+{
+    let connections = connections.clone();
+    actix_http::HttpServiceBuilder::default()
+        .keep_alive(idle_timeout)
+        // actix-web's defaults for these two.
+        .client_request_timeout(Duration::from_secs(5))
+        .client_disconnect_timeout(Duration::from_secs(1))
+        // A client that closes its side is gone: drop its response at
+        // once, which closes the request's mailbox and cancels the
+        // upstream call.
+        .h1_allow_half_closed(false)
+        .local_addr(local)
+        .on_connect_ext(move |tcp: &actix_web::rt::net::TcpStream, ext| {
+            // Answers are written in pieces (headers, then chunks):
+            // without TCP_NODELAY, Nagle's algorithm and delayed ACKs
+            // add ~40 ms to them.
+            let _ = tcp.set_nodelay(true);
+            connections.opened(ext, max_connections);
+        })
+}
+
 /// Restart-log lines kept in memory for the admin API.
 const RECENT_EVENTS: usize = 1000;
 
@@ -239,9 +272,10 @@ pub async fn serve(
     let body_limit = cfg.server.body_limit.0;
     let idle_timeout = cfg.server.idle_timeout;
     let local = listener.local_addr()?;
+    // Made twice per worker, for HTTP/1.1 and for HTTP/2: making an app's
+    // service takes its routes out of it.
     let app = move || {
-        placement.join();
-        App::new()
+        let app = App::new()
             .app_data(state.clone())
             .app_data(admin.clone())
             .app_data(guard.clone())
@@ -249,6 +283,11 @@ pub async fn serve(
             .wrap(cors(&guard))
             .wrap(actix_web::middleware::from_fn(http::guard::check))
             .configure(http::routes)
+            .into_factory()
+            .map_err(|e: actix_web::Error| e.error_response());
+        // actix-web's `AppConfig` only feeds URL generation and the host of
+        // requests without a `Host` header, neither used here.
+        actix_service::map_config(app, |()| AppConfig::default())
     };
     // actix-web's `HttpServer`, assembled by hand for one thing it cannot
     // do: answer `Expect: 100-continue` with a 413 when the declared length
@@ -262,36 +301,14 @@ pub async fn serve(
         // what is left then is idle keep-alive connections.
         .shutdown_timeout(DRAIN_GRACE_SECS)
         .listen("troupe", listener, move || {
-            let connections = connections.clone();
-            let app = app()
-                .into_factory()
-                .map_err(|e: actix_web::Error| e.error_response());
-            // actix-web's `AppConfig` only feeds URL generation and the
-            // host of requests without a `Host` header, neither used here.
-            let app = actix_service::map_config(app, |()| AppConfig::default());
-            let app = super::pools::upkept(app);
-            actix_http::HttpService::build()
-                .keep_alive(idle_timeout)
-                // actix-web's defaults for these two.
-                .client_request_timeout(Duration::from_secs(5))
-                .client_disconnect_timeout(Duration::from_secs(1))
-                // A client that closes its side is gone: drop its response at
-                // once, which closes the request's mailbox and cancels the
-                // upstream call.
-                .h1_allow_half_closed(false)
-                .local_addr(local)
-                .on_connect_ext(move |tcp: &actix_web::rt::net::TcpStream, ext| {
-                    // Answers are written in pieces (headers, then chunks):
-                    // without TCP_NODELAY, Nagle's algorithm and delayed ACKs
-                    // add ~40 ms to them.
-                    let _ = tcp.set_nodelay(true);
-                    connections.opened(ext, max_connections);
-                })
+            placement.join();
+            let h1 = http_settings(idle_timeout, local, &connections, max_connections)
                 .expect(actix_service::fn_service(move |req| {
                     std::future::ready(http::body::expect_continue(req, body_limit))
                 }))
-                .finish(app)
-                .tcp_auto_h2c()
+                .h1(super::pools::upkept(app()));
+            let h2 = http_settings(idle_timeout, local, &connections, max_connections).h2(app());
+            super::h2c::auto_h2c(h1, h2)
         })?;
     tracing::info!(addr = %local, "listening");
     {
