@@ -47,7 +47,9 @@ pub struct Dispatcher {
 #[derive(Debug)]
 pub enum Pass {
     Local(LocalPass),
-    Shared(ClientHeld),
+    /// Boxed: the cluster's pass is 96 bytes, and every open stream keeps
+    /// its request's pass in its trace.
+    Shared(Box<ClientHeld>),
 }
 
 impl Pass {
@@ -68,8 +70,9 @@ pub struct Opened {
     /// When the whole request must be over.
     pub deadline: tokio::time::Instant,
     /// The request's hold on its account across the cluster, held for its
-    /// `Drop`.
-    pub _shared: Option<Held>,
+    /// `Drop`. Boxed: 56 bytes that every open stream would keep room for,
+    /// cluster or not.
+    pub _shared: Option<Box<Held>>,
 }
 
 /// Resolves once a shutdown's drain deadline has passed; never when the
@@ -173,7 +176,7 @@ impl Dispatcher {
             {
                 Grant::Held(held, pass) => {
                     if let Some(p) = pass {
-                        trace.pass = Some(Pass::Shared(p));
+                        trace.pass = Some(Pass::Shared(Box::new(p)));
                     }
                     return Ok((lease, Some(held)));
                 }
@@ -270,7 +273,7 @@ impl Dispatcher {
                         rx,
                         head,
                         deadline,
-                        _shared: shared,
+                        _shared: shared.map(Box::new),
                     }));
                 }
                 Ok(None) => {

@@ -19,6 +19,10 @@ pub use crate::protocol::EventEncoder;
 /// Most events written in one body chunk when several are waiting.
 const BATCH: usize = 32;
 
+/// Room made for a chunk before its first event is written: most chunks
+/// (one event's JSON and its SSE framing) are about 200 bytes.
+const CHUNK: usize = 256;
+
 struct State<E> {
     opened: Option<Opened>,
     /// Fires after `keepalive` of silence or at the deadline, whichever
@@ -27,28 +31,42 @@ struct State<E> {
     timer: Pin<Box<Sleep>>,
     /// When the stream last woke up to write.
     last: Instant,
-    /// The request's total deadline.
-    deadline: Instant,
     /// Turns true when a shutdown's drain time is over.
     shutdown: tokio::sync::watch::Receiver<bool>,
     /// Recorded when the stream ends (or, if the client leaves, when dropped).
     trace: Trace,
-    head: Vec<ChatEvent>,
     rx_done: bool,
     enc: E,
     req: Arc<ChatRequest>,
     keepalive: Duration,
-    /// What the next body chunk is written into. Each chunk is split off
-    /// and handed to actix, which copies it out at once; the next write
-    /// then takes the same memory back (`reserve` reclaims it), so a
-    /// stream keeps one buffer the size of its largest chunk. It starts
-    /// at a chunk's size (about 200 bytes): one of these per open stream.
+    /// What the next body chunk is written into. It is handed to actix
+    /// whole, memory and all (see [`State::chunk`]), so a stream waiting
+    /// for its next event holds no buffer: with a buffer kept for reuse,
+    /// every open stream kept 512 bytes.
     buf: BytesMut,
     /// The answer stopped, then its upstream failed: end it normally.
     whole: bool,
 }
 
 impl<E: EventEncoder> State<E> {
+    /// Makes room for a chunk if the last one took the buffer.
+    fn room(&mut self) {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(CHUNK);
+        }
+    }
+
+    /// What was written since the last chunk, with its memory. actix copies
+    /// a chunk into the connection's buffer at once and drops it, so this
+    /// costs one allocation per chunk and nothing between chunks.
+    fn chunk(&mut self) -> Bytes {
+        let written = Vec::from(std::mem::take(&mut self.buf));
+        // Exact size: `Bytes` takes a boxed slice as it is, where a `Vec`
+        // with room to spare would cost it another allocation (and mimalloc
+        // shrinks a block in place when at least half of it stays).
+        Bytes::from(written.into_boxed_slice())
+    }
+
     fn write(&mut self, ev: &ChatEvent) {
         if let ChatEvent::Error(e) = ev {
             if self.enc.stopped() {
@@ -60,6 +78,7 @@ impl<E: EventEncoder> State<E> {
                 return;
             }
         }
+        self.room();
         self.enc.event(ev, &mut self.buf);
         if let ChatEvent::Error(e) = ev {
             self.end();
@@ -87,6 +106,7 @@ impl<E: EventEncoder> State<E> {
         if let Some(tally) = self.enc.tally() {
             tally.settle(&req).await;
         }
+        self.room();
         self.enc.finish(&req, &mut self.buf);
         self.end();
         self.trace.usage = self.enc.usage(&req);
@@ -111,35 +131,37 @@ enum Wake {
 
 /// The streaming body of an answer.
 pub fn body<E: EventEncoder>(
-    mut opened: Opened,
+    opened: Opened,
     enc: E,
     req: Arc<ChatRequest>,
     keepalive: Duration,
     shutdown: tokio::sync::watch::Receiver<bool>,
     trace: Trace,
 ) -> impl Stream<Item = Result<Bytes, actix_web::Error>> {
-    let head = std::mem::take(&mut opened.head);
     let deadline = opened.deadline;
     let last = Instant::now();
     let state = State {
         timer: Box::pin(tokio::time::sleep_until((last + keepalive).min(deadline))),
         last,
-        deadline,
         shutdown,
         trace,
         opened: Some(opened),
-        head,
         rx_done: false,
         enc,
         req,
         keepalive,
-        buf: BytesMut::with_capacity(256),
+        buf: BytesMut::new(),
         whole: false,
     };
     let events = futures_util::stream::unfold(state, |mut st| async move {
-        if !st.head.is_empty() {
-            let reported = st
-                .head
+        // The events peeked before the answer was committed to (in `Opened`,
+        // not kept twice: every byte of this state is kept per open stream).
+        let head = match st.opened.as_mut() {
+            Some(o) if !o.head.is_empty() => std::mem::take(&mut o.head),
+            _ => Vec::new(),
+        };
+        if !head.is_empty() {
+            let reported = head
                 .iter()
                 .any(|ev| matches!(ev, ChatEvent::Usage(u) if u.prompt_total() > 0));
             if st.enc.counts_prompt_first() && !reported {
@@ -148,10 +170,10 @@ pub fn body<E: EventEncoder>(
                 // would keep room for it.
                 let _ = Box::pin(tokens::count_request(&st.req)).await;
             }
-            for ev in std::mem::take(&mut st.head) {
+            for ev in head {
                 st.write(&ev);
             }
-            return Some((Ok(st.buf.split().freeze()), st));
+            return Some((Ok(st.chunk()), st));
         }
         if st.rx_done {
             return None;
@@ -165,20 +187,20 @@ pub fn body<E: EventEncoder>(
                 _ = super::dispatch::draining(&mut st.shutdown) => break Wake::Shutdown,
             }
             let now = Instant::now();
-            if now >= st.deadline {
+            if now >= opened.deadline {
                 break Wake::Deadline;
             }
             let quiet_until = st.last + st.keepalive;
             if now >= quiet_until {
                 break Wake::Idle;
             }
-            st.timer.as_mut().reset(quiet_until.min(st.deadline));
+            st.timer.as_mut().reset(quiet_until.min(opened.deadline));
         };
         st.last = Instant::now();
         if let Wake::Idle = next {
             st.timer
                 .as_mut()
-                .reset((st.last + st.keepalive).min(st.deadline));
+                .reset((st.last + st.keepalive).min(opened.deadline));
         }
         match next {
             Wake::Idle => {
@@ -224,7 +246,7 @@ pub fn body<E: EventEncoder>(
                 }
             }
         }
-        Some((Ok(st.buf.split().freeze()), st))
+        Some((Ok(st.chunk()), st))
     });
     // A panic while writing would otherwise cut the stream with no end: the
     // client gets the protocol's error event instead, and the state, with

@@ -126,10 +126,12 @@ pub trait Upstream: Send + Sync + 'static {
 pub struct EventSink {
     tx: mpsc::Sender<ChatEvent>,
     /// The answer's text, kept only when a conversation key depends on it.
-    transcript: Option<std::sync::Mutex<String>>,
+    /// This and `tools` are boxed: every upstream call's task holds its
+    /// sink for its whole life, and inline they were 224 of its bytes.
+    transcript: Option<Box<std::sync::Mutex<String>>>,
     /// The tool-emulation layer, for kinds without native tools: it turns
     /// call blocks in the answer's text into tool-call events.
-    tools: Option<std::sync::Mutex<text::tools::Extractor>>,
+    tools: Option<Box<std::sync::Mutex<text::tools::Extractor>>>,
 }
 
 impl EventSink {
@@ -143,13 +145,13 @@ impl EventSink {
 
     /// Sends the answer's events through `extractor` first.
     pub(crate) fn extracting_tools(mut self, extractor: Option<text::tools::Extractor>) -> Self {
-        self.tools = extractor.map(std::sync::Mutex::new);
+        self.tools = extractor.map(|e| Box::new(std::sync::Mutex::new(e)));
         self
     }
 
     /// Also keeps the answer's text, for [`EventSink::transcript`].
     pub fn keeping_transcript(mut self) -> Self {
-        self.transcript = Some(std::sync::Mutex::new(String::new()));
+        self.transcript = Some(Box::new(std::sync::Mutex::new(String::new())));
         self
     }
 
@@ -182,6 +184,9 @@ impl EventSink {
 
     /// Ends an answer whose kind sent no `Stop`: text the tool layer still
     /// holds is delivered (nothing is cut silently).
+    ///
+    /// What is left to deliver, if anything, waits in a box: every call's
+    /// task holds this future at its end, and most have nothing to deliver.
     pub(crate) fn flush(
         &self,
     ) -> impl std::future::Future<Output = Result<(), UpstreamError>> + Send + '_ {
@@ -189,7 +194,11 @@ impl EventSink {
         if let Some(tools) = &self.tools {
             crate::support::sync::lock(tools).finish(&mut out);
         }
-        self.deliver_all(out)
+        if out.is_empty() {
+            Either::Left(std::future::ready(Ok(())))
+        } else {
+            Either::Right(Box::pin(self.deliver_all(out)))
+        }
     }
 
     async fn deliver_all(&self, events: Vec<ChatEvent>) -> Result<(), UpstreamError> {
