@@ -74,6 +74,23 @@ def rss(pid):
     return proc_status(pid, "VmRSS")
 
 
+def rss_parts(pid):
+    """What RSS holds: anonymous memory (the heap, stacks), file pages (the
+    binary's code and data, read back from the file if dropped), and the
+    part of anonymous memory freed lazily (MADV_FREE: counted until the
+    kernel takes it back), in KiB."""
+    lazy = None
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("LazyFree:"):
+                    lazy = int(line.split()[1])
+    except OSError:
+        pass
+    return {"anon": proc_status(pid, "RssAnon"), "file": proc_status(pid, "RssFile"),
+            "lazy": lazy}
+
+
 def cpu_seconds(pid):
     """User + system CPU time of a process (all threads), in seconds."""
     try:
@@ -477,6 +494,7 @@ def bench_streams(args, n, tmp):
     try:
         time.sleep(2)
         idle = rss(gw.pid)
+        idle_parts = rss_parts(gw.pid)
         clients = max(1, min(args.clients, n))
         ctx = mp.get_context("spawn")
         events = ctx.Queue()
@@ -568,6 +586,7 @@ def bench_streams(args, n, tmp):
         # Bounded wait; RSS a minute (AFTER s) after the streams end.
         time.sleep(args.after)
         rss_after = rss(gw.pid)
+        after_parts = rss_parts(gw.pid)
         hwm = proc_status(gw.pid, "VmHWM")
     finally:
         gw.stop()
@@ -581,6 +600,8 @@ def bench_streams(args, n, tmp):
         "open_samples": len(window),
         "end": rss_end,
         "after": rss_after,
+        "idle_parts": idle_parts,
+        "after_parts": after_parts,
         "hwm": hwm,
         "ramp": (t_open - t_start) if t_open is not None else None,
         "first_chunk_p50": percentile(first_chunk, 50),
@@ -716,6 +737,11 @@ def main():
                   f"{fmt(s['steady_p50'], '{:.0f}', ' ms')}, p99 {fmt(s['steady_p99'], '{:.0f}', ' ms')}, "
                   f"worst {fmt(s['steady_max'], '{:.0f}', ' ms')}; the client's event loop was at "
                   f"worst {fmt(s['lag_max'], '{:.0f}', ' ms')} late (its share of any gap)")
+            ip, ap_ = s["idle_parts"], s["after_parts"]
+            print(f"      RSS idle / {args.after:.0f} s after: anonymous {fmt(ip['anon'], unit=' KiB')} / "
+                  f"{fmt(ap_['anon'], unit=' KiB')}, file-backed (code) {fmt(ip['file'], unit=' KiB')} / "
+                  f"{fmt(ap_['file'], unit=' KiB')}, freed lazily {fmt(ip['lazy'], unit=' KiB')} / "
+                  f"{fmt(ap_['lazy'], unit=' KiB')}")
             if s["open"] is None:
                 print("      no RSS with all open: no sample fell between the last stream's first "
                       "chunk and the first stream's end (raise STREAM_SECONDS)")
