@@ -18,40 +18,47 @@ use actix_web::rt::net::TcpStream;
 /// actix-http peeks them: enough to tell the two apart in one read.
 const H2_PREFACE: &[u8; 12] = b"PRI * HTTP/2";
 
+/// A connection as actix-http's protocol services take it: the stream and
+/// its peer.
+type Connection = (TcpStream, Option<SocketAddr>);
+
 /// A TCP connection served by `h2` if it opens with the HTTP/2 preface and
-/// by `h1` otherwise.
+/// by `h1` otherwise: actix-http's `HttpServiceBuilder::h1` and `::h2`.
 pub(crate) fn auto_h2c<F1, F2>(
     h1: F1,
     h2: F2,
 ) -> impl ServiceFactory<TcpStream, Config = (), Response = (), Error = DispatchError, InitError = ()>
 where
     F1: ServiceFactory<
-            (TcpStream, Option<SocketAddr>),
-            Config = (),
-            Response = (),
-            Error = DispatchError,
-        > + 'static,
+        Connection,
+        Config = (),
+        Response = (),
+        Error = DispatchError,
+        InitError = (),
+    >,
     F2: ServiceFactory<
-            (TcpStream, Option<SocketAddr>),
-            Config = (),
-            Response = (),
-            Error = DispatchError,
-        > + 'static,
+        Connection,
+        Config = (),
+        Response = (),
+        Error = DispatchError,
+        InitError = (),
+    >,
+    F1: 'static,
+    F2: 'static,
     F1::Service: 'static,
     F2::Service: 'static,
-    F1::InitError: std::fmt::Debug,
-    F2::InitError: std::fmt::Debug,
 {
     fn_factory(move || {
         let (h1, h2) = (h1.new_service(()), h2.new_service(()));
         async move {
+            // actix-http's protocol services report no reason (`()`).
             let h1 = Rc::new(
                 h1.await
-                    .map_err(|e| tracing::error!(error = ?e, "HTTP/1.1 service"))?,
+                    .map_err(|()| tracing::error!("HTTP/1.1 service failed to start"))?,
             );
             let h2 = Rc::new(
                 h2.await
-                    .map_err(|e| tracing::error!(error = ?e, "HTTP/2 service"))?,
+                    .map_err(|()| tracing::error!("HTTP/2 service failed to start"))?,
             );
             Ok(fn_service(move |io: TcpStream| {
                 let (h1, h2) = (h1.clone(), h2.clone());
