@@ -4,7 +4,9 @@
 
 FROM rust:1-slim-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock clippy.toml ./
+COPY Cargo.toml Cargo.lock clippy.toml build.rs ./
+# mimalloc's page size and page headers (see the file).
+COPY .cargo ./.cargo
 COPY src ./src
 RUN cargo build --profile dist --locked && strip target/dist/troupe
 

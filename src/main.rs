@@ -13,6 +13,27 @@ use troupe::config::{self, Config};
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay` (`mimalloc.h`; libmimalloc-sys names
+/// no constant for it).
+const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Memory mimalloc frees goes back to the OS at once, not a second later.
+///
+/// A delayed purge happens only when some thread's later allocation or
+/// collection comes round to it, and mimalloc skips the check in a normal
+/// collection once it has found nothing to purge: after the tokenizer
+/// loaded, 1.4 MiB stayed resident until the next forced collection (up to
+/// 30 s later), and after a load so did pages freed last. Measured with 0:
+/// RSS with token counting ready 28.8 MiB instead of 29.7 to 30.8; troupe's
+/// CPU while 10,000 streams were open no higher (12 % against 16 %).
+#[allow(unsafe_code)]
+fn purge_at_once() {
+    // SAFETY: sets a process-wide option; called first thing in `main`,
+    // while no other thread exists (`mi_option_set` is not thread-safe),
+    // and mimalloc reads the option on each purge.
+    unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, 0) }
+}
+
 /// Frees this thread's empty mimalloc pages and purges what has been free
 /// long enough (mimalloc's own delay), returning it to the OS; `force`
 /// purges at once and collects the pages of exited threads too.
@@ -118,6 +139,7 @@ fn init_logging(cfg: &Config) {
 }
 
 fn main() -> ExitCode {
+    purge_at_once();
     let cli = Cli::parse();
     let standalone = match &cli.command {
         Some(Command::Probe { url }) => Some(cli::probe(url)),
@@ -192,5 +214,18 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    #[allow(unsafe_code)]
+    fn purge_delay_is_the_option_it_names() {
+        // 1000 ms is mimalloc's default purge delay, and no other option's
+        // default: a wrong number would set some other option.
+        // SAFETY: reads an option; no pointers.
+        let v = unsafe { libmimalloc_sys::mi_option_get(super::PURGE_DELAY) };
+        assert_eq!(v, 1000);
     }
 }
