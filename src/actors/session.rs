@@ -88,12 +88,11 @@ pub struct Session {
     /// Pending timer for the end of a cool-down or a credential refresh.
     timer: Option<SpawnHandle>,
     refreshing: bool,
-    /// Requests running on this session now.
-    in_flight: u32,
-    /// Their upstream calls, each its own task (see `Handler<Chat>`);
-    /// [`Reaper`] takes their ends. Dropping the set stops them all.
+    /// The upstream calls of the requests running on this session, each its
+    /// own task (see `Handler<Chat>`); [`Reaper`] takes their ends, so the
+    /// set's length is the requests in flight. Dropping it stops them all.
     calls: tokio::task::JoinSet<Outcome>,
-    /// A fault wants a restart once `in_flight` drops to zero.
+    /// A fault wants a restart once no call is left in `calls`.
     stopping: bool,
     /// Times in a row the session gave up, for the wait before it is tried
     /// again; a served request clears it.
@@ -186,7 +185,6 @@ impl Session {
             last_error: None,
             timer: None,
             refreshing: false,
-            in_flight: 0,
             calls: tokio::task::JoinSet::new(),
             stopping: false,
             gave_up: 0,
@@ -400,7 +398,7 @@ impl Session {
         // Requests already running were accepted with working credentials
         // or a live connection: let them end on their own first.
         self.stopping = true;
-        if self.in_flight == 0 {
+        if self.calls.is_empty() {
             ctx.stop();
         }
     }
@@ -596,7 +594,6 @@ impl actix::Supervised for Session {
         self.timer = None;
         self.refreshing = false;
         self.stopping = false;
-        self.in_flight = 0;
         // A restart comes once no call runs; one that still did would stop
         // with its set, as it did with the context's futures.
         self.calls = tokio::task::JoinSet::new();
@@ -631,7 +628,6 @@ impl ActorFuture<Session> for Reaper {
                 Poll::Ready(None) => return Poll::Ready(()),
                 Poll::Pending => return Poll::Pending,
             };
-            act.in_flight = act.in_flight.saturating_sub(1);
             match out {
                 Ok(out) => act.on_outcome(out, ctx),
                 // The call's mailbox closed with it, so its handler retries
@@ -642,7 +638,7 @@ impl ActorFuture<Session> for Reaper {
                 }
                 Err(_) => {}
             }
-            if act.stopping && act.in_flight == 0 {
+            if act.stopping && act.calls.is_empty() {
                 ctx.stop();
             }
         }
@@ -774,7 +770,6 @@ impl Handler<Chat> for Session {
                 refreshed,
             }
         };
-        self.in_flight += 1;
         // The call runs as its own task: an actor polls every future it
         // runs whenever any of them wakes, so a session with n answers in
         // flight would poll all n for each chunk of each one. [`Reaper`]
@@ -795,9 +790,9 @@ impl Handler<Retire> for Session {
             ctx.cancel_future(t);
         }
         self.set_state(SessionState::Draining);
-        tracing::info!(pool = %self.pool, session = %self.name, in_flight = self.in_flight, "session retired by a reload");
+        tracing::info!(pool = %self.pool, session = %self.name, in_flight = self.calls.len(), "session retired by a reload");
         self.stopping = true;
-        if self.in_flight == 0 {
+        if self.calls.is_empty() {
             ctx.stop();
         }
     }
