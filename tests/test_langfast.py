@@ -363,6 +363,48 @@ def test_fifty_reconnects_leak_no_sockets_or_threads(lf):
     assert len(restarts_seen) >= 100, len(restarts_seen)
 
 
+def test_retired_sessions_finish_their_streams_then_close_their_sockets(tmp_path):
+    # A reload that retires a session mid-answer lets the answer end whole;
+    # then the session, which nothing leases any more, must stop and close
+    # its socket rather than linger holding an upstream connection.
+    peer = support.started(lambda: start_peer(chunk_delay=0.15))
+    d = tmp_path / "gw"
+    gw = support.started(lambda: support.start_gateway(d, config(d, peer.url, accounts=2, concurrency=1)))
+    try:
+        wait_for("sessions ready", lambda: all_ready(gw, 2) and peer.stats()["open_sockets"] == 2)
+        texts = [f"retire while answering number {i} of two" for i in range(2)]
+
+        def ask(text: str) -> support.SSEResult:
+            with gw.http() as c:
+                body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": text}]}
+                return support.stream_raw(c, "/v1/chat/completions", body)
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            futures = [pool.submit(ask, t) for t in texts]
+            # One answer on each session (max_concurrency 1), both running.
+            wait_for("both runs to start", lambda: peer.stats()["runs"] >= 2)
+            gw.config_path.write_text(config(d, peer.url, accounts=1, concurrency=1))
+            with httpx.Client(base_url=gw.url, timeout=10, trust_env=False) as c:
+                r = c.post("/admin/reload", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+            assert r.status_code == 200, r.text
+            assert not any(f.done() for f in futures), "the answers ended before the reload: nothing was retired mid-answer"
+            results = [f.result(timeout=30) for f in futures]
+        for text, res in zip(texts, results):
+            chunks = res.chunks()
+            assert res.status == 200 and res.done and not res.transport_error, res
+            assert "".join(ch["choices"][0]["delta"].get("content") or "" for ch in chunks if ch.get("choices")) == PREFIX + text
+        # The new pool's one session, and nothing left of the two retired.
+        wait_for("the retired sessions' sockets to close", lambda: peer.stats()["open_sockets"] == 1, timeout=10)
+        wait_for("one session ready", lambda: all_ready(gw, 1))
+        r = support.make_client(gw.v1).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "after"}])
+        assert r.choices[0].message.content == PREFIX + "after"
+        time.sleep(1)
+        assert peer.stats()["open_sockets"] == 1, peer.stats()
+    finally:
+        gw.cleanup()
+        peer.cleanup()
+
+
 # --------------------------------------------------------------------------
 # configuration
 
