@@ -34,9 +34,9 @@ fn purge_at_once() {
     unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, 0) }
 }
 
-/// Frees this thread's empty mimalloc pages and purges what has been free
-/// long enough (mimalloc's own delay), returning it to the OS; `force`
-/// purges at once and collects the pages of exited threads too.
+/// Frees this thread's empty mimalloc pages and purges what is free,
+/// returning it to the OS (at once: [`purge_at_once`]); `force` also
+/// collects the pages of exited threads.
 #[allow(unsafe_code)]
 fn release_memory(force: bool) {
     // SAFETY: `mi_collect` takes no pointers; it only walks the calling

@@ -623,9 +623,16 @@ impl ActorFuture<Session> for Reaper {
         loop {
             let out = match act.calls.poll_join_next(task) {
                 Poll::Ready(Some(out)) => out,
-                // Done with the last call: a reaper in the context would
-                // keep a session alive that nothing refers to any more.
-                Poll::Ready(None) => return Poll::Ready(()),
+                // Done with the last call: a session that waits to stop
+                // stops now, and one that runs on needs no reaper until
+                // its next call (one left in the context would keep a
+                // session alive that nothing refers to any more).
+                Poll::Ready(None) => {
+                    if act.stopping {
+                        ctx.stop();
+                    }
+                    return Poll::Ready(());
+                }
                 Poll::Pending => return Poll::Pending,
             };
             match out {
@@ -637,9 +644,6 @@ impl ActorFuture<Session> for Reaper {
                     crate::metrics::task_failed("session");
                 }
                 Err(_) => {}
-            }
-            if act.stopping && act.calls.is_empty() {
-                ctx.stop();
             }
         }
     }
